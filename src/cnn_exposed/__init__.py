@@ -1,0 +1,69 @@
+"""cnn-exposed: see why a convolutional image classifier decides what it decides.
+
+>>> import cnn_exposed
+>>> exp = cnn_exposed.explain(model, images, "gradcam")   # exp.maps: (N, H, W) in [0, 1]
+>>> cnn_exposed.plot_explanations(exp, class_names)
+"""
+
+from __future__ import annotations
+
+from .attribution import (
+    METHODS,
+    AttributionMethod,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientXInput,
+    IntegratedGradients,
+    LayerCAM,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    SmoothGrad,
+    explain,
+)
+from .engine import Engine
+from .errors import (
+    CnnExposedError,
+    InputError,
+    LayerNotFoundError,
+    ModelError,
+    NoSpatialLayerError,
+    TargetError,
+)
+from .explanation import Explanation, normalize_maps
+from .layers import find_last_spatial_layer, list_layers, resolve_layer
+from .plotting import colorize, overlay_heatmap, plot_explanations, save_png, to_uint8
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AttributionMethod",
+    "CnnExposedError",
+    "Engine",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientXInput",
+    "InputError",
+    "IntegratedGradients",
+    "LayerCAM",
+    "LayerNotFoundError",
+    "ModelError",
+    "NoSpatialLayerError",
+    "Occlusion",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
+    "TargetError",
+    "colorize",
+    "explain",
+    "find_last_spatial_layer",
+    "list_layers",
+    "normalize_maps",
+    "overlay_heatmap",
+    "plot_explanations",
+    "resolve_layer",
+    "save_png",
+    "to_uint8",
+]

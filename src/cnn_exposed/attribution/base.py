@@ -1,0 +1,152 @@
+"""What every attribution method shares: input checks, targets, batching settings, the result object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from ..engine import DEFAULT_BATCH_SIZE, engine_for
+from ..explanation import Explanation, channel_max_abs, normalize_maps
+from ..inputs import prepare_images
+from ..layers import find_last_spatial_layer
+from ..targets import resolve_targets
+
+
+@dataclass
+class Result:
+    """What a method computes for ``M`` (image, target) pairs; see :class:`Explanation`."""
+
+    raw_maps: np.ndarray
+    attributions: np.ndarray | None = None
+    layer_maps: np.ndarray | None = None
+    completeness_error: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class AttributionMethod:
+    """Base class: build once for a model, then call :meth:`explain` on many batches.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Sequential, functional or nested classifier.
+    layer : str, layer object or None
+        Only for methods that use a layer (the CAM family); None picks the last spatial layer.
+    score : {"logit", "probability"} or None
+        What is explained; None uses the method's default (the logit, except Score-CAM).
+    preprocess : callable or None
+        Raw images -> model input. With it, ``explain`` takes raw images and the result keeps them for
+        drawing.
+    batch_size : int or None
+        Most images (or noisy samples, path points, masked or occluded copies) per compiled call.
+    progress : bool
+        Show a progress bar when work spans several batches.
+    """
+
+    name = ""
+    uses_layer = False
+    default_score = "logit"
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        layer=None,
+        score: str | None = None,
+        preprocess: Callable | None = None,
+        batch_size: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if self.uses_layer:
+            layer = find_last_spatial_layer(model) if layer is None else layer
+        elif layer is not None:
+            raise ValueError(
+                f"Method {self.name!r} works on the input and does not use a layer; drop layer=... "
+                "(only the CAM methods take one)."
+            )
+        self.model = model
+        self.score = score or self.default_score
+        self.engine = engine_for(model, layer, self.score)
+        if self.uses_layer and len(self.engine.layer.output_shape or ()) != 4:
+            from ..errors import NoSpatialLayerError
+
+            raise NoSpatialLayerError(
+                f"Layer {self.engine.layer.path!r} has output shape {self.engine.layer.output_shape}; "
+                f"{self.name} needs a 4-D (N, H, W, C) feature map. Candidates: "
+                + ", ".join(repr(p) for p in _spatial_tail(model))
+            )
+        self.preprocess = preprocess
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        self.progress = progress
+
+    # Subclasses implement these two.
+    def compute(self, x: np.ndarray, targets: np.ndarray, scores: np.ndarray, images) -> Result:
+        """The method proper, on model inputs ``x`` (M, H, W, C) with one target each."""
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """The method's own settings, for :attr:`Explanation.params`."""
+        return {}
+
+    def explain(self, images, target="predicted") -> Explanation:
+        """Explain ``images`` (N, H, W, C) or (H, W, C) for ``target`` (see :func:`cnn_exposed.explain`)."""
+        display, x = prepare_images(images, self.engine.input_shape, self.preprocess)
+        outputs, probs = self.engine.predict_all(x, self.batch_size)
+        targets, index = resolve_targets(target, outputs)
+        scores = outputs[index, targets]
+        if len(index) != len(x) or (index != np.arange(len(x))).any():
+            x, display, probs = x[index], display[index], probs[index]
+        result = self.compute(x, targets, scores, display)
+        params = {
+            "score": self.score,
+            "batch_size": self.batch_size,
+            "target": target if isinstance(target, (str, int)) else "per-image",
+            **self.options(),
+        }
+        if self.engine.layer is not None:
+            params["layer"] = self.engine.layer.path
+        return Explanation(
+            maps=normalize_maps(np.maximum(result.raw_maps, 0.0)),
+            attributions=result.attributions,
+            targets=targets,
+            scores=scores.astype(np.float32),
+            method=self.name,
+            params=params,
+            images=display,
+            image_index=index,
+            probabilities=probs.astype(np.float32),
+            raw_maps=result.raw_maps.astype(np.float32),
+            layer=self.engine.layer.path if self.engine.layer is not None else None,
+            layer_maps=result.layer_maps,
+            completeness_error=result.completeness_error,
+            extras=result.extras,
+        )
+
+    __call__ = explain
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({self.model.name!r}{', ' + opts if opts else ''})"
+
+
+class GradientMethod(AttributionMethod):
+    """A method whose result is a signed attribution in input space, drawn as max over channels of |a|."""
+
+    def attribute(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Signed attributions ``(M, H, W, C)`` float32 for inputs ``x`` and their targets, batched."""
+        raise NotImplementedError
+
+    def compute(self, x, targets, scores, images) -> Result:
+        attributions = self.attribute(x, targets, images=images).astype(np.float32)
+        return Result(raw_maps=channel_max_abs(attributions), attributions=attributions)
+
+
+def _spatial_tail(model) -> list:
+    from ..layers import list_layers
+
+    return list(reversed(list_layers(model, spatial_only=True)[-8:]))

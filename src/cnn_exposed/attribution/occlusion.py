@@ -1,0 +1,99 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import batch_slices
+from .base import AttributionMethod, Result
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    v = (value, value) if np.isscalar(value) else tuple(value)
+    if len(v) != 2 or any(int(i) < 1 for i in v):
+        raise ValueError(f"{name} must be a positive int or a (height, width) pair, got {value!r}.")
+    return int(v[0]), int(v[1])
+
+
+def patch_positions(size: int, patch: int, stride: int) -> np.ndarray:
+    """Top-left offsets of patches along one axis; the last patch always touches the border."""
+    if patch > size:
+        raise ValueError(f"The occlusion patch ({patch} px) is larger than the image ({size} px).")
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return np.asarray(starts)
+
+
+class Occlusion(AttributionMethod):
+    """Slide a patch over the image and record how much the target's score drops.
+
+    ``raw_maps`` hold, per pixel, the score drop averaged over the patches that cover it (signed: a
+    negative value means hiding that region raised the score); ``maps`` show the positive part. All
+    occluded copies of all images are evaluated in batches.
+
+    Parameters
+    ----------
+    patch : int or (int, int)
+        Patch size in pixels; default: an eighth of the image's shorter side.
+    stride : int or (int, int)
+        Step between patches; default: half the patch.
+    fill : float, "mean" or "blur"
+        What the patch shows, in model-input values: a constant, each image's per-channel mean
+        (default), or the image blurred.
+    """
+
+    name = "occlusion"
+
+    def __init__(self, model, *, patch=None, stride=None, fill="mean", **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        if isinstance(fill, str) and fill not in ("mean", "blur"):
+            raise ValueError(f"fill must be a number, 'mean' or 'blur'; got {fill!r}.")
+        self.patch = None if patch is None else _pair(patch, "patch")
+        self.stride = None if stride is None else _pair(stride, "stride")
+        self.fill = fill
+
+    def _geometry(self, height: int, width: int):
+        patch = self.patch or (max(1, min(height, width) // 8),) * 2
+        stride = self.stride or (max(1, patch[0] // 2), max(1, patch[1] // 2))
+        return patch, stride
+
+    def options(self):
+        return {"patch": self.patch, "stride": self.stride, "fill": self.fill}
+
+    def _fill_images(self, x: np.ndarray) -> np.ndarray:
+        if self.fill == "mean":
+            return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
+        if self.fill == "blur":
+            import cv2
+
+            sigma = max(x.shape[1:3]) / 20.0
+            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(
+                np.float32
+            )
+        return np.full(x.shape, float(self.fill), dtype=np.float32)
+
+    def compute(self, x, targets, scores, images) -> Result:
+        n, height, width = x.shape[:3]
+        (ph, pw), (sy, sx) = self._geometry(height, width)
+        ys, xs = patch_positions(height, ph, sy), patch_positions(width, pw, sx)
+        grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+        fills = self._fill_images(x)
+        drops = np.zeros((n, height, width), dtype=np.float64)
+        counts = np.zeros((height, width), dtype=np.float64)
+        for y0, x0 in grid:
+            counts[y0 : y0 + ph, x0 : x0 + pw] += 1
+        per_image = len(grid)
+        for s in batch_slices(n * per_image, self.batch_size, progress=self.progress, desc=self.name):
+            idx = np.arange(s.start, s.stop)
+            img, pos = idx // per_image, idx % per_image
+            copies = x[img].copy()
+            for j, (i, p) in enumerate(zip(img, pos)):
+                y0, x0 = grid[p]
+                copies[j, y0 : y0 + ph, x0 : x0 + pw] = fills[i, y0 : y0 + ph, x0 : x0 + pw]
+            drop = scores[img] - self.engine.scores(copies, targets[img])
+            for j, (i, p) in enumerate(zip(img, pos)):
+                y0, x0 = grid[p]
+                drops[i, y0 : y0 + ph, x0 : x0 + pw] += drop[j]
+        raw = (drops / counts).astype(np.float32)
+        return Result(raw_maps=raw, extras={"patch": (ph, pw), "stride": (sy, sx)})

@@ -1,0 +1,253 @@
+"""The computational core: run the model, record a layer, take gradients, chunk a batch.
+
+Every attribution method is a thin layer on :class:`Engine`. All backend-specific calls (TensorFlow's
+``GradientTape`` and ``tf.function``) live in this module and nowhere else, so a JAX or PyTorch engine for
+Keras 3 can be added here without touching the methods.
+
+Compiled functions are traced once per input shape: their signature leaves the batch dimension free, so
+a smaller last batch does not retrace, and calling a method in a loop reuses the same graphs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from .errors import ModelError  # noqa: E402
+from .graph import Plan, classifier_head, run_model  # noqa: E402
+from .layers import LayerRef, resolve_layer  # noqa: E402
+
+DEFAULT_BATCH_SIZE = 32
+SCORES = ("logit", "probability")
+
+
+def batch_slices(
+    n: int, batch_size: int, *, progress: bool = True, desc: str | None = None
+) -> Iterator[slice]:
+    """Slices of ``range(n)`` of at most ``batch_size`` items, with a progress bar when there are several."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    starts = range(0, n, batch_size)
+    bar = progress and len(starts) > 1
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not bar, leave=False):
+        yield slice(start, min(start + batch_size, n))
+
+
+class Engine:
+    """Forward and backward passes of one model, for one recorded layer and one kind of score.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A built Sequential, functional or nested classifier with output ``(N, classes)`` or ``(N, 1)``.
+    layer : str, keras.layers.Layer, LayerRef or None
+        The layer whose output :meth:`layer_gradients` and :meth:`activations` return.
+    score : {"logit", "probability"}
+        What is explained: the pre-softmax/sigmoid score (default) or the probability.
+
+    Notes
+    -----
+    A binary model with one sigmoid unit is treated as two classes: class 1 has logit ``z`` and class
+    0 has logit ``-z`` (so its probability is ``1 - sigmoid(z)``).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layer: str | keras.layers.Layer | LayerRef | None = None,
+        score: str = "logit",
+    ) -> None:
+        if not isinstance(model, keras.Model):
+            raise ModelError(
+                f"Expected a keras.Model, got {type(model).__name__}. Load it with "
+                "keras.models.load_model(path) or cnn_exposed.load_model(...)."
+            )
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
+        self.model = model
+        self.score = score
+        self.head = classifier_head(model)
+        self.layer = resolve_layer(model, layer) if layer is not None else None
+        self.binary = self.head.units == 1
+        self.num_classes = 2 if self.binary else self.head.units
+        self._plan = Plan(record=self.layer, logits=self.head)
+        self._compiled: dict = {}
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def input_shape(self) -> tuple:
+        """The model's input shape without the batch axis, ``(H, W, C)`` (entries may be None)."""
+        inputs = getattr(self.model, "inputs", None)
+        if not inputs:
+            raise ModelError(f"Model {self.model.name!r} is not built: call it on data once first.")
+        if len(inputs) != 1:
+            raise ModelError(
+                f"Model {self.model.name!r} has {len(inputs)} inputs; cnn-exposed explains "
+                "single-input image classifiers."
+            )
+        return tuple(inputs[0].shape[1:])
+
+    # ------------------------------------------------------------ in-graph parts
+    def _forward(self, x, record: bool = False):
+        """(score-space outputs (N, K), probabilities (N, K), recorded layer output or None)."""
+        recorded: list = []
+        out = ops.cast(run_model(self.model, x, self._plan, recorded), "float32")
+        squashing = self.head.activation in ("softmax", "sigmoid")
+        if squashing and self.head.pre_activation is None:
+            logits, probs = None, out
+        else:
+            logits = out
+            if self.binary:
+                probs = ops.sigmoid(out)
+            else:
+                probs = ops.softmax(out, axis=-1)
+        if self.binary:
+            probs = ops.concatenate([1.0 - probs, probs], axis=-1)
+            if logits is not None:
+                logits = ops.concatenate([-logits, logits], axis=-1)
+        scores = probs if (self.score == "probability" or logits is None) else logits
+        layer_out = None
+        if record:
+            if not recorded:
+                raise ModelError(
+                    f"Layer {self.layer.path!r} did not run when the model was called: it is inside a "
+                    "subclassed model (whose graph cannot be walked) or not on the path to the output. "
+                    "Pick a layer of a Sequential or functional model."
+                )
+            # A layer called several times: the last call is the one nearest the output.
+            layer_out = ops.cast(recorded[-1], "float32")
+        return scores, probs, layer_out
+
+    @staticmethod
+    def _select(scores, targets):
+        return ops.take_along_axis(scores, ops.expand_dims(targets, 1), axis=1)[:, 0]
+
+    def _fn_predict(self, x):
+        scores, probs, _ = self._forward(x)
+        return scores, probs
+
+    def _fn_scores(self, x, targets):
+        scores, _, _ = self._forward(x)
+        return self._select(scores, targets)
+
+    def _fn_input_gradients(self, x, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            scores, _, _ = self._forward(x)
+            s = self._select(scores, targets)
+        return s, tape.gradient(s, x)
+
+    def _fn_layer_gradients(self, x, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            scores, _, a = self._forward(x, record=True)
+            s = self._select(scores, targets)
+        g = tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return s, a, g
+
+    def _fn_activations(self, x):
+        _, _, a = self._forward(x, record=True)
+        return a
+
+    def _compiled_fn(self, name: str, x: np.ndarray, with_targets: bool) -> Callable:
+        key = (name, tuple(x.shape[1:]))
+        fn = self._compiled.get(key)
+        if fn is None:
+            sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
+            if with_targets:
+                sig.append(tf.TensorSpec((None,), tf.int32))
+            fn = tf.function(getattr(self, "_fn_" + name), input_signature=sig)
+            self._compiled[key] = fn
+        return fn
+
+    def _call(self, name: str, x: np.ndarray, targets: np.ndarray | None = None):
+        x = np.asarray(x, dtype=np.float32)
+        fn = self._compiled_fn(name, x, targets is not None)
+        args = (x,) if targets is None else (x, np.asarray(targets, dtype=np.int32))
+        out = fn(*args)
+        if isinstance(out, (tuple, list)):
+            return tuple(np.asarray(o) for o in out)
+        return np.asarray(out)
+
+    # --------------------------------------------------------------- one batch
+    # Each of these runs a single compiled call on a batch the caller has sized.
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score-space outputs ``(N, K)`` and probabilities ``(N, K)`` for one batch."""
+        return self._call("predict", x)
+
+    def scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The explained score of ``targets`` for one batch, ``(N,)``."""
+        return self._call("scores", x, targets)
+
+    def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``(N,)`` and their gradients with respect to the input ``(N, H, W, C)``."""
+        return self._call("input_gradients", x, targets)
+
+    def layer_gradients(
+        self, x: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores ``(N,)``, the layer's output ``A`` and ``dscore/dA`` (both ``(N, h, w, k)``)."""
+        self._require_layer()
+        return self._call("layer_gradients", x, targets)
+
+    def activations(self, x: np.ndarray) -> np.ndarray:
+        """The recorded layer's output for one batch."""
+        self._require_layer()
+        return self._call("activations", x)
+
+    def _require_layer(self) -> None:
+        if self.layer is None:
+            raise ValueError("This engine was built without a layer; pass layer=... to Engine().")
+
+    # -------------------------------------------------------------- many batches
+    def predict_all(
+        self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` over any number of images, in batches."""
+        parts = [self.predict(x[s]) for s in batch_slices(len(x), batch_size, progress=progress)]
+        return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
+
+    def scores_all(
+        self,
+        x: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """:meth:`scores` over any number of images, in batches."""
+        slices = batch_slices(len(x), batch_size, progress=progress)
+        return np.concatenate([self.scores(x[s], targets[s]) for s in slices], axis=0)
+
+
+_ENGINES: OrderedDict = OrderedDict()
+_ENGINE_CACHE_SIZE = 8
+
+
+def engine_for(
+    model: keras.Model, layer: str | keras.layers.Layer | LayerRef | None = None, score: str = "logit"
+) -> Engine:
+    """A cached :class:`Engine`, so that calling ``explain`` in a loop reuses the compiled graphs.
+
+    The cache holds the last few (model, layer, score) combinations; it keeps a reference to each model
+    so that an ``id`` is never reused while its entry is alive.
+    """
+    layer_key = resolve_layer(model, layer).path if layer is not None else None
+    key = (id(model), layer_key, score)
+    entry = _ENGINES.get(key)
+    if entry is not None and entry.model is model:
+        _ENGINES.move_to_end(key)
+        return entry
+    engine = Engine(model, layer, score)
+    _ENGINES[key] = engine
+    while len(_ENGINES) > _ENGINE_CACHE_SIZE:
+        _ENGINES.popitem(last=False)
+    return engine

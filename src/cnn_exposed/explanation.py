@@ -1,0 +1,104 @@
+"""The result object every attribution method returns, and map normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Min–max normalise each map of ``(N, ...)`` to [0, 1]; a constant map becomes all zeros."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = maps.reshape(len(maps), -1)
+    lo = flat.min(axis=1)
+    span = flat.max(axis=1) - lo
+    shape = (len(maps),) + (1,) * (maps.ndim - 1)
+    safe = np.where(span > 0, span, 1.0).reshape(shape)
+    out = (maps - lo.reshape(shape)) / safe
+    out[span <= 0] = 0.0
+    return out.astype(np.float32)
+
+
+def channel_max_abs(attributions: np.ndarray) -> np.ndarray:
+    """``(N, H, W, C)`` signed attributions to ``(N, H, W)`` display magnitudes: max over channels of |a|."""
+    return np.abs(attributions).max(axis=-1)
+
+
+@dataclass
+class Explanation:
+    """What an attribution method found for a batch of images.
+
+    Attributes
+    ----------
+    maps : (M, H, W) float32 in [0, 1]
+        What is drawn: for gradient methods the max over channels of the absolute attribution, for CAMs
+        the ReLU'd map upsampled to the input size, for occlusion the positive score drop; each min–max
+        normalised per map.
+    attributions : (M, H, W, C) float32 or None
+        Signed, unnormalised attributions in the model's input space (None for CAMs and occlusion).
+    targets : (M,) int
+        The explained class of each map.
+    scores : (M,) float32
+        The explained score (logit by default, probability with ``score="probability"``) at the input.
+    method : str
+    params : dict
+        Every setting used, defaults included.
+    images : (M, H, W, C)
+        The images the maps belong to, as given (raw pixels when a ``preprocess`` function was used),
+        for drawing.
+    image_index : (M,) int
+        Which input image each map explains (``M > N`` only for ``target="top-k"``).
+    probabilities : (M, K) float32
+        The model's class probabilities for each image.
+    raw_maps : (M, H, W) float32
+        The maps before normalisation (for occlusion: the signed score drop).
+    layer : str or None
+        Path of the layer a CAM method used.
+    layer_maps : (M, h, w) float32 or None
+        CAM methods: the map at the layer's resolution before ReLU and upsampling.
+    completeness_error : (M,) float32 or None
+        Integrated gradients: ``|Σ attributions − (f(x) − f(x'))| / |f(x) − f(x')|``.
+    """
+
+    maps: np.ndarray
+    attributions: np.ndarray | None
+    targets: np.ndarray
+    scores: np.ndarray
+    method: str
+    params: dict
+    images: np.ndarray
+    image_index: np.ndarray
+    probabilities: np.ndarray
+    raw_maps: np.ndarray
+    layer: str | None = None
+    layer_maps: np.ndarray | None = None
+    completeness_error: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """The predicted class of each map's image, ``(M,)``."""
+        return self.probabilities.argmax(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __repr__(self) -> str:
+        extra = f", layer={self.layer!r}" if self.layer else ""
+        return (
+            f"Explanation(method={self.method!r}, maps={self.maps.shape}, "
+            f"targets={self.targets.tolist()[:8]}{'...' if len(self) > 8 else ''}{extra})"
+        )
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(N, h, w)`` maps to ``(N, H, W)`` with ``size = (H, W)`` (half-pixel centres,
+    as ``tf.image.resize``)."""
+    import cv2
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[1:] == tuple(size):
+        return maps.copy()
+    height, width = size
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])

@@ -1,0 +1,218 @@
+"""Running a Keras model's graph ourselves, with some layers swapped or recorded.
+
+This is how cnn-exposed works on nested models without building ``keras.Model(model.inputs,
+inner_layer.output)`` across a nesting boundary (the construction that fails in other tools): we walk the
+model's own graph, and when a node calls a nested model that we need to look into, we walk that model's
+graph too. At the node of the layer of interest we record its output, at any depth, and at the model's
+last layer we can compute the pre-activation score (the logit) without touching the user's model.
+
+This module is Keras-specific but backend-agnostic. It relies on one private Keras 3 method,
+``Function._run_through_graph``, the very routine Keras uses to call a functional model; it has kept its
+signature since Keras 3.0. Everything else uses public attributes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+from keras import ops
+
+from .errors import ModelError
+from .layers import LayerRef, is_nested_model
+
+_SQUASHING = ("softmax", "sigmoid")
+
+
+def functional_graph(model: keras.Model):
+    """The functional graph that implements ``model``, or None for a subclassed model.
+
+    A Sequential model that knows its input shape is backed by a functional graph; one that does not is
+    a plain list of layers, which we run in order.
+    """
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def output_operation(model: keras.Model):
+    """The operation (layer or op) whose output is the model's output."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1]
+    graph = functional_graph(model)
+    if graph is None:
+        return None
+    outputs = graph.outputs
+    if len(outputs) != 1:
+        raise ModelError(
+            f"Model {model.name!r} has {len(outputs)} outputs; cnn-exposed explains single-output "
+            "classifiers. Build a model with the output you want: keras.Model(model.inputs, "
+            "model.outputs[i])."
+        )
+    return outputs[0]._keras_history[0]
+
+
+def _activation_name(op) -> str | None:
+    """'softmax' / 'sigmoid' / other name of the activation an operation ends with, if any."""
+    cls = type(op).__name__
+    if cls in ("Softmax",):
+        return "softmax"
+    if cls in ("Sigmoid",):
+        return "sigmoid"
+    act = getattr(op, "activation", None)
+    if act is None:
+        return None
+    return getattr(act, "__name__", None)
+
+
+def _pre_activation(op) -> Callable | None:
+    """A callable computing ``op``'s output before its final softmax/sigmoid, or None if we cannot.
+
+    Activation, Softmax and ``keras.ops`` softmax/sigmoid operations become the identity; a Dense layer
+    is recomputed from its own kernel and bias. Nothing on the user's model is changed.
+    """
+    if isinstance(op, (keras.layers.Activation, keras.layers.Softmax)) or type(op).__name__ in (
+        "Softmax",
+        "Sigmoid",
+    ):
+        return lambda x, *args, **kwargs: x
+    if isinstance(op, keras.layers.Dense):
+
+        def dense_logits(x, *args, **kwargs):
+            z = ops.matmul(x, ops.cast(op.kernel, x.dtype))
+            if op.bias is not None:
+                z = ops.add(z, ops.cast(op.bias, x.dtype))
+            return z
+
+        return dense_logits
+    return None
+
+
+@dataclass
+class Head:
+    """What a classifier ends with.
+
+    Attributes
+    ----------
+    activation : str
+        ``"softmax"``, ``"sigmoid"`` or ``"linear"`` (the model already outputs logits).
+    chain : list of (keras.Model, operation)
+        The models leading to the final operation and the final operation, outermost first.
+    pre_activation : callable or None
+        Replaces the final operation to give logits; None when the model already gives logits or when
+        the final layer is of a kind whose pre-activation we cannot compute (we then explain the
+        probability and warn).
+    units : int
+        Size of the output (1 for a binary sigmoid model).
+    """
+
+    activation: str
+    chain: list = field(default_factory=list)
+    pre_activation: Callable | None = None
+    units: int = 0
+
+
+def classifier_head(model: keras.Model) -> Head:
+    """Inspect how ``model`` turns features into class scores (through nested models)."""
+    shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        raise ModelError(
+            f"Model {model.name!r} has output shape {shape}; cnn-exposed explains classifiers whose "
+            "output is (N, classes) (or (N, 1) for a binary sigmoid model). Make sure the model is "
+            "built (call it once, or give it an Input) and ends in a Dense layer."
+        )
+    chain = []
+    current = model
+    while True:
+        op = output_operation(current)
+        if op is None:
+            break
+        chain.append((current, op))
+        if is_nested_model(op):
+            current = op
+            continue
+        break
+    act = _activation_name(chain[-1][1]) if chain else None
+    if act not in _SQUASHING:
+        return Head("linear", chain, None, shape[-1])
+    pre = _pre_activation(chain[-1][1])
+    if pre is None:
+        warnings.warn(
+            f"The last layer of {model.name!r} ({type(chain[-1][1]).__name__}) applies {act} in a way "
+            "cnn-exposed cannot undo; explaining the probability instead of the logit.",
+            stacklevel=3,
+        )
+    return Head(act, chain, pre, shape[-1])
+
+
+@dataclass
+class Plan:
+    """What to change while running a model.
+
+    Attributes
+    ----------
+    record : LayerRef or None
+        The layer whose outputs to collect (every call of it, in call order).
+    logits : Head or None
+        When given, the final operation is replaced by its pre-activation.
+    replace : dict
+        ``id(layer) -> factory(layer, default_callable) -> callable``, for layers whose forward pass
+        a method swaps (rule-based backward passes use this).
+    """
+
+    record: LayerRef | None = None
+    logits: Head | None = None
+    replace: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._enter: set[int] = set()
+        self._final: int | None = None
+        if self.record is not None:
+            self._enter.update(id(m) for m in self.record.models[1:])
+        if self.logits is not None and self.logits.pre_activation is not None:
+            self._enter.update(id(m) for m, _ in self.logits.chain[1:])
+            self._final = id(self.logits.chain[-1][1])
+        # A replaced layer inside a nested model needs that model walked; callers add it with enter().
+
+    def enter(self, model: keras.Model) -> None:
+        self._enter.add(id(model))
+
+    def callable_for(self, op, recorded: list) -> Callable:
+        if id(op) == self._final:
+            fn = self.logits.pre_activation
+        elif id(op) in self._enter:
+
+            def fn(*args, _op=op, **kwargs):
+                return run_model(_op, args[0], self, recorded)
+
+        elif id(op) in self.replace:
+            fn = self.replace[id(op)](op)
+        else:
+            fn = op
+        if self.record is not None and op is self.record.layer:
+            inner = fn
+
+            def fn(*args, **kwargs):
+                out = inner(*args, **kwargs)
+                recorded.append(out)
+                return out
+
+        return fn
+
+
+def run_model(model: keras.Model, x, plan: Plan, recorded: list):
+    """Run ``model`` on ``x`` in inference mode following ``plan``; recorded outputs go to ``recorded``."""
+    if isinstance(model, keras.Sequential) and functional_graph(model) is None:
+        for layer in model.layers:
+            x = plan.callable_for(layer, recorded)(x)
+        return x
+    graph = functional_graph(model)
+    if graph is None:
+        # A subclassed model is opaque: we can only call it.
+        return model(x, training=False)
+    outputs = graph._run_through_graph(x, operation_fn=lambda op: plan.callable_for(op, recorded))
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs

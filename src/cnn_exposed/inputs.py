@@ -1,0 +1,100 @@
+"""Checking and preparing the images a user passes in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import InputError
+
+
+def as_batch(images, what: str = "images") -> np.ndarray:
+    """``images`` as an ``(N, H, W, C)`` array; a single ``(H, W, C)`` image becomes a batch of one."""
+    try:
+        arr = np.asarray(images)
+    except ValueError as err:  # ragged lists
+        raise InputError(
+            f"{what} could not be stacked into one array ({err}). Resize all images to the same "
+            "size first (cnn_exposed.plotting and the CLI do this for files)."
+        ) from None
+    if arr.dtype == object:
+        raise InputError(f"{what} have different shapes; resize them to one size first.")
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        hint = " Add a channel axis: images[..., None]." if arr.ndim == 2 else ""
+        raise InputError(
+            f"{what} must have shape (N, height, width, channels) or (height, width, channels); "
+            f"got shape {arr.shape}.{hint}"
+        )
+    if arr.shape[0] == 0:
+        raise InputError(f"{what} is empty: pass at least one image.")
+    return arr
+
+
+def prepare_images(
+    images, input_shape: tuple, preprocess: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``images`` and turn them into model input.
+
+    Parameters
+    ----------
+    images : array-like, (N, H, W, C) or (H, W, C)
+        In the model's own value range, or raw pixels when ``preprocess`` is given.
+    input_shape : tuple
+        The model's input shape without the batch axis, ``(H, W, C)``; None entries accept any size.
+    preprocess : callable, optional
+        Maps raw images to model input (e.g. ``keras.applications.mobilenet_v2.preprocess_input``). It
+        gets a copy, so an in-place preprocessing function does not change the caller's array.
+
+    Returns
+    -------
+    display : (N, H, W, C) array
+        What heatmaps are drawn over: the raw images when ``preprocess`` is given, else the input.
+    x : (N, H, W, C) float32
+        The model input.
+    """
+    raw = as_batch(images)
+    if preprocess is not None:
+        try:
+            x = preprocess(raw.copy())
+        except Exception as err:  # the user's function: say where it failed
+            raise InputError(f"preprocess failed on images of shape {raw.shape}: {err}") from err
+        x = np.asarray(x)
+        if x.ndim == 3 and raw.ndim == 4 and len(x) == len(raw) and x.shape[1:] != raw.shape[1:]:
+            x = x[..., None]
+        x = as_batch(x, "preprocessed images")
+    else:
+        x = raw
+    x = np.asarray(x, dtype=np.float32)
+    want = tuple(input_shape)
+    if len(want) == 3:
+        if want[-1] is not None and x.shape[-1] != want[-1]:
+            hint = (
+                " Convert grayscale to RGB with np.repeat(images, 3, axis=-1)."
+                if x.shape[-1] == 1 and want[-1] == 3
+                else " Drop the alpha channel with images[..., :3]."
+                if x.shape[-1] == 4 and want[-1] == 3
+                else ""
+            )
+            raise InputError(
+                f"The model expects {want[-1]} channels but the images have {x.shape[-1]} "
+                f"(shape {x.shape}).{hint}"
+            )
+        size = want[:2]
+        if any(w is not None and w != h for w, h in zip(size, x.shape[1:3])):
+            raise InputError(
+                f"The model expects images of {size[0]}x{size[1]} pixels but got "
+                f"{x.shape[1]}x{x.shape[2]}. Resize them first, e.g. with "
+                "keras.ops.image.resize(images, size) or cv2.resize."
+            )
+    bad = ~np.isfinite(x)
+    if bad.any():
+        images_hit = np.unique(np.nonzero(bad)[0])
+        raise InputError(
+            f"The input holds {int(bad.sum())} NaN or infinite values (in image(s) "
+            f"{images_hit[:10].tolist()}). Check the image loading and preprocessing."
+        )
+    display = raw if preprocess is not None else x
+    return display, x

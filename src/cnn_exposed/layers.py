@@ -1,0 +1,190 @@
+"""Finding layers in Sequential, functional and nested Keras models.
+
+A layer is addressed by a *path*: the names of the nested models that lead to it, then its own name,
+joined by ``/`` (``"mobilenetv2_1.00_224/Conv_1"``). The root model's name is not part of the path
+(it is accepted and ignored when given). A bare name is found at any depth when it is unique.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import keras
+
+from .errors import LayerNotFoundError, NoSpatialLayerError
+
+
+@dataclass(frozen=True, eq=False)
+class LayerRef:
+    """A layer located inside a model.
+
+    Attributes
+    ----------
+    models : tuple of keras.Model
+        The chain of models from the root model down to the model that directly holds ``layer``.
+    layer : keras.layers.Layer
+        The layer itself.
+    path : str
+        Its path from the root, e.g. ``"base/Conv_1"``.
+    """
+
+    models: tuple
+    layer: keras.layers.Layer
+    path: str
+
+    @property
+    def output_shape(self) -> tuple | None:
+        return layer_output_shape(self.layer)
+
+
+def is_nested_model(layer: keras.layers.Layer) -> bool:
+    """Whether a layer is a model whose own layers we can look into (Sequential or functional)."""
+    return isinstance(layer, keras.Model) and len(getattr(layer, "layers", [])) > 0
+
+
+def layer_output_shape(layer: keras.layers.Layer) -> tuple | None:
+    """The symbolic output shape of a layer, or None when it is unknown (never called, or several outputs).
+
+    A layer that was called more than once reports the shape of its last call.
+    """
+    try:
+        out = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        if not nodes:
+            return None
+        outs = getattr(nodes[-1], "output_tensors", None) or getattr(nodes[-1], "outputs", None)
+        if not outs:
+            return None
+        out = outs[0]
+    if isinstance(out, (list, tuple)):
+        if len(out) != 1:
+            return None
+        out = out[0]
+    shape = getattr(out, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def is_spatial(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's output is 4-D, ``(N, H, W, C)``: a feature map a CAM can be computed on."""
+    shape = layer_output_shape(layer)
+    return shape is not None and len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer)
+
+
+def iter_layers(model: keras.Model) -> Iterator[LayerRef]:
+    """Every layer of ``model`` depth first in graph order, entering nested models.
+
+    A nested model is yielded before its own layers.
+    """
+
+    def walk(chain: tuple, prefix: str) -> Iterator[LayerRef]:
+        for layer in chain[-1].layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            path = prefix + layer.name
+            yield LayerRef(chain, layer, path)
+            if is_nested_model(layer):
+                yield from walk(chain + (layer,), path + "/")
+
+    yield from walk((model,), "")
+
+
+def list_layers(model: keras.Model, spatial_only: bool = False) -> list[str]:
+    """Paths of the model's layers (``spatial_only``: only those with a 4-D output), in graph order."""
+    return [ref.path for ref in iter_layers(model) if not spatial_only or is_spatial(ref.layer)]
+
+
+def find_last_spatial_layer(model: keras.Model) -> LayerRef:
+    """The last layer with a 4-D output, searching inside nested models (the default CAM layer).
+
+    Raises
+    ------
+    NoSpatialLayerError
+        When no layer of the model (nested ones included) has a 4-D output.
+    """
+    spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer)]
+    # A nested model whose output is spatial comes before its own layers; its last inner layer is the
+    # same tensor or closer to it, and naming it is more useful, so prefer non-model layers.
+    plain = [ref for ref in spatial if not is_nested_model(ref.layer)]
+    if plain:
+        # "Last" in graph order: the last plain spatial layer that is not followed by a later spatial
+        # layer in an outer model. iter_layers is depth first, so the deepest-last is the last item.
+        return plain[-1]
+    if spatial:
+        return spatial[-1]
+    raise NoSpatialLayerError(
+        f"Model {model.name!r} has no layer with a 4-D (N, H, W, C) output, so a CAM method has no "
+        "feature map to weight. Use a gradient method (saliency, integrated_gradients, ...) or "
+        "occlusion instead, or pass a model that contains convolutional layers."
+    )
+
+
+def _describe_candidates(model: keras.Model, wanted: str) -> str:
+    all_paths = list_layers(model)
+    spatial = list_layers(model, spatial_only=True)
+    names = {p.rsplit("/", 1)[-1]: p for p in all_paths}
+    close = difflib.get_close_matches(wanted, all_paths, n=3, cutoff=0.5)
+    close += [
+        names[n]
+        for n in difflib.get_close_matches(wanted.rsplit("/", 1)[-1], list(names), n=3, cutoff=0.5)
+        if names[n] not in close
+    ]
+    parts = []
+    if close:
+        parts.append("Did you mean: " + ", ".join(repr(c) for c in close[:3]) + "?")
+    if spatial:
+        shown = spatial[-12:]
+        more = len(spatial) - len(shown)
+        parts.append(
+            "Layers with a spatial (4-D) output, last ones first: "
+            + ", ".join(repr(p) for p in reversed(shown))
+            + (f" (and {more} earlier; see cnn_exposed.list_layers(model))" if more else "")
+        )
+    else:
+        parts.append("The model has no layer with a spatial (4-D) output.")
+    return " ".join(parts)
+
+
+def resolve_layer(model: keras.Model, layer: str | keras.layers.Layer | LayerRef) -> LayerRef:
+    """Locate ``layer`` (a name, an ``"outer/inner"`` path, a layer object or a LayerRef) in ``model``.
+
+    Raises
+    ------
+    LayerNotFoundError
+        With the closest names and the spatial layers listed.
+    """
+    if isinstance(layer, LayerRef):
+        return layer
+    refs = list(iter_layers(model))
+    if isinstance(layer, keras.layers.Layer):
+        for ref in refs:
+            if ref.layer is layer:
+                return ref
+        raise LayerNotFoundError(
+            f"Layer object {layer.name!r} is not part of model {model.name!r}. "
+            + _describe_candidates(model, layer.name)
+        )
+    if not isinstance(layer, str):
+        raise LayerNotFoundError(
+            f"layer must be a name, an 'outer/inner' path or a layer object, got {type(layer).__name__}."
+        )
+    wanted = layer.strip("/")
+    if wanted.startswith(model.name + "/"):
+        wanted = wanted[len(model.name) + 1 :]
+    if "/" in wanted:
+        matches = [ref for ref in refs if ref.path == wanted]
+    else:
+        matches = [ref for ref in refs if ref.layer.name == wanted]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise LayerNotFoundError(
+            f"Layer name {layer!r} occurs {len(matches)} times in model {model.name!r} (inside "
+            "different nested models). Give its full path, one of: "
+            + ", ".join(repr(ref.path) for ref in matches)
+        )
+    raise LayerNotFoundError(
+        f"No layer {layer!r} in model {model.name!r}. " + _describe_candidates(model, wanted)
+    )

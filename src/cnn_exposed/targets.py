@@ -1,0 +1,66 @@
+"""Turning the ``target=`` argument into one class index per explained map."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .errors import TargetError
+
+_TOP_K = re.compile(r"^top-?(\d+)$")
+
+
+def resolve_targets(target, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices to explain and, for each, the image it belongs to.
+
+    Parameters
+    ----------
+    target : "predicted", int, sequence of int, or "top-k" (e.g. ``"top3"``)
+        ``"predicted"`` explains each image's highest-scoring class; an int explains that class for
+        every image; a sequence gives one class per image; ``"top-k"`` explains each image's k best
+        classes (k maps per image, best first).
+    outputs : (N, K) array
+        The model's scores for the N images.
+
+    Returns
+    -------
+    targets : (M,) int32
+    image_index : (M,) int64
+        ``M == N`` except for top-k, where ``M == N * k`` ordered image by image.
+    """
+    n, k = outputs.shape
+    order = np.argsort(-outputs, axis=1, kind="stable")
+    if isinstance(target, str):
+        if target == "predicted":
+            return order[:, 0].astype(np.int32), np.arange(n)
+        match = _TOP_K.match(target)
+        if not match:
+            raise TargetError(
+                f"Unknown target {target!r}. Use 'predicted', a class index, one index per image, "
+                "or 'top-k' such as 'top3'."
+            )
+        top = int(match.group(1))
+        if not 1 <= top <= k:
+            raise TargetError(f"{target!r} asks for {top} classes but the model has {k}.")
+        return order[:, :top].reshape(-1).astype(np.int32), np.repeat(np.arange(n), top)
+    if isinstance(target, (bool, np.bool_)):
+        raise TargetError(f"target must be a class index, not a boolean ({target!r}).")
+    arr = np.asarray(target)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TargetError(f"target must hold integer class indices, got {arr.dtype} values {target!r}.")
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr))
+    elif arr.ndim != 1 or len(arr) != n:
+        raise TargetError(
+            f"target has shape {arr.shape}; give one class index per image ({n} images) or a "
+            "single index for all."
+        )
+    bad = (arr < 0) | (arr >= k)
+    if bad.any():
+        raise TargetError(
+            f"Target class {int(arr[bad][0])} is out of range: the model has {k} classes "
+            f"(valid indices 0 to {k - 1})"
+            + (", a binary sigmoid model has classes 0 and 1." if k == 2 else ".")
+        )
+    return arr.astype(np.int32), np.arange(n)

@@ -1,0 +1,85 @@
+"""Integrated gradients: completeness, quadrature rules, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import images
+
+import cnn_exposed as ce
+from cnn_exposed.attribution import path_nodes
+
+
+def test_completeness_error_under_one_percent_with_64_steps(cnn, x):
+    exp = ce.explain(cnn, x, "integrated_gradients", steps=64)
+    assert exp.completeness_error.shape == (len(x),)
+    assert exp.completeness_error.max() < 0.01
+    # and the error is what it claims to be: recompute f(x) - f(x') independently
+    lin_scores = exp.scores
+    base = ce.explain(cnn, np.zeros_like(x), "saliency", target=exp.targets).scores
+    delta = lin_scores - base
+    sums = exp.attributions.reshape(len(x), -1).sum(1)
+    np.testing.assert_allclose(exp.completeness_error, np.abs(sums - delta) / np.abs(delta), rtol=1e-4)
+
+
+def test_completeness_error_shrinks_with_steps(cnn, x):
+    errors = [
+        ce.explain(cnn, x, "integrated_gradients", steps=s, rule="riemann_right").completeness_error.mean()
+        for s in (2, 8, 64)
+    ]
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_linear_model_is_exact_with_one_step():
+    """For a linear score, IG = (x - x') * w with any rule and any number of steps."""
+    from test_gradients import linear_model
+
+    model = linear_model()
+    x = images(2, 8)
+    w = model.get_layer("lin").kernel.numpy()[:, 1].reshape(8, 8, 3)
+    for rule in ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"):
+        exp = ce.explain(model, x, "integrated_gradients", target=1, steps=1, rule=rule)
+        np.testing.assert_allclose(exp.attributions, x * w, rtol=1e-5, atol=1e-7)
+        assert exp.completeness_error.max() < 1e-4
+
+
+@pytest.mark.parametrize("rule", ["trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"])
+def test_quadrature_integrates_polynomials(rule):
+    alphas, weights = path_nodes(16, rule)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    assert np.all((alphas >= 0) & (alphas <= 1))
+    # all rules integrate a line exactly only if symmetric; the cubic is a convergence check
+    tol = {"riemann_left": 0.04, "riemann_right": 0.04}.get(rule, 2e-3)
+    assert float((weights * alphas**3).sum()) == pytest.approx(0.25, abs=tol)
+
+
+def test_baselines(cnn, x):
+    ig = ce.IntegratedGradients(cnn, baseline="blur", steps=4)
+    blurred = ig.baselines(x)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    noise = ce.IntegratedGradients(cnn, baseline="noise", seed=1).baselines(x)
+    assert noise.min() >= x.min() - 1e-6 and noise.max() <= x.max() + 1e-6
+    np.testing.assert_array_equal(noise, ce.IntegratedGradients(cnn, baseline="noise", seed=1).baselines(x))
+    grey = ce.explain(cnn, x, "integrated_gradients", baseline=np.full((1, 1, 3), 0.5), steps=32)
+    black = ce.explain(cnn, x, "integrated_gradients", steps=32)
+    assert np.abs(grey.attributions - black.attributions).max() > 1e-4
+    assert grey.completeness_error.max() < 0.05
+    with pytest.raises(ce.InputError, match="broadcast"):
+        ce.explain(cnn, x, "integrated_gradients", baseline=np.zeros((5, 5, 3)))
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        ce.explain(cnn, x, "integrated_gradients", baseline="white")
+
+
+def test_black_baseline_goes_through_preprocess(cnn):
+    raw = (images(2) * 255).astype(np.uint8)
+    prep = lambda im: im.astype(np.float32) / 127.5 - 1.0  # noqa: E731
+    ig = ce.IntegratedGradients(cnn, preprocess=prep, steps=4)
+    np.testing.assert_allclose(ig.baselines(prep(raw)), -1.0)
+    exp = ig.explain(raw)
+    assert exp.images.dtype == np.uint8 and exp.images.shape == raw.shape
+
+
+def test_batch_size_invariance(cnn, x):
+    a = ce.explain(cnn, x, "integrated_gradients", steps=10, batch_size=3)
+    b = ce.explain(cnn, x, "integrated_gradients", steps=10, batch_size=64)
+    np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-8)
