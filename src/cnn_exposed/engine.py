@@ -129,7 +129,10 @@ class Engine:
 
     @staticmethod
     def _select(scores, targets):
-        return ops.take_along_axis(scores, ops.expand_dims(targets, 1), axis=1)[:, 0]
+        """Resolve ``-1`` targets to the top class, then pick each row's score: ``(s, targets)``."""
+        top = ops.cast(ops.argmax(scores, axis=-1), "int32")
+        targets = ops.where(targets < 0, top, targets)
+        return ops.take_along_axis(scores, ops.expand_dims(targets, 1), axis=1)[:, 0], targets
 
     def _fn_predict(self, x):
         scores, probs, _ = self._forward(x)
@@ -137,26 +140,26 @@ class Engine:
 
     def _fn_scores(self, x, targets):
         scores, _, _ = self._forward(x)
-        return self._select(scores, targets)
+        return self._select(scores, targets)[0]
 
     def _fn_input_gradients(self, x, targets):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            scores, _, _ = self._forward(x)
-            s = self._select(scores, targets)
-        return s, tape.gradient(s, x)
+            scores, probs, _ = self._forward(x)
+            s, t = self._select(scores, targets)
+        return s, tape.gradient(s, x), t, probs
 
     def _fn_layer_gradients(self, x, targets):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            scores, _, a = self._forward(x, record=True)
-            s = self._select(scores, targets)
+            scores, probs, a = self._forward(x, record=True)
+            s, t = self._select(scores, targets)
         g = tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return s, a, g
+        return s, a, g, t, probs
 
     def _fn_activations(self, x):
-        _, _, a = self._forward(x, record=True)
-        return a
+        scores, probs, a = self._forward(x, record=True)
+        return a, scores, probs
 
     def _compiled_fn(self, name: str, x: np.ndarray, with_targets: bool) -> Callable:
         key = (name, tuple(x.shape[1:]))
@@ -179,7 +182,8 @@ class Engine:
         return np.asarray(out)
 
     # --------------------------------------------------------------- one batch
-    # Each of these runs a single compiled call on a batch the caller has sized.
+    # Each of these runs a single compiled call on a batch the caller has sized. A target of -1 means
+    # "the top class", resolved inside the same pass (so explaining the prediction costs no extra pass).
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score-space outputs ``(N, K)`` and probabilities ``(N, K)`` for one batch."""
         return self._call("predict", x)
@@ -188,19 +192,19 @@ class Engine:
         """The explained score of ``targets`` for one batch, ``(N,)``."""
         return self._call("scores", x, targets)
 
-    def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``(N,)`` and their gradients with respect to the input ``(N, H, W, C)``."""
+    def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+        """Scores ``(N,)``, their gradients w.r.t. the input ``(N, H, W, C)``, the resolved targets
+        ``(N,)`` and the probabilities ``(N, K)``."""
         return self._call("input_gradients", x, targets)
 
-    def layer_gradients(
-        self, x: np.ndarray, targets: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores ``(N,)``, the layer's output ``A`` and ``dscore/dA`` (both ``(N, h, w, k)``)."""
+    def layer_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+        """Scores ``(N,)``, the layer's output ``A`` and ``dscore/dA`` (both ``(N, h, w, k)``), the
+        resolved targets and the probabilities."""
         self._require_layer()
         return self._call("layer_gradients", x, targets)
 
-    def activations(self, x: np.ndarray) -> np.ndarray:
-        """The recorded layer's output for one batch."""
+    def activations(self, x: np.ndarray) -> tuple:
+        """The recorded layer's output, the score-space outputs and the probabilities for one batch."""
         self._require_layer()
         return self._call("activations", x)
 
@@ -213,8 +217,18 @@ class Engine:
         self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict` over any number of images, in batches."""
-        parts = [self.predict(x[s]) for s in batch_slices(len(x), batch_size, progress=progress)]
-        return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
+        return self.map_batches(self.predict, (x,), batch_size, progress)
+
+    @staticmethod
+    def map_batches(fn: Callable, arrays: tuple, batch_size: int, progress: bool = False, desc=None):
+        """Apply a one-batch function over aligned arrays in batches; concatenate each of its outputs."""
+        parts = [
+            fn(*(a[s] for a in arrays))
+            for s in batch_slices(len(arrays[0]), batch_size, progress=progress, desc=desc)
+        ]
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
+        return np.concatenate(parts, axis=0)
 
     def scores_all(
         self,
@@ -224,8 +238,7 @@ class Engine:
         progress: bool = False,
     ) -> np.ndarray:
         """:meth:`scores` over any number of images, in batches."""
-        slices = batch_slices(len(x), batch_size, progress=progress)
-        return np.concatenate([self.scores(x[s], targets[s]) for s in slices], axis=0)
+        return self.map_batches(self.scores, (x, targets), batch_size, progress)
 
 
 _ENGINES: OrderedDict = OrderedDict()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -11,7 +12,12 @@ from .errors import TargetError
 _TOP_K = re.compile(r"^top-?(\d+)$")
 
 
-def resolve_targets(target, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+PREDICTED = -1  # a target resolved to the top class inside the explaining pass itself
+
+
+def resolve_targets(
+    target, num_classes: int, n: int, outputs: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Class indices to explain and, for each, the image it belongs to.
 
     Parameters
@@ -20,20 +26,24 @@ def resolve_targets(target, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray
         ``"predicted"`` explains each image's highest-scoring class; an int explains that class for
         every image; a sequence gives one class per image; ``"top-k"`` explains each image's k best
         classes (k maps per image, best first).
-    outputs : (N, K) array
-        The model's scores for the N images.
+    num_classes : int
+        K, the number of classes (2 for a binary sigmoid model).
+    n : int
+        The number of images.
+    outputs : callable
+        Returns the model's ``(N, K)`` scores; called only for top-k.
 
     Returns
     -------
     targets : (M,) int32
+        Class indices; :data:`PREDICTED` (-1) for "predicted", resolved by the explaining pass.
     image_index : (M,) int64
         ``M == N`` except for top-k, where ``M == N * k`` ordered image by image.
     """
-    n, k = outputs.shape
-    order = np.argsort(-outputs, axis=1, kind="stable")
+    k = num_classes
     if isinstance(target, str):
         if target == "predicted":
-            return order[:, 0].astype(np.int32), np.arange(n)
+            return np.full(n, PREDICTED, dtype=np.int32), np.arange(n)
         match = _TOP_K.match(target)
         if not match:
             raise TargetError(
@@ -43,6 +53,7 @@ def resolve_targets(target, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray
         top = int(match.group(1))
         if not 1 <= top <= k:
             raise TargetError(f"{target!r} asks for {top} classes but the model has {k}.")
+        order = np.argsort(-outputs(), axis=1, kind="stable")
         return order[:, :top].reshape(-1).astype(np.int32), np.repeat(np.arange(n), top)
     if isinstance(target, (bool, np.bool_)):
         raise TargetError(f"target must be a class index, not a boolean ({target!r}).")

@@ -20,6 +20,9 @@ class Result:
     """What a method computes for ``M`` (image, target) pairs; see :class:`Explanation`."""
 
     raw_maps: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    probabilities: np.ndarray
     attributions: np.ndarray | None = None
     layer_maps: np.ndarray | None = None
     completeness_error: np.ndarray | None = None
@@ -85,23 +88,34 @@ class AttributionMethod:
         self.progress = progress
 
     # Subclasses implement these two.
-    def compute(self, x: np.ndarray, targets: np.ndarray, scores: np.ndarray, images) -> Result:
-        """The method proper, on model inputs ``x`` (M, H, W, C) with one target each."""
+    def compute(self, x: np.ndarray, targets: np.ndarray, images) -> Result:
+        """The method proper, on model inputs ``x`` (M, H, W, C) with one target each.
+
+        A target of -1 (:data:`~cnn_exposed.targets.PREDICTED`) stands for the image's top class; the
+        result holds the resolved targets.
+        """
         raise NotImplementedError
 
     def options(self) -> dict:
         """The method's own settings, for :attr:`Explanation.params`."""
         return {}
 
+    def resolve(self, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One forward pass: resolved targets, their scores and the probabilities, for methods that need
+        the target before they can start (their own passes are not on ``x`` itself)."""
+        outputs, probs = self.engine.predict_all(x, self.batch_size)
+        resolved = np.where(targets < 0, outputs.argmax(axis=1), targets).astype(np.int32)
+        return resolved, outputs[np.arange(len(x)), resolved], probs
+
     def explain(self, images, target="predicted") -> Explanation:
         """Explain ``images`` (N, H, W, C) or (H, W, C) for ``target`` (see :func:`cnn_exposed.explain`)."""
         display, x = prepare_images(images, self.engine.input_shape, self.preprocess)
-        outputs, probs = self.engine.predict_all(x, self.batch_size)
-        targets, index = resolve_targets(target, outputs)
-        scores = outputs[index, targets]
+        targets, index = resolve_targets(
+            target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
+        )
         if len(index) != len(x) or (index != np.arange(len(x))).any():
-            x, display, probs = x[index], display[index], probs[index]
-        result = self.compute(x, targets, scores, display)
+            x, display = x[index], display[index]
+        result = self.compute(x, targets, display)
         params = {
             "score": self.score,
             "batch_size": self.batch_size,
@@ -113,13 +127,13 @@ class AttributionMethod:
         return Explanation(
             maps=normalize_maps(np.maximum(result.raw_maps, 0.0)),
             attributions=result.attributions,
-            targets=targets,
-            scores=scores.astype(np.float32),
+            targets=result.targets.astype(np.int64),
+            scores=result.scores.astype(np.float32),
             method=self.name,
             params=params,
             images=display,
             image_index=index,
-            probabilities=probs.astype(np.float32),
+            probabilities=result.probabilities.astype(np.float32),
             raw_maps=result.raw_maps.astype(np.float32),
             layer=self.engine.layer.path if self.engine.layer is not None else None,
             layer_maps=result.layer_maps,
@@ -138,12 +152,19 @@ class GradientMethod(AttributionMethod):
     """A method whose result is a signed attribution in input space, drawn as max over channels of |a|."""
 
     def attribute(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Signed attributions ``(M, H, W, C)`` float32 for inputs ``x`` and their targets, batched."""
+        """Signed attributions ``(M, H, W, C)`` float32 for inputs ``x`` and resolved targets, batched."""
         raise NotImplementedError
 
-    def compute(self, x, targets, scores, images) -> Result:
-        attributions = self.attribute(x, targets, images=images).astype(np.float32)
-        return Result(raw_maps=channel_max_abs(attributions), attributions=attributions)
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
+        attributions = self.attribute(x, targets).astype(np.float32)
+        return Result(
+            raw_maps=channel_max_abs(attributions),
+            targets=targets,
+            scores=scores,
+            probabilities=probs,
+            attributions=attributions,
+        )
 
 
 def _spatial_tail(model) -> list:

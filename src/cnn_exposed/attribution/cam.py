@@ -22,14 +22,16 @@ class CAMMethod(AttributionMethod):
         """``(n, h, w, k)`` activations and gradients -> ``(n, h, w)`` map before ReLU."""
         raise NotImplementedError
 
-    def compute(self, x, targets, scores, images) -> Result:
-        layer_maps = []
-        for s in batch_slices(len(x), self.batch_size, progress=self.progress, desc=self.name):
-            _, a, g = self.engine.layer_gradients(x[s], targets[s])
-            layer_maps.append(self.cam(a, g).astype(np.float32))
-        layer_maps = np.concatenate(layer_maps, axis=0)
+    def compute(self, x, targets, images) -> Result:
+        def one_batch(xb, tb):
+            s, a, g, t, p = self.engine.layer_gradients(xb, tb)
+            return s, self.cam(a, g).astype(np.float32), t, p
+
+        scores, layer_maps, targets, probs = self.engine.map_batches(
+            one_batch, (x, targets), self.batch_size, self.progress, self.name
+        )
         raw = upsample_maps(np.maximum(layer_maps, 0.0), x.shape[1:3])
-        return Result(raw_maps=raw, layer_maps=layer_maps)
+        return Result(raw, targets, scores, probs, layer_maps=layer_maps)
 
 
 def _channel_sum(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -119,10 +121,10 @@ class ScoreCAM(CAMMethod):
         var = activations.reshape(len(activations), -1, k).var(axis=1)
         return np.argsort(-var, axis=1, kind="stable")[:, : self.channels]
 
-    def compute(self, x, targets, scores, images) -> Result:
-        acts = np.concatenate(
-            [self.engine.activations(x[s]) for s in batch_slices(len(x), self.batch_size, progress=False)]
-        )
+    def compute(self, x, targets, images) -> Result:
+        acts, outputs, probs = self.engine.map_batches(self.engine.activations, (x,), self.batch_size)
+        targets = np.where(targets < 0, outputs.argmax(axis=1), targets).astype(np.int32)
+        scores = outputs[np.arange(len(x)), targets]
         chosen = self._selected(acts)
         n_ch = chosen.shape[1]
         channel_scores = np.empty(chosen.shape, dtype=np.float32)
@@ -140,4 +142,6 @@ class ScoreCAM(CAMMethod):
         picked = np.take_along_axis(acts, chosen[:, None, None, :], axis=-1)
         layer_maps = _channel_sum(picked, w).astype(np.float32)
         raw = upsample_maps(np.maximum(layer_maps, 0.0), size)
-        return Result(raw_maps=raw, layer_maps=layer_maps, extras={"channel_scores": channel_scores})
+        return Result(
+            raw, targets, scores, probs, layer_maps=layer_maps, extras={"channel_scores": channel_scores}
+        )

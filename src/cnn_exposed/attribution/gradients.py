@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import batch_slices
-from .base import GradientMethod
+from ..explanation import channel_max_abs
+from .base import GradientMethod, Result
 
 
 class Saliency(GradientMethod):
@@ -16,11 +17,30 @@ class Saliency(GradientMethod):
 
     name = "saliency"
 
-    def attribute(self, x, targets, images=None):
-        out = np.empty(x.shape, dtype=np.float32)
-        for s in batch_slices(len(x), self.batch_size, progress=self.progress, desc=self.name):
-            out[s] = self.engine.input_gradients(x[s], targets[s])[1]
-        return out
+    def from_gradients(self, gradients: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Attributions from the input gradients (here: the gradients themselves)."""
+        return gradients
+
+    def _pass(self, x, targets):
+        """(scores, gradients, resolved targets, probabilities), one compiled call per batch."""
+        return self.engine.map_batches(
+            self.engine.input_gradients, (x, targets), self.batch_size, self.progress, self.name
+        )
+
+    def attribute(self, x, targets):
+        return self.from_gradients(self._pass(x, targets)[1], x)
+
+    def compute(self, x, targets, images) -> Result:
+        # The prediction is resolved inside the gradient pass: one pass in all.
+        scores, grads, targets, probs = self._pass(x, targets)
+        attributions = self.from_gradients(grads, x).astype(np.float32)
+        return Result(
+            raw_maps=channel_max_abs(attributions),
+            targets=targets,
+            scores=scores,
+            probabilities=probs,
+            attributions=attributions,
+        )
 
 
 class GradientXInput(Saliency):
@@ -28,8 +48,8 @@ class GradientXInput(Saliency):
 
     name = "gradient_x_input"
 
-    def attribute(self, x, targets, images=None):
-        return super().attribute(x, targets) * x
+    def from_gradients(self, gradients, x):
+        return gradients * x
 
 
 _REDUCTIONS = {
@@ -123,7 +143,7 @@ class SmoothGrad(GradientMethod):
             **{f"base_{k}": v for k, v in self.base.options().items()},
         }
 
-    def attribute(self, x, targets, images=None):
+    def attribute(self, x, targets):
         rng = np.random.default_rng(self.seed)
         span = x.reshape(len(x), -1)
         sigma = self.noise * (span.max(axis=1) - span.min(axis=1))

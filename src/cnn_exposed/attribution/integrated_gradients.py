@@ -135,11 +135,12 @@ class IntegratedGradients(GradientMethod):
                 total[i] += g[img == i].sum(axis=0)
         return total
 
-    def attribute(self, x, targets, images=None):
+    def attribute(self, x, targets):
         b = self.baselines(x)
         return (x - b) * self._integrate(x, b, targets)
 
-    def compute(self, x, targets, scores, images) -> Result:
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
         b = self.baselines(x)
         attributions = ((x - b) * self._integrate(x, b, targets)).astype(np.float32)
         base_scores = self.engine.scores_all(b, targets, self.batch_size)
@@ -148,6 +149,9 @@ class IntegratedGradients(GradientMethod):
         error = np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)
         return Result(
             raw_maps=channel_max_abs(attributions),
+            targets=targets,
+            scores=scores,
+            probabilities=probs,
             attributions=attributions,
             completeness_error=error.astype(np.float32),
             extras={"baseline_scores": base_scores, "attribution_sums": total},

@@ -73,7 +73,8 @@ class Occlusion(AttributionMethod):
             )
         return np.full(x.shape, float(self.fill), dtype=np.float32)
 
-    def compute(self, x, targets, scores, images) -> Result:
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
         n, height, width = x.shape[:3]
         (ph, pw), (sy, sx) = self._geometry(height, width)
         ys, xs = patch_positions(height, ph, sy), patch_positions(width, pw, sx)
@@ -96,4 +97,4 @@ class Occlusion(AttributionMethod):
                 y0, x0 = grid[p]
                 drops[i, y0 : y0 + ph, x0 : x0 + pw] += drop[j]
         raw = (drops / counts).astype(np.float32)
-        return Result(raw_maps=raw, extras={"patch": (ph, pw), "stride": (sy, sx)})
+        return Result(raw, targets, scores, probs, extras={"patch": (ph, pw), "stride": (sy, sx)})

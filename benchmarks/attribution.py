@@ -1,0 +1,173 @@
+"""Attribution speed: every method against its floor and against tf-keras-vis, side by side in one run.
+
+    python benchmarks/attribution.py [--size 224] [--batch 8] [--repeats 3] [--quick]
+
+Model: MobileNetV2 with random weights (no download), 224x224, a batch of 8 images. For each method:
+
+- floor: the same number of forward+backward (or forward-only) passes of the same batch through a bare
+  ``tf.function`` gradient of the model's output, measured in the same run;
+- ours: ``cnn_exposed`` with ``batch_size`` = the batch;
+- tf-keras-vis: the same method where it has one.
+
+Each timing is the best of ``--repeats`` runs after one warm-up (tracing excluded), and the runs of the
+three are interleaved so that load from other processes hits them alike. Targets (issue 2): gradient
+methods within 1.2x of their floor, SmoothGrad and Grad-CAM at least 3x faster than tf-keras-vis,
+integrated gradients (50 steps) within 1.2x of 51 forward+backward passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import cnn_exposed as ce  # noqa: E402
+
+
+def best_of(fns: dict, repeats: int) -> dict:
+    """Warm each callable once, then time them interleaved; best (minimum) seconds per name."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=20, help="SmoothGrad samples")
+    parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    parser.add_argument("--channels", type=int, default=64, help="Score-CAM top-N channels")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.batch, args.repeats, args.samples, args.steps, args.channels = 96, 2, 1, 4, 4, 8
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(args.size, args.size, 3))
+    x = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
+    targets = np.arange(args.batch, dtype=np.int32)
+    layer = "Conv_1"
+
+    @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:]), tf.TensorSpec((None,), tf.int32)])
+    def grad_pass(v, t):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = model(v, training=False)
+            s = tf.gather(out, t, batch_dims=1)
+        return tape.gradient(s, v)
+
+    @tf.function(input_signature=[tf.TensorSpec((None,) + x.shape[1:]), tf.TensorSpec((None,), tf.int32)])
+    def forward_pass(v, t):
+        return tf.gather(model(v, training=False), t, batch_dims=1)
+
+    def floor(passes: int, fn=grad_pass):
+        def run():
+            for _ in range(passes):
+                fn(x, targets)
+
+        return run
+
+    def ours(method, **opts):
+        obj = ce.METHODS[method](model, batch_size=args.batch, progress=False, **opts)
+        return lambda: obj.explain(x, target=targets)
+
+    rows = []  # (method, floor description, floor s, ours s, tf-keras-vis s or None)
+
+    def record(method, floor_desc, fns):
+        t = best_of(fns, args.repeats)
+        rows.append((method, floor_desc, t["floor"], t["ours"], t.get("tkv")))
+        r = rows[-1]
+        tkv = f"{r[4]:8.2f}" if r[4] is not None else "       -"
+        print(f"  {r[0]:22s} floor {r[2]:7.2f}s  ours {r[3]:7.2f}s  tf-keras-vis {tkv}s", flush=True)
+
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    score = CategoricalScore(targets.tolist())
+    tkv_sal = Saliency(model, model_modifier=ReplaceToLinear(), clone=True)
+    tkv_cam = {
+        "gradcam": Gradcam(model, model_modifier=ReplaceToLinear(), clone=True),
+        "gradcam++": GradcamPlusPlus(model, model_modifier=ReplaceToLinear(), clone=True),
+        "layercam": Layercam(model, model_modifier=ReplaceToLinear(), clone=True),
+    }
+    tkv_score = Scorecam(model, clone=True)
+
+    print(f"MobileNetV2 (random weights) {args.size}x{args.size}, batch {args.batch}, best of {args.repeats}")
+    record(
+        "saliency",
+        "1 fwd+bwd",
+        {"floor": floor(1), "ours": ours("saliency"), "tkv": lambda: tkv_sal(score, x)},
+    )
+    record("gradient_x_input", "1 fwd+bwd", {"floor": floor(1), "ours": ours("gradient_x_input")})
+    record(
+        f"smoothgrad (n={args.samples})",
+        f"{args.samples} fwd+bwd",
+        {
+            "floor": floor(args.samples),
+            "ours": ours("smoothgrad", samples=args.samples, noise=0.2),
+            "tkv": lambda: tkv_sal(score, x, smooth_samples=args.samples, smooth_noise=0.2),
+        },
+    )
+    record(
+        f"integrated_gradients ({args.steps})",
+        f"{args.steps + 1} fwd+bwd",
+        {"floor": floor(args.steps + 1), "ours": ours("integrated_gradients", steps=args.steps)},
+    )
+    for name, vis in tkv_cam.items():
+        record(
+            name,
+            "1 fwd+bwd",
+            {
+                "floor": floor(1),
+                "ours": ours(name, layer=layer),
+                "tkv": lambda vis=vis: vis(score, x, penultimate_layer=layer),
+            },
+        )
+    n = args.channels
+    record(
+        f"scorecam (top {n})",
+        f"{n} fwd",
+        {
+            "floor": floor(n, forward_pass),
+            "ours": ours("scorecam", layer=layer, channels=n),
+            "tkv": lambda: tkv_score(score, x, penultimate_layer=layer, max_N=n),
+        },
+    )
+    occ = ce.Occlusion(model, batch_size=args.batch, progress=False)
+    (ph, pw), (sy, sx) = occ._geometry(args.size, args.size)
+    positions = len(range(0, args.size - ph + 1, sy)) + (0 if (args.size - ph) % sy == 0 else 1)
+    record(
+        "occlusion",
+        f"{positions**2} fwd",
+        {"floor": floor(positions**2, forward_pass), "ours": lambda: occ.explain(x, target=targets)},
+    )
+
+    print()
+    print("| method | floor | floor s | ours s | ours / floor | tf-keras-vis s | tf-keras-vis / ours |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for method, desc, f, o, t in rows:
+        tk = f"{t:.2f} | {t / o:.1f}x" if t is not None else "- | -"
+        print(f"| {method} | {desc} | {f:.2f} | {o:.2f} | {o / f:.2f} | {tk} |")
+
+
+if __name__ == "__main__":
+    main()
