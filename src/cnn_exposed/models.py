@@ -1,0 +1,228 @@
+"""Loading a model to explain: the bundled demo, a ``keras.applications`` model, or the user's own file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .errors import CnnExposedError, ModelError
+
+# name -> (keras.applications constructor, preprocessing module, input size)
+APPLICATIONS = {
+    "mobilenet_v2": ("MobileNetV2", "mobilenet_v2", 224),
+    "mobilenet": ("MobileNet", "mobilenet", 224),
+    "mobilenet_v3_small": ("MobileNetV3Small", "mobilenet_v3", 224),
+    "mobilenet_v3_large": ("MobileNetV3Large", "mobilenet_v3", 224),
+    "resnet50": ("ResNet50", "resnet50", 224),
+    "resnet50_v2": ("ResNet50V2", "resnet_v2", 224),
+    "efficientnet_b0": ("EfficientNetB0", "efficientnet", 224),
+    "efficientnet_v2_b0": ("EfficientNetV2B0", "efficientnet_v2", 224),
+    "vgg16": ("VGG16", "vgg16", 224),
+    "vgg19": ("VGG19", "vgg19", 224),
+    "densenet121": ("DenseNet121", "densenet", 224),
+    "inception_v3": ("InceptionV3", "inception_v3", 299),
+    "xception": ("Xception", "xception", 299),
+    "convnext_tiny": ("ConvNeXtTiny", "convnext", 224),
+}
+
+PREPROCESSING = ("scale_0_1", "scale_-1_1", "none")
+
+
+class OfflineError(CnnExposedError):
+    """Weights that have to be downloaded, asked for without a network."""
+
+
+def data_dir() -> Path:
+    """The repository's ``data/`` folder (override with the ``CNN_EXPOSED_DATA`` environment variable)."""
+    return Path(os.environ.get("CNN_EXPOSED_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
+def preprocessing_function(kind: str | Callable | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw uint8 RGB images -> model input, by name or as given.
+
+    ``"scale_0_1"``: x / 255; ``"scale_-1_1"``: x / 127.5 − 1; ``"none"``: float32 pixels unchanged;
+    a ``keras.applications`` name (e.g. ``"mobilenet_v2"``) uses that family's ``preprocess_input``.
+    """
+    if callable(kind):
+        return kind
+    if kind is None or kind == "none":
+        return lambda images: np.asarray(images, dtype=np.float32)
+    if kind == "scale_0_1":
+        return lambda images: np.asarray(images, dtype=np.float32) / 255.0
+    if kind == "scale_-1_1":
+        return lambda images: np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+    if kind in APPLICATIONS:
+        module = getattr(keras.applications, APPLICATIONS[kind][1])
+        return lambda images: module.preprocess_input(np.array(images, dtype=np.float32))
+    raise CnnExposedError(
+        f"Unknown preprocessing {kind!r}. Use one of {PREPROCESSING}, a keras.applications name "
+        f"({', '.join(APPLICATIONS)}), or a function mapping uint8 RGB images to model input."
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain.
+
+    Attributes
+    ----------
+    model : keras.Model
+    preprocess : callable
+        Raw uint8 RGB images ``(N, H, W, 3)`` -> model input.
+    class_names : list of str
+    input_size : (int, int)
+        ``(height, width)`` the model takes.
+    name : str
+    metadata : dict
+        What the model's metadata file says (the demo's accuracy, seed, ...).
+    """
+
+    model: keras.Model
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    class_names: list
+    input_size: tuple
+    name: str
+    metadata: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        more = "..." if len(self.class_names) > 5 else ""
+        return (
+            f"LoadedModel({self.name!r}, input_size={self.input_size}, "
+            f"{len(self.class_names)} classes: {self.class_names[:5]}{more})"
+        )
+
+
+def read_class_names(source: str | Path | Sequence[str] | None, count: int) -> list[str]:
+    """Class names from a list, a text file (one per line), or a data folder's sub-folder names."""
+    if source is None:
+        return [str(i) for i in range(count)]
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        names = sorted(p.name for p in Path(source).iterdir() if p.is_dir() and not p.name.startswith("."))
+    elif isinstance(source, (str, Path)) and Path(source).is_file():
+        names = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif isinstance(source, (str, Path)):
+        raise CnnExposedError(
+            f"Class names: {str(source)!r} is neither a text file (one name per line) nor a folder of "
+            "class sub-folders."
+        )
+    else:
+        names = [str(n) for n in source]
+    if len(names) != count:
+        raise CnnExposedError(
+            f"Got {len(names)} class names but the model has {count} outputs. Give one name per output, "
+            "in the order the model was trained with (for folders: sorted sub-folder names)."
+        )
+    return names
+
+
+def _output_classes(model: keras.Model) -> int:
+    units = int(model.outputs[0].shape[-1])
+    return 2 if units == 1 else units
+
+
+def _load_demo() -> LoadedModel:
+    folder = data_dir() / "demo"
+    meta_path, model_path = folder / "demo_model.json", folder / "demo_model.keras"
+    if not model_path.exists():
+        raise ModelError(
+            f"The bundled demo model is missing ({model_path}). Install from a clone of the repository "
+            "with 'pip install -e .', or set CNN_EXPOSED_DATA to the repository's data/ folder; "
+            "'python scripts/train_demo.py' rebuilds it."
+        )
+    meta = json.loads(meta_path.read_text())
+    model = keras.models.load_model(model_path, compile=False)
+    return LoadedModel(
+        model=model,
+        preprocess=preprocessing_function(meta["preprocessing"]),
+        class_names=list(meta["class_names"]),
+        input_size=tuple(meta["input_size"]),
+        name="demo",
+        metadata=meta,
+    )
+
+
+def _imagenet_class_names() -> list[str]:
+    try:
+        decoded = keras.applications.imagenet_utils.decode_predictions(np.eye(1000, dtype=np.float32), top=1)
+        return [d[0][1] for d in decoded]
+    except Exception:  # offline: the class index file is downloaded too
+        return [f"imagenet_{i}" for i in range(1000)]
+
+
+def _load_application(name: str, weights: str | None) -> LoadedModel:
+    ctor, module, size = APPLICATIONS[name]
+    try:
+        model = getattr(keras.applications, ctor)(weights=weights)
+    except Exception as err:
+        text = f"{type(err).__name__}: {err}"
+        if any(s in text for s in ("URL fetch failure", "urlopen", "Name or service", "resolve", "HTTP")):
+            raise OfflineError(
+                f"Could not download the ImageNet weights of {name} (no network?). Either run where "
+                "Keras can reach its download server once (the weights are cached in ~/.keras/models), "
+                f"copy the weights file there by hand, load a local model file with "
+                f"cnn_exposed.load_model('path/to/model.keras'), use weights=None for random weights, "
+                "or run the offline demo: cnn_exposed.load_model('demo')."
+            ) from None
+        raise
+    names = _imagenet_class_names() if weights == "imagenet" else [str(i) for i in range(1000)]
+    return LoadedModel(model, preprocessing_function(name), names, (size, size), name, {"weights": weights})
+
+
+def load_model(
+    name_or_path: str | Path | keras.Model,
+    *,
+    preprocess: str | Callable | None = None,
+    class_names: str | Path | Sequence[str] | None = None,
+    weights: str | None = "imagenet",
+) -> LoadedModel:
+    """Load a model with its preprocessing, class names and input size.
+
+    Parameters
+    ----------
+    name_or_path : str, Path or keras.Model
+        ``"demo"`` (the bundled pool/bathroom/bedroom model); a ``keras.applications`` name
+        (``"mobilenet_v2"``, ``"resnet50"``, ``"efficientnet_b0"``, ``"vgg16"``, ... see
+        :data:`APPLICATIONS`); a ``.keras`` or ``.h5`` file; or a model object.
+    preprocess : str or callable, optional
+        For a user's model: ``"scale_0_1"`` (default), ``"scale_-1_1"``, ``"none"``, a
+        ``keras.applications`` name, or a function. Applications and the demo bring their own.
+    class_names : list, text file or folder, optional
+        For a user's model: names in output order, a file with one per line, or the training data
+        folder (its sorted sub-folder names, the ``image_dataset_from_directory`` order).
+    weights : str or None
+        For ``keras.applications`` models: ``"imagenet"`` (downloaded as Keras normally does) or None.
+    """
+    if isinstance(name_or_path, keras.Model):
+        model, name = name_or_path, name_or_path.name
+    elif str(name_or_path) == "demo":
+        return _load_demo()
+    elif str(name_or_path) in APPLICATIONS:
+        return _load_application(str(name_or_path), weights)
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise CnnExposedError(
+                f"No model named or found at {str(name_or_path)!r}. Give 'demo', one of "
+                f"{', '.join(APPLICATIONS)}, or the path of a .keras / .h5 file."
+            )
+        if path.suffix not in (".keras", ".h5", ".hdf5"):
+            raise CnnExposedError(f"{path.name}: expected a .keras or .h5 model file.")
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as err:
+            raise ModelError(f"Could not load {path}: {err}") from err
+        name = path.stem
+    shape = tuple(model.inputs[0].shape[1:3])
+    return LoadedModel(
+        model=model,
+        preprocess=preprocessing_function(preprocess or "scale_0_1"),
+        class_names=read_class_names(class_names, _output_classes(model)),
+        input_size=shape,
+        name=name,
+    )
