@@ -20,9 +20,7 @@ def _seed():
 def conv_block(size: int = 16, name: str = "base", filters=(6, 5)) -> keras.Model:
     """A small convolutional base model (what transfer learning puts inside a head)."""
     inp = keras.Input((size, size, 3))
-    h = keras.layers.Conv2D(filters[0], 3, activation="relu", bias_initializer="random_normal", name="c1")(
-        inp
-    )
+    h = keras.layers.Conv2D(filters[0], 3, activation="relu", bias_initializer="random_normal", name="c1")(inp)
     h = keras.layers.Conv2D(filters[1], 3, activation="relu", bias_initializer="random_normal", name="c2")(h)
     return keras.Model(inp, h, name=name)
 

@@ -59,9 +59,7 @@ def test_layercam_and_gradcampp_equal_hand_formulas():
 def test_cam_upsampling_is_bilinear_to_input_size(cnn, x):
     exp = ce.explain(cnn, x, "gradcam")
     assert exp.layer_maps.shape == (len(x), 12, 12) and exp.maps.shape == (len(x), 16, 16)
-    np.testing.assert_allclose(
-        exp.raw_maps, upsample_maps(np.maximum(exp.layer_maps, 0), (16, 16)), atol=1e-6
-    )
+    np.testing.assert_allclose(exp.raw_maps, upsample_maps(np.maximum(exp.layer_maps, 0), (16, 16)), atol=1e-6)
     # half-pixel centres: a map that is a ramp stays a ramp, centred
     ramp = np.tile(np.arange(4, dtype=np.float32), (1, 4, 1))
     up = upsample_maps(ramp, (8, 8))[0, 0]

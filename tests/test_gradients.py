@@ -109,9 +109,7 @@ def test_smoothgrad_does_not_depend_on_batch_size_and_is_seeded(cnn, x):
 
 def test_smoothgrad_wraps_gradient_x_input_and_integrated_gradients(cnn, x):
     gxi = ce.explain(cnn, x, "smoothgrad", base="gradient_x_input", samples=2, noise=0.0)
-    np.testing.assert_allclose(
-        gxi.attributions, ce.explain(cnn, x, "gradient_x_input").attributions, rtol=1e-5
-    )
+    np.testing.assert_allclose(gxi.attributions, ce.explain(cnn, x, "gradient_x_input").attributions, rtol=1e-5)
     ig = ce.explain(cnn, x, "smoothgrad", base="integrated_gradients", samples=2, noise=0.0, steps=8)
     ref = ce.explain(cnn, x, "integrated_gradients", steps=8)
     np.testing.assert_allclose(ig.attributions, ref.attributions, rtol=1e-4, atol=1e-7)

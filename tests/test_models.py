@@ -11,9 +11,7 @@ import cnn_exposed as ce
 
 
 def snapshot(model):
-    return [w.copy() for w in model.get_weights()], [
-        getattr(layer, "activation", None) for layer in model.layers
-    ]
+    return [w.copy() for w in model.get_weights()], [getattr(layer, "activation", None) for layer in model.layers]
 
 
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "integrated_gradients"])

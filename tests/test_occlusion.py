@@ -20,9 +20,7 @@ def test_patch_positions_cover_the_border():
 @pytest.mark.parametrize("fill", [0.0, "mean"])
 def test_occlusion_equals_hand_loop(cnn, x, fill):
     patch, stride = 5, 3
-    exp = ce.explain(
-        cnn, x[:2], "occlusion", target=[1, 2], patch=patch, stride=stride, fill=fill, batch_size=7
-    )
+    exp = ce.explain(cnn, x[:2], "occlusion", target=[1, 2], patch=patch, stride=stride, fill=fill, batch_size=7)
     # the logit is explained: recompute it with a copy of the model whose head has no softmax
     lin = small_cnn(activation=None)
     lin.set_weights(cnn.get_weights())

@@ -8,9 +8,7 @@ from conftest import images, small_cnn
 
 import cnn_exposed as ce
 
-tkv = pytest.importorskip(
-    "tf_keras_vis", reason="tf-keras-vis is a test dependency: pip install -r requirements.txt"
-)
+tkv = pytest.importorskip("tf_keras_vis", reason="tf-keras-vis is a test dependency: pip install -r requirements.txt")
 from tf_keras_vis.gradcam import Gradcam  # noqa: E402
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus  # noqa: E402
 from tf_keras_vis.layercam import Layercam  # noqa: E402
@@ -40,9 +38,7 @@ def test_saliency_matches(setup):
         CategoricalScore(TARGETS), x, keepdims=True, normalize_map=False
     )
     ours = ce.explain(model, x, "saliency", target=TARGETS)
-    np.testing.assert_allclose(
-        ours.attributions, np.abs(ref) * np.sign(ours.attributions), rtol=1e-4, atol=1e-7
-    )
+    np.testing.assert_allclose(ours.attributions, np.abs(ref) * np.sign(ours.attributions), rtol=1e-4, atol=1e-7)
     ref_map = Saliency(model, model_modifier=ReplaceToLinear(), clone=True)(CategoricalScore(TARGETS), x)
     np.testing.assert_allclose(ours.maps, ref_map, atol=1e-4)
 

@@ -32,7 +32,17 @@ from .errors import (
 )
 from .explanation import Explanation, normalize_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
+from .metrics import pointing_game
+from .models import LoadedModel, load_model
 from .plotting import colorize, overlay_heatmap, plot_explanations, save_png, to_uint8
+from .visualisation import (
+    Visualisation,
+    network_walk,
+    plot_activation_maps,
+    render,
+    visualise_classes,
+    visualise_filters,
+)
 
 __version__ = "0.1.0"
 
@@ -49,6 +59,7 @@ __all__ = [
     "IntegratedGradients",
     "LayerCAM",
     "LayerNotFoundError",
+    "LoadedModel",
     "ModelError",
     "NoSpatialLayerError",
     "Occlusion",
@@ -56,14 +67,22 @@ __all__ = [
     "ScoreCAM",
     "SmoothGrad",
     "TargetError",
+    "Visualisation",
     "colorize",
     "explain",
     "find_last_spatial_layer",
     "list_layers",
+    "load_model",
+    "network_walk",
     "normalize_maps",
     "overlay_heatmap",
+    "plot_activation_maps",
     "plot_explanations",
+    "pointing_game",
+    "render",
     "resolve_layer",
     "save_png",
     "to_uint8",
+    "visualise_classes",
+    "visualise_filters",
 ]

@@ -149,30 +149,45 @@ def classifier_head(model: keras.Model) -> Head:
     return Head(act, chain, pre, shape[-1])
 
 
+class StopForward(Exception):
+    """Raised by a :class:`Plan` with ``stop_when_recorded`` once every recorded layer has run: the rest of
+    the model is then neither run nor traced (feature visualisation needs only the layers it reads)."""
+
+
+def call_count(layer) -> int:
+    """How many times a layer is called in the graphs it belongs to (1 for most layers)."""
+    return max(1, len(getattr(layer, "_inbound_nodes", []) or []))
+
+
 @dataclass
 class Plan:
     """What to change while running a model.
 
     Attributes
     ----------
-    record : LayerRef or None
-        The layer whose outputs to collect (every call of it, in call order).
+    record : LayerRef, sequence of LayerRef, or None
+        The layers whose outputs to collect: ``recorded[path]`` lists every call's output in call order.
     logits : Head or None
         When given, the final operation is replaced by its pre-activation.
     replace : dict
-        ``id(layer) -> factory(layer, default_callable) -> callable``, for layers whose forward pass
-        a method swaps (rule-based backward passes use this).
+        ``id(layer) -> factory(layer) -> callable``, for layers whose forward pass a method swaps.
+    stop_when_recorded : bool
+        Raise :class:`StopForward` as soon as every recorded layer has produced all its calls' outputs.
     """
 
-    record: LayerRef | None = None
+    record: LayerRef | tuple | None = None
     logits: Head | None = None
     replace: dict = field(default_factory=dict)
+    stop_when_recorded: bool = False
 
     def __post_init__(self) -> None:
         self._enter: set[int] = set()
         self._final: int | None = None
-        if self.record is not None:
-            self._enter.update(id(m) for m in self.record.models[1:])
+        refs = () if self.record is None else (self.record,) if isinstance(self.record, LayerRef) else self.record
+        self._records = {id(ref.layer): ref.path for ref in refs}
+        self._needed = {ref.path: call_count(ref.layer) for ref in refs}
+        for ref in refs:
+            self._enter.update(id(m) for m in ref.models[1:])
         if self.logits is not None and self.logits.pre_activation is not None:
             self._enter.update(id(m) for m, _ in self.logits.chain[1:])
             self._final = id(self.logits.chain[-1][1])
@@ -181,7 +196,7 @@ class Plan:
     def enter(self, model: keras.Model) -> None:
         self._enter.add(id(model))
 
-    def callable_for(self, op, recorded: list) -> Callable:
+    def callable_for(self, op, recorded: dict) -> Callable:
         if id(op) == self._final:
             fn = self.logits.pre_activation
         elif id(op) in self._enter:
@@ -193,19 +208,24 @@ class Plan:
             fn = self.replace[id(op)](op)
         else:
             fn = op
-        if self.record is not None and op is self.record.layer:
-            inner = fn
+        if id(op) in self._records:
+            inner, path = fn, self._records[id(op)]
 
             def fn(*args, **kwargs):
                 out = inner(*args, **kwargs)
-                recorded.append(out)
+                recorded.setdefault(path, []).append(out)
+                if self.stop_when_recorded and all(len(recorded.get(p, ())) >= k for p, k in self._needed.items()):
+                    raise StopForward
                 return out
 
         return fn
 
 
-def run_model(model: keras.Model, x, plan: Plan, recorded: list):
-    """Run ``model`` on ``x`` in inference mode following ``plan``; recorded outputs go to ``recorded``."""
+def run_model(model: keras.Model, x, plan: Plan, recorded: dict):
+    """Run ``model`` on ``x`` in inference mode following ``plan``.
+
+    Outputs of recorded layers are appended to ``recorded[path]``, one entry per call.
+    """
     if isinstance(model, keras.Sequential) and functional_graph(model) is None:
         for layer in model.layers:
             x = plan.callable_for(layer, recorded)(x)

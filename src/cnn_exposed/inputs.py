@@ -33,9 +33,7 @@ def as_batch(images, what: str = "images") -> np.ndarray:
     return arr
 
 
-def prepare_images(
-    images, input_shape: tuple, preprocess: Callable | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def prepare_images(images, input_shape: tuple, preprocess: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``images`` and turn them into model input.
 
     Parameters
@@ -79,8 +77,7 @@ def prepare_images(
                 else ""
             )
             raise InputError(
-                f"The model expects {want[-1]} channels but the images have {x.shape[-1]} "
-                f"(shape {x.shape}).{hint}"
+                f"The model expects {want[-1]} channels but the images have {x.shape[-1]} (shape {x.shape}).{hint}"
             )
         size = want[:2]
         if any(w is not None and w != h for w, h in zip(size, x.shape[1:3])):

@@ -182,9 +182,6 @@ def resolve_layer(model: keras.Model, layer: str | keras.layers.Layer | LayerRef
     if len(matches) > 1:
         raise LayerNotFoundError(
             f"Layer name {layer!r} occurs {len(matches)} times in model {model.name!r} (inside "
-            "different nested models). Give its full path, one of: "
-            + ", ".join(repr(ref.path) for ref in matches)
+            "different nested models). Give its full path, one of: " + ", ".join(repr(ref.path) for ref in matches)
         )
-    raise LayerNotFoundError(
-        f"No layer {layer!r} in model {model.name!r}. " + _describe_candidates(model, wanted)
-    )
+    raise LayerNotFoundError(f"No layer {layer!r} in model {model.name!r}. " + _describe_candidates(model, wanted))

@@ -49,9 +49,7 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(levels, _COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
 
 
-def overlay_heatmap(
-    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet"
-) -> np.ndarray:
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a ``(h, w)`` heatmap in [0, 1] over an image; returns ``(H, W, 3)`` uint8 RGB.
 
     The heatmap is resized (bilinear) to the image when their sizes differ, e.g. when ``preprocess``

@@ -64,14 +64,12 @@ def resolve_targets(
         arr = np.full(n, int(arr))
     elif arr.ndim != 1 or len(arr) != n:
         raise TargetError(
-            f"target has shape {arr.shape}; give one class index per image ({n} images) or a "
-            "single index for all."
+            f"target has shape {arr.shape}; give one class index per image ({n} images) or a single index for all."
         )
     bad = (arr < 0) | (arr >= k)
     if bad.any():
         raise TargetError(
             f"Target class {int(arr[bad][0])} is out of range: the model has {k} classes "
-            f"(valid indices 0 to {k - 1})"
-            + (", a binary sigmoid model has classes 0 and 1." if k == 2 else ".")
+            f"(valid indices 0 to {k - 1})" + (", a binary sigmoid model has classes 0 and 1." if k == 2 else ".")
         )
     return arr.astype(np.int32), np.arange(n)

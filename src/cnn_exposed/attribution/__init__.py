@@ -35,9 +35,7 @@ def method_class(method: str | type[AttributionMethod]) -> type[AttributionMetho
     try:
         return METHODS[method]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown attribution method {method!r}. Valid methods: {', '.join(METHODS)}."
-        ) from None
+        raise ValueError(f"Unknown attribution method {method!r}. Valid methods: {', '.join(METHODS)}.") from None
 
 
 def explain(

@@ -142,6 +142,4 @@ class ScoreCAM(CAMMethod):
         picked = np.take_along_axis(acts, chosen[:, None, None, :], axis=-1)
         layer_maps = _channel_sum(picked, w).astype(np.float32)
         raw = upsample_maps(np.maximum(layer_maps, 0.0), size)
-        return Result(
-            raw, targets, scores, probs, layer_maps=layer_maps, extras={"channel_scores": channel_scores}
-        )
+        return Result(raw, targets, scores, probs, layer_maps=layer_maps, extras={"channel_scores": channel_scores})

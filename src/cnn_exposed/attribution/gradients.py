@@ -108,9 +108,7 @@ class SmoothGrad(GradientMethod):
 
         base_cls = METHODS.get(base, base) if isinstance(base, str) else base
         if not (isinstance(base_cls, type) and issubclass(base_cls, GradientMethod)):
-            valid = sorted(
-                k for k, v in METHODS.items() if issubclass(v, GradientMethod) and v is not SmoothGrad
-            )
+            valid = sorted(k for k, v in METHODS.items() if issubclass(v, GradientMethod) and v is not SmoothGrad)
             raise ValueError(f"SmoothGrad wraps a gradient method; base={base!r} is not one of {valid}.")
         if base_cls is SmoothGrad:
             raise ValueError("SmoothGrad cannot wrap itself.")

@@ -68,9 +68,7 @@ class Occlusion(AttributionMethod):
             import cv2
 
             sigma = max(x.shape[1:3]) / 20.0
-            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(
-                np.float32
-            )
+            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(np.float32)
         return np.full(x.shape, float(self.fill), dtype=np.float32)
 
     def compute(self, x, targets, images) -> Result:

@@ -1,0 +1,393 @@
+"""The optimisation loop: render images that maximise an objective, a whole batch in one compiled step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+from keras import ops
+from tqdm.auto import tqdm
+
+from ..engine import GradientAscent, compiled
+from ..errors import CnnExposedError, ModelError
+from ..graph import Plan, StopForward, classifier_head, run_model
+from ..layers import LayerRef, layer_output_shape, resolve_layer
+from .objectives import Objective, channel, class_logit
+from .param import make_parameterisation
+from .transforms import REGULARISERS, Transforms
+
+MAX_STEPS_ENV = "CNN_EXPOSED_MAX_STEPS"
+
+
+def capped_steps(steps: int) -> int:
+    """``steps``, capped by the ``CNN_EXPOSED_MAX_STEPS`` environment variable when it is set (CI, tests)."""
+    cap = os.environ.get(MAX_STEPS_ENV)
+    return min(int(steps), int(cap)) if cap else int(steps)
+
+
+@dataclass
+class Visualisation:
+    """Rendered images and what they achieve.
+
+    Attributes
+    ----------
+    images : (N, size, size, 3) uint8
+    objective : (N,) float32
+        Each image's objective on its final uint8 image passed through ``preprocess`` (no transforms).
+    start_objective : (N,) float32
+        The same on the random starting image.
+    labels : list of str
+        One title per image (e.g. ``"filter 3"``, a class name).
+    history : (steps, N) float32
+        The objective during optimisation (on transformed images).
+    params : dict
+    layer : str or None
+    """
+
+    images: np.ndarray
+    objective: np.ndarray
+    start_objective: np.ndarray
+    labels: list
+    history: np.ndarray
+    params: dict = field(default_factory=dict)
+    layer: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def plot(self, ncols: int | None = None, title: str | None = None, cell_size: float = 1.8):
+        """A labelled grid figure (matplotlib); see :func:`~cnn_exposed.visualisation.plot_grid`."""
+        from .plots import plot_grid
+
+        return plot_grid(self, ncols=ncols, title=title, cell_size=cell_size)
+
+    def save_grid(self, path, ncols: int | None = None, title: str | None = None) -> None:
+        """Save the labelled grid as a PNG file."""
+        import matplotlib.pyplot as plt
+
+        fig = self.plot(ncols=ncols, title=title)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+
+def affine_colour_map(preprocess: Callable | None) -> tuple[np.ndarray, np.ndarray]:
+    """``preprocess`` (uint8 RGB -> model input) as ``x @ M.T + b`` on pixel values in [0, 255].
+
+    The optimisation must differentiate through the preprocessing; common ones (scaling, mean/std, Caffe's
+    BGR mean subtraction) are affine per pixel, so we measure ``M`` and ``b`` with probe images and check
+    the fit on a random image.
+    """
+    if preprocess is None:
+        return np.eye(3, dtype=np.float32) / 255.0, np.zeros(3, dtype=np.float32)
+    probes = np.zeros((5, 4, 4, 3), dtype=np.uint8)
+    for c in range(3):
+        probes[1 + c, ..., c] = 255
+    probes[4] = np.random.default_rng(0).integers(0, 256, (4, 4, 3))
+    out = np.asarray(preprocess(probes.copy()), dtype=np.float64)
+    if out.shape != probes.shape:
+        raise CnnExposedError(
+            f"preprocess changed the image shape {probes.shape} -> {out.shape}; feature visualisation needs a "
+            "per-pixel colour mapping (resize the model input instead)."
+        )
+    b = out[0, 0, 0]
+    m = np.stack([(out[1 + c, 0, 0] - b) / 255.0 for c in range(3)], axis=1)
+    predicted = probes[4].astype(np.float64) @ m.T + b
+    span = max(np.abs(out).max(), 1e-6)
+    if not np.allclose(predicted, out[4], atol=1e-3 * span):
+        raise CnnExposedError(
+            "preprocess is not a per-pixel affine colour map (like x/255, x/127.5-1, mean/std or Caffe's BGR "
+            "mean subtraction), so it cannot be differentiated through; pass one that is."
+        )
+    return m.astype(np.float32), b.astype(np.float32)
+
+
+def _input_size(model) -> tuple:
+    return tuple(model.inputs[0].shape[1:3]) if getattr(model, "inputs", None) else (None, None)
+
+
+def _default_size(model, size: int | None) -> int:
+    if size is not None:
+        return int(size)
+    h, w = _input_size(model)
+    return int(h) if h is not None and h == w else 128
+
+
+class _ObjectiveRunner:
+    """Evaluates an objective on images: records the layers it reads, stops the model there when it can."""
+
+    def __init__(self, model, objective: Objective, preprocess: Callable | None, size: int) -> None:
+        self.model, self.objective, self.preprocess = model, objective, preprocess
+        self.refs = {spec: resolve_layer(model, spec) for spec in objective.layers}
+        head = classifier_head(model) if objective.uses_logits else None
+        self.plan = Plan(record=tuple(self.refs.values()) or None, logits=head, stop_when_recorded=head is None)
+        self.colour_m, self.colour_b = affine_colour_map(preprocess)
+        in_shape = _input_size(model)
+        self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
+        self._compiled = compiled(self.values)
+
+    def values(self, x):
+        """The objective ``(B,)`` for model input ``x`` (keras ops; differentiable)."""
+        recorded: dict = {}
+        logits = None
+        try:
+            logits = ops.cast(run_model(self.model, x, self.plan, recorded), "float32")
+        except StopForward:  # the layers after the last recorded one are not needed
+            pass
+        acts = {spec: ops.cast(recorded[ref.path][-1], "float32") for spec, ref in self.refs.items()}
+        return self.objective(acts, logits)
+
+    def to_model_input(self, images01):
+        """[0, 1] RGB images -> model input, through the preprocessing's affine colour map."""
+        x = ops.matmul(images01 * 255.0, ops.convert_to_tensor(self.colour_m.T)) + self.colour_b
+        return ops.image.resize(x, self.resize_to) if self.resize_to else x
+
+    def score(self, images_uint8: np.ndarray) -> np.ndarray:
+        """The objective on uint8 images passed through the real ``preprocess`` (no transforms)."""
+        if self.preprocess is None:
+            x = images_uint8.astype(np.float32) / 255.0
+        else:
+            x = np.asarray(self.preprocess(images_uint8.copy()), dtype=np.float32)
+        if self.resize_to:
+            x = np.asarray(ops.image.resize(x, self.resize_to))
+        return np.asarray(self._compiled(x), dtype=np.float32)
+
+
+def evaluate_objective(
+    model: keras.Model, objective: Objective, images: np.ndarray, preprocess: Callable | None = None
+) -> np.ndarray:
+    """The objective's value ``(N,)`` on uint8 RGB ``images`` ``(N, H, W, 3)`` passed through ``preprocess``."""
+    images = np.asarray(images)
+    return _ObjectiveRunner(model, objective, preprocess, images.shape[1]).score(images)
+
+
+def render(
+    model: keras.Model,
+    objective: Objective,
+    n: int = 1,
+    *,
+    steps: int = 256,
+    size: int | None = None,
+    seed: int = 0,
+    parameterisation: str = "fourier",
+    preprocess: Callable | None = None,
+    transforms: Transforms | str | None = "standard",
+    regularisers: dict | None = None,
+    learning_rate: float = 0.05,
+    labels: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Visualisation:
+    """Optimise ``n`` images together to maximise ``objective`` (one value per image).
+
+    Parameters
+    ----------
+    model : keras.Model
+        Any Sequential, functional or nested model; layers are found by name or ``"outer/inner"`` path.
+    objective : Objective
+        E.g. ``channel("conv2", [0, 1, 2])``, ``class_logit(3) + 0.5 * diversity("conv2")``.
+    steps : int
+        Adam steps (capped by the ``CNN_EXPOSED_MAX_STEPS`` environment variable when set).
+    size : int
+        Side of the square images; default: the model's input size, else 128.
+    seed : int
+        Seeds the initial image and every step's transformations: same seed, same images.
+    parameterisation : "fourier" or "pixels"
+    preprocess : callable or None
+        uint8 RGB -> model input, a per-pixel affine map (None: x / 255).
+    transforms : "standard", None or Transforms
+    regularisers : dict
+        Name -> weight, names from ``tv``, ``l1``, ``l2``, ``blur``.
+    learning_rate : float
+    """
+    steps = capped_steps(steps)
+    size = _default_size(model, size)
+    rng = np.random.default_rng(seed)
+    param = make_parameterisation(parameterisation, size)
+    if transforms == "standard":
+        transforms = Transforms.standard(size)
+    elif transforms is None:
+        transforms = Transforms.none()
+    regs = []
+    for name, weight in (regularisers or {}).items():
+        if name not in REGULARISERS:
+            raise CnnExposedError(f"Unknown regulariser {name!r}; choose from {sorted(REGULARISERS)}.")
+        regs.append((REGULARISERS[name], float(weight)))
+    runner = _ObjectiveRunner(model, objective, preprocess, size)
+
+    def loss_fn(params, matrices):
+        images = param.to_image(params)
+        seen = transforms.apply(images, matrices, size)
+        values = runner.values(runner.to_model_input(seen))
+        loss = -ops.sum(values)
+        for reg, weight in regs:
+            loss = loss + weight * ops.sum(reg(images))
+        return loss, values
+
+    score = runner.score
+
+    def as_uint8(params):
+        return np.clip(np.rint(np.asarray(param.to_image(params)) * 255.0), 0, 255).astype(np.uint8)
+
+    init = param.init(n, rng)
+    start = score(as_uint8(ops.convert_to_tensor(init)))
+    ascent = GradientAscent(init, loss_fn, learning_rate)
+    history = np.zeros((steps, n), dtype=np.float32)
+    for i in tqdm(range(steps), desc="rendering", disable=not progress or steps < 2, leave=False):
+        history[i] = ascent.step(transforms.sample(n, size, rng))
+    images = as_uint8(ops.convert_to_tensor(ascent.value()))
+    layer = next(iter(runner.refs.values())).path if len(runner.refs) == 1 else None
+    return Visualisation(
+        images=images,
+        objective=score(images),
+        start_objective=start,
+        labels=list(labels) if labels is not None else [objective.description] * n,
+        history=history,
+        params={
+            "steps": steps,
+            "size": size,
+            "seed": seed,
+            "parameterisation": getattr(param, "name", str(parameterisation)),
+            "learning_rate": learning_rate,
+            "regularisers": dict(regularisers or {}),
+            "transforms": "none" if transforms.pad == 0 and transforms.jitter == 0 else "standard",
+            "objective": objective.description,
+        },
+        layer=layer,
+    )
+
+
+def _channel_count(ref: LayerRef) -> int:
+    shape = layer_output_shape(ref.layer)
+    if shape is None or len(shape) < 2 or shape[-1] is None:
+        raise CnnExposedError(
+            f"Layer {ref.path!r} has output shape {shape}: it has no channels axis to pick filters from. "
+            "Choose a convolutional or dense layer (see cnn_exposed.list_layers(model))."
+        )
+    return int(shape[-1])
+
+
+def _batched(
+    model, objective_for: Callable, items: list, labels: list, batch_size: int | None, seed: int, **kwargs
+) -> Visualisation:
+    """Render ``items`` in batches of ``batch_size`` (default: all at once) and join the results."""
+    batch = int(batch_size or len(items))
+    parts = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        parts.append(
+            render(
+                model,
+                objective_for(chunk),
+                len(chunk),
+                seed=seed + start,
+                labels=labels[start : start + batch],
+                **kwargs,
+            )
+        )
+    first = parts[0]
+    return Visualisation(
+        images=np.concatenate([p.images for p in parts]),
+        objective=np.concatenate([p.objective for p in parts]),
+        start_objective=np.concatenate([p.start_objective for p in parts]),
+        labels=[label for p in parts for label in p.labels],
+        history=np.concatenate([p.history for p in parts], axis=1),
+        params={**first.params, "batch_size": batch},
+        layer=first.layer,
+    )
+
+
+def visualise_filters(
+    model: keras.Model,
+    layer,
+    filters: int | Sequence[int] | None = None,
+    *,
+    steps: int = 256,
+    size: int | None = None,
+    seed: int = 0,
+    parameterisation: str = "fourier",
+    preprocess: Callable | None = None,
+    batch_size: int | None = None,
+    **render_options,
+) -> Visualisation:
+    """Render what each of ``filters`` of ``layer`` responds to, all filters of a batch optimised together.
+
+    Parameters
+    ----------
+    layer : str or layer
+        A name or ``"outer/inner"`` path through nested models.
+    filters : int, sequence of int or None
+        Channel indices (an int n means the first n; None: the first 16).
+    batch_size : int or None
+        Filters per optimisation batch (default: all of them in one batch).
+
+    Returns
+    -------
+    Visualisation
+        ``.images`` ``(N, size, size, 3)`` uint8 and ``.objective`` ``(N,)``, each filter's mean activation on
+        its final image passed through ``preprocess``.
+    """
+    ref = resolve_layer(model, layer)
+    count = _channel_count(ref)
+    if filters is None:
+        filters = list(range(min(16, count)))
+    elif np.isscalar(filters):
+        filters = list(range(min(int(filters), count)))
+    filters = [int(f) for f in filters]
+    if not filters:
+        raise CnnExposedError("filters is empty: give at least one filter index.")
+    bad = [f for f in filters if not 0 <= f < count]
+    if bad:
+        raise CnnExposedError(
+            f"Filter index {bad[0]} is out of range: layer {ref.path!r} has {count} filters (0 to {count - 1})."
+        )
+    return _batched(
+        model,
+        lambda chunk: channel(ref.path, chunk),
+        filters,
+        [f"filter {f}" for f in filters],
+        batch_size,
+        seed,
+        steps=steps,
+        size=size,
+        parameterisation=parameterisation,
+        preprocess=preprocess,
+        **render_options,
+    )
+
+
+def visualise_classes(
+    model: keras.Model,
+    classes: Sequence[int],
+    class_names: Sequence[str] | None = None,
+    *,
+    steps: int = 256,
+    size: int | None = None,
+    seed: int = 0,
+    parameterisation: str = "fourier",
+    preprocess: Callable | None = None,
+    batch_size: int | None = None,
+    **render_options,
+) -> Visualisation:
+    """Render an image per class that maximises its pre-softmax score; titles are the class names."""
+    classes = [int(c) for c in classes]
+    head = classifier_head(model)
+    count = 2 if head.units == 1 else head.units
+    bad = [c for c in classes if not 0 <= c < head.units]
+    if bad:
+        raise ModelError(f"Class {bad[0]} is out of range: the model has {count} classes.")
+    names = [class_names[c] if class_names is not None else f"class {c}" for c in classes]
+    return _batched(
+        model,
+        class_logit,
+        classes,
+        names,
+        batch_size,
+        seed,
+        steps=steps,
+        size=size,
+        parameterisation=parameterisation,
+        preprocess=preprocess,
+        **render_options,
+    )

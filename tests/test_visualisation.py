@@ -1,0 +1,202 @@
+"""Feature visualisation: objectives rise, the Fourier image is smoother, runs are reproducible, errors clear."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import cnn_exposed as ce
+from cnn_exposed.visualisation import (
+    affine_colour_map,
+    channel,
+    class_logit,
+    diversity,
+    evaluate_objective,
+    layer_objective,
+    neuron,
+    render,
+    visualise_classes,
+    visualise_filters,
+)
+
+FAST = dict(steps=60, size=32, progress=False, learning_rate=0.1)
+
+
+# Leaky ReLUs: a random network's plain ReLU units are often dead on a grey start image (zero gradient),
+# which would test the random initialisation rather than the optimiser.
+ACT = "leaky_relu"
+
+
+def conv_model():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation=ACT, name="c1")(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation=ACT, name="c2")(h)
+    out = keras.layers.Dense(3, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inp, out)
+
+
+def nested_model():
+    keras.utils.set_random_seed(4)
+    base = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(8, 3, activation=ACT, name="c1"),
+            keras.layers.Conv2D(8, 3, activation=ACT, name="c2"),
+        ],
+        name="base",
+    )
+    head = [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")]
+    return keras.Sequential([keras.Input((32, 32, 3)), base, *head])
+
+
+@pytest.mark.parametrize("build, layer", [(conv_model, "c2"), (nested_model, "base/c2")])
+def test_objectives_rise_well_above_the_random_start(build, layer):
+    model = build()
+    objectives = {
+        "channel": (channel(layer, [0, 1]), 2),
+        "neuron": (neuron(layer, [2, 3]), 2),
+        "class": (class_logit([0, 2]), 2),
+        "layer": (layer_objective(layer), 1),
+    }
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    for name, (objective, n) in objectives.items():
+        vis = render(model, objective, n, **FAST)
+        # "much higher": above the best of 32 random-noise images, and above the start by more than half
+        # the spread the objective shows over those images
+        for i in range(n):
+            item = objective_for_item(objective, name, layer, i)
+            on_noise = evaluate_objective(model, item, noise)
+            spread = on_noise.max() - on_noise.min()
+            gain = vis.objective[i] - vis.start_objective[i]
+            assert gain > 0.5 * spread, (name, i, vis.start_objective, vis.objective)
+            assert vis.objective[i] > on_noise.max(), (name, i, on_noise.max(), vis.objective[i])
+
+
+def objective_for_item(objective, name, layer, i):
+    """The same objective for one image of the batch (indices taken per image)."""
+    if name == "channel":
+        return channel(layer, objective.channel_index[i])
+    if name == "neuron":
+        return neuron(layer, objective.channel_index[i])
+    if name == "class":
+        return class_logit(objective.class_index[i])
+    return objective
+
+
+def high_frequency_share(images: np.ndarray, cutoff: float = 0.25) -> float:
+    """Share of the (mean-removed, grayscale) power at spatial frequencies above ``cutoff`` cycles/pixel."""
+    gray = images.astype(np.float64).mean(-1)
+    gray -= gray.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(gray)) ** 2
+    f = np.fft.fftfreq(images.shape[1])
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    return float(power[:, radius > cutoff].sum() / power.sum())
+
+
+def pattern_model(size=32):
+    """Zero-mean kernels, like trained edge and texture detectors: flat colour does not excite them."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((size, size, 3))
+    h = keras.layers.Conv2D(8, 5, padding="same", activation=ACT, name="c1")(inp)
+    h = keras.layers.Conv2D(8, 5, padding="same", activation=ACT, name="c2")(h)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    for name in ("c1", "c2"):
+        kernel, bias = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([kernel - kernel.mean(axis=(0, 1, 2), keepdims=True), bias * 0])
+    return model
+
+
+def test_fourier_images_have_less_high_frequency_power_than_pixels():
+    model = pattern_model()
+    kw = dict(steps=60, size=32, progress=False, seed=1)
+    fourier = visualise_filters(model, "c2", 4, parameterisation="fourier", **kw)
+    pixels = visualise_filters(model, "c2", 4, parameterisation="pixels", **kw)
+    hf_fourier, hf_pixels = high_frequency_share(fourier.images), high_frequency_share(pixels.images)
+    # measured: about 0.18 against 0.42 of the power above 0.25 cycles/pixel
+    assert hf_fourier < 0.6 * hf_pixels, (hf_fourier, hf_pixels)
+    assert np.all(fourier.objective > fourier.start_objective)
+
+
+def test_reproducible_distinct_and_valid():
+    model = conv_model()
+    a = visualise_filters(model, "c1", [0, 1, 2], seed=5, **FAST)
+    b = visualise_filters(model, "c1", [0, 1, 2], seed=5, **FAST)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.objective, b.objective)
+    c = visualise_filters(model, "c1", [0, 1, 2], seed=6, **FAST)
+    assert not np.array_equal(a.images, c.images)
+    assert a.images.dtype == np.uint8 and a.images.shape == (3, 32, 32, 3)
+    assert a.images.min() >= 0 and a.images.max() <= 255 and a.images.std() > 5
+    assert pairwise_difference(a.images) > 5
+    assert a.labels == ["filter 0", "filter 1", "filter 2"] and a.layer == "c1"
+
+
+def test_objective_is_the_mean_activation_on_the_final_image_through_preprocess():
+    model = conv_model()
+    prep = lambda im: im.astype(np.float32) / 127.5 - 1.0  # noqa: E731
+    vis = visualise_filters(model, "c2", [1, 4], preprocess=prep, **FAST)
+    acts = keras.Model(model.inputs[0], model.get_layer("c2").output)(prep(vis.images)).numpy()
+    np.testing.assert_allclose(vis.objective, [acts[0, ..., 1].mean(), acts[1, ..., 4].mean()], rtol=1e-4)
+
+
+def test_batches_and_steps_cap(monkeypatch):
+    model = conv_model()
+    vis = visualise_filters(model, "c2", 5, batch_size=2, **FAST)
+    assert vis.images.shape[0] == 5 and vis.history.shape == (FAST["steps"], 5)
+    monkeypatch.setenv("CNN_EXPOSED_MAX_STEPS", "3")
+    capped = visualise_filters(model, "c2", 2, **FAST)
+    assert capped.history.shape == (3, 2) and capped.params["steps"] == 3
+
+
+def test_objective_algebra_and_diversity():
+    model = conv_model()
+    base = channel("c2", 0)
+    combo = 2.0 * base - base + 0.0
+    a = render(model, base, 1, steps=1, size=32, progress=False, seed=0)
+    b = render(model, combo, 1, steps=1, size=32, progress=False, seed=0)
+    np.testing.assert_allclose(a.start_objective, b.start_objective, rtol=1e-5)
+    plain = render(model, channel("c2", [0, 0, 0]), 3, **FAST)
+    diverse = render(model, channel("c2", [0, 0, 0]) + 5.0 * diversity("c2"), 3, **FAST)
+    assert pairwise_difference(diverse.images) > pairwise_difference(plain.images)
+
+
+def pairwise_difference(images):
+    pairs = ((0, 1), (0, 2), (1, 2))
+    return np.mean([np.abs(images[i].astype(int) - images[j]).mean() for i, j in pairs])
+
+
+def test_class_visualisation_titles():
+    model = conv_model()
+    vis = visualise_classes(model, [2, 0], ["pool", "bathroom", "bedroom"], **FAST)
+    assert vis.labels == ["bedroom", "pool"]
+    assert np.all(vis.objective > vis.start_objective)
+
+
+def test_affine_colour_maps_of_common_preprocessings():
+    m, b = affine_colour_map(keras.applications.mobilenet_v2.preprocess_input)
+    np.testing.assert_allclose(m, np.eye(3) / 127.5, atol=1e-6)
+    np.testing.assert_allclose(b, -1.0, atol=1e-6)
+    m, b = affine_colour_map(keras.applications.vgg16.preprocess_input)  # Caffe: RGB->BGR, minus the mean
+    np.testing.assert_allclose(m, np.eye(3)[::-1], atol=1e-6)
+    np.testing.assert_allclose(b, [-103.939, -116.779, -123.68], atol=1e-3)
+    with pytest.raises(ce.CnnExposedError, match="not a per-pixel affine"):
+        affine_colour_map(lambda im: np.sqrt(im.astype(np.float32)))
+
+
+def test_bad_input():
+    model = conv_model()
+    with pytest.raises(ce.LayerNotFoundError, match="'c2'"):
+        visualise_filters(model, "c3", 2, **FAST)
+    with pytest.raises(ce.CnnExposedError, match="Filter index 8 is out of range.*8 filters"):
+        visualise_filters(model, "c2", [0, 8], **FAST)
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(2, 3, name="conv")(inp)
+    flat_mean = keras.layers.Lambda(lambda t: keras.ops.mean(t, axis=(1, 2, 3)), name="scalar")(h)
+    out = keras.layers.Dense(2)(keras.layers.Reshape((1,))(flat_mean))
+    odd = keras.Model(inp, out)
+    with pytest.raises(ce.CnnExposedError, match="no channels axis"):
+        visualise_filters(odd, "scalar", 1, **FAST)
+    with pytest.raises(ce.CnnExposedError, match="parameterisation must be one of"):
+        visualise_filters(model, "c2", 1, parameterisation="wavelet", **FAST)
