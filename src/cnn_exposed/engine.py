@@ -75,6 +75,7 @@ class Engine:
         model: keras.Model,
         layer: str | keras.layers.Layer | LayerRef | None = None,
         score: str = "logit",
+        rules=None,
     ) -> None:
         if not isinstance(model, keras.Model):
             raise ModelError(
@@ -89,7 +90,9 @@ class Engine:
         self.layer = resolve_layer(model, layer) if layer is not None else None
         self.binary = self.head.units == 1
         self.num_classes = 2 if self.binary else self.head.units
-        self._plan = Plan(record=self.layer, logits=self.head)
+        self.rules = rules
+        replace = rules.replacements(model, self.head) if rules is not None else {}
+        self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
 
     # ------------------------------------------------------------------ shapes
@@ -166,6 +169,46 @@ class Engine:
             s, t = self._select(scores, targets)
         g = tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return s, a, g, t, probs
+
+    def _fn_relevance(self, x, targets):
+        """Rule-based backward pass: (scores, relevance or modified gradient, targets, probabilities)."""
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            context = self.rules.start(watch=tape.watch)
+            scores, probs, _ = self._forward(x)
+            s, t = self._select(scores, targets)
+        if self.rules.output == "gradient":
+            result = tape.gradient(s, x)
+        elif context.get("first_input") is not None:
+            # z^B on the first layer: relevance at its input, mapped back to the model input through the
+            # routing layers (padding, reshaping) in between
+            xin, low, high = context["first_input"], context["low"], context["high"]
+            g_in, g_low, g_high = tape.gradient(s, [xin, low, high])
+            r_in = xin * g_in + low * g_low + high * g_high
+            result = r_in if xin is x else tape.gradient(xin, x, output_gradients=r_in)
+        else:
+            result = x * tape.gradient(s, x)
+        del tape
+        return s, result, t, probs
+
+    def _fn_layer_relevance(self, x, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            self.rules.start(watch=tape.watch)
+            scores, _, a = self._forward(x, record=True)
+            s, _ = self._select(scores, targets)
+        return s, a * tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+        """Scores and the relevance ``A ⊙ g`` at the recorded layer's output (LRP rules), for one batch."""
+        self._require_layer()
+        return self._call("layer_relevance", x, targets)
+
+    def relevance(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+        """Scores, the rule-based relevance (or modified gradient) ``(N, H, W, C)``, targets, probabilities."""
+        if self.rules is None:
+            raise ValueError("This engine has no backward rules; build it with rules=...")
+        return self._call("relevance", x, targets)
 
     def _fn_activations(self, x):
         scores, probs, a = self._forward(x, record=True)
@@ -254,8 +297,44 @@ _ENGINES: OrderedDict = OrderedDict()
 _ENGINE_CACHE_SIZE = 8
 
 
+def with_backward(forward: Callable, backward: Callable) -> Callable:
+    """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
+
+    The backend-specific half of a rule-based backward pass (LRP, guided backprop); the rules themselves
+    are written with ``keras.ops`` in :mod:`cnn_exposed.attribution.rules`.
+    """
+
+    @tf.custom_gradient
+    def op(*inputs):
+        out = forward(*inputs)
+
+        def grad(upstream, variables=None):
+            grads = backward(inputs, out, upstream)
+            grads = grads if len(inputs) > 1 else grads[0]
+            if variables:  # the layer's weights are read inside forward; they get no gradient here
+                return grads, [tf.zeros_like(v) for v in variables]
+            return grads
+
+        return out, grad
+
+    return op
+
+
+def vjp(fn: Callable, inputs: list, cotangent) -> list:
+    """Vector-Jacobian product: the gradient of ``<fn(*inputs), cotangent>`` with respect to ``inputs``."""
+    inputs = [tf.convert_to_tensor(i) for i in inputs]
+    with tf.GradientTape() as tape:
+        for i in inputs:
+            tape.watch(i)
+        out = fn(*inputs)
+    return tape.gradient(out, inputs, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def engine_for(
-    model: keras.Model, layer: str | keras.layers.Layer | LayerRef | None = None, score: str = "logit"
+    model: keras.Model,
+    layer: str | keras.layers.Layer | LayerRef | None = None,
+    score: str = "logit",
+    rules=None,
 ) -> Engine:
     """A cached :class:`Engine`, so that calling ``explain`` in a loop reuses the compiled graphs.
 
@@ -263,12 +342,12 @@ def engine_for(
     so that an ``id`` is never reused while its entry is alive.
     """
     layer_key = resolve_layer(model, layer).path if layer is not None else None
-    key = (id(model), layer_key, score)
+    key = (id(model), layer_key, score, None if rules is None else rules.key)
     entry = _ENGINES.get(key)
     if entry is not None and entry.model is model:
         _ENGINES.move_to_end(key)
         return entry
-    engine = Engine(model, layer, score)
+    engine = Engine(model, layer, score, rules)
     _ENGINES[key] = engine
     while len(_ENGINES) > _ENGINE_CACHE_SIZE:
         _ENGINES.popitem(last=False)

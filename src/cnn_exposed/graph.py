@@ -170,7 +170,9 @@ class Plan:
     logits : Head or None
         When given, the final operation is replaced by its pre-activation.
     replace : dict
-        ``id(layer) -> factory(layer) -> callable``, for layers whose forward pass a method swaps.
+        ``id(layer) -> factory(layer, final) -> callable``: layers whose forward (and backward) pass a
+        method swaps; ``final`` says the layer is the classifier's last one, whose softmax/sigmoid the
+        replacement must leave out (the logit is explained). Nested models are then always walked.
     stop_when_recorded : bool
         Raise :class:`StopForward` as soon as every recorded layer has produced all its calls' outputs.
     """
@@ -197,15 +199,15 @@ class Plan:
         self._enter.add(id(model))
 
     def callable_for(self, op, recorded: dict) -> Callable:
-        if id(op) == self._final:
+        if id(op) in self.replace:
+            fn = self.replace[id(op)](op, id(op) == self._final)
+        elif id(op) == self._final:
             fn = self.logits.pre_activation
-        elif id(op) in self._enter:
+        elif id(op) in self._enter or (self.replace and is_nested_model(op)):
 
             def fn(*args, _op=op, **kwargs):
                 return run_model(_op, args[0], self, recorded)
 
-        elif id(op) in self.replace:
-            fn = self.replace[id(op)](op)
         else:
             fn = op
         if id(op) in self._records:

@@ -11,6 +11,7 @@ from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import IntegratedGradients, path_nodes
 from .occlusion import Occlusion
+from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -24,6 +25,10 @@ METHODS: dict[str, type[AttributionMethod]] = {
         LayerCAM,
         ScoreCAM,
         Occlusion,
+        LRP,
+        GuidedBackprop,
+        Deconvnet,
+        GuidedGradCAM,
     )
 }
 
@@ -59,7 +64,8 @@ def explain(
         In the model's input range, or raw pixels when ``preprocess`` is given.
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``.
+        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
+        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
     target : "predicted", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`).
     layer : str, layer object or None
@@ -73,7 +79,7 @@ def explain(
         ``score`` ("logit" or "probability"), ``progress``, and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
         (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
-        (occlusion).
+        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
     -------
@@ -90,11 +96,15 @@ __all__ = [
     "METHODS",
     "AttributionMethod",
     "CAMMethod",
+    "Deconvnet",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
     "GradientXInput",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "IntegratedGradients",
+    "LRP",
     "LayerCAM",
     "Occlusion",
     "Result",

@@ -87,6 +87,11 @@ class AttributionMethod:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
         self.progress = progress
 
+    @property
+    def layer_ref(self):
+        """The layer the method uses (CAM methods), or None."""
+        return self.engine.layer
+
     # Subclasses implement these two.
     def compute(self, x: np.ndarray, targets: np.ndarray, images) -> Result:
         """The method proper, on model inputs ``x`` (M, H, W, C) with one target each.
@@ -122,8 +127,9 @@ class AttributionMethod:
             "target": target if isinstance(target, (str, int)) else "per-image",
             **self.options(),
         }
-        if self.engine.layer is not None:
-            params["layer"] = self.engine.layer.path
+        layer = self.layer_ref
+        if layer is not None:
+            params["layer"] = layer.path
         return Explanation(
             maps=normalize_maps(np.maximum(result.raw_maps, 0.0)),
             attributions=result.attributions,
@@ -135,7 +141,7 @@ class AttributionMethod:
             image_index=index,
             probabilities=result.probabilities.astype(np.float32),
             raw_maps=result.raw_maps.astype(np.float32),
-            layer=self.engine.layer.path if self.engine.layer is not None else None,
+            layer=layer.path if layer is not None else None,
             layer_maps=result.layer_maps,
             completeness_error=result.completeness_error,
             extras=result.extras,

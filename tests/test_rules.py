@@ -1,0 +1,206 @@
+"""LRP, guided backprop, deconvnet and guided Grad-CAM: conservation, known equalities, folding, nesting."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import images
+
+import cnn_exposed as ce
+from cnn_exposed.attribution.rules import RuleSet
+from cnn_exposed.engine import Engine
+
+SIZE = 12
+
+
+def relu_cnn(bias=False, softmax=True, name="cnn"):
+    """A bias-free ReLU CNN with pooling, padding, dropout, flatten and a ReLU6 layer."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.ZeroPadding2D(1, name="pad")(inp)
+    h = keras.layers.Conv2D(6, 3, activation="relu", use_bias=bias, name="c1")(h)
+    h = keras.layers.Conv2D(6, 3, use_bias=bias, name="c2")(h)
+    h = keras.layers.ReLU(max_value=6.0, name="relu6")(h)
+    h = keras.layers.MaxPooling2D(name="maxpool")(h)
+    h = keras.layers.AveragePooling2D(2, padding="same", name="avgpool")(h)
+    h = keras.layers.Dropout(0.3, name="drop")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(8, activation="relu", use_bias=bias, name="d1")(h)
+    out = keras.layers.Dense(3, activation="softmax" if softmax else None, use_bias=bias, name="head")(h)
+    return keras.Model(inp, out, name=name)
+
+
+def with_positive_logit(model):
+    """Raise class 0's bias so its logit is positive (the relevance to explain must be positive)."""
+    kernel, bias = model.get_layer("head").get_weights()
+    bias[0] = 5.0
+    model.get_layer("head").set_weights([kernel, bias])
+    return 0
+
+
+def test_epsilon_rule_conserves_relevance_layer_by_layer():
+    model = relu_cnn()
+    x = images(3, SIZE)
+    exp = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1e-9)
+    np.testing.assert_allclose(exp.attributions.reshape(3, -1).sum(1), exp.scores, rtol=1e-3)
+    rules = RuleSet("lrp", "epsilon", 1e-9)
+    for layer in ("c1", "c2", "relu6", "maxpool", "avgpool", "d1"):
+        engine = Engine(model, layer, rules=rules)
+        s, r = engine.layer_relevance(x, np.full(3, -1, np.int32))
+        np.testing.assert_allclose(r.reshape(3, -1).sum(1), s, rtol=1e-3, err_msg=layer)
+
+
+def test_epsilon_to_zero_equals_gradient_times_input():
+    model = relu_cnn()
+    x = images(3, SIZE)
+    lrp = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1e-10, target=1)
+    gxi = ce.explain(model, x, "gradient_x_input", target=1)
+    np.testing.assert_allclose(
+        lrp.attributions, gxi.attributions, rtol=1e-4, atol=1e-6 * np.abs(gxi.attributions).max()
+    )
+    # with a large epsilon they differ: the rule is really in the path
+    coarse = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1.0, target=1)
+    assert np.abs(coarse.attributions - gxi.attributions).max() > 1e-3 * np.abs(gxi.attributions).max()
+
+
+@pytest.mark.parametrize("rule", ["zplus", "alpha1beta0"])
+def test_zplus_relevance_is_non_negative_for_non_negative_inputs(rule):
+    model = relu_cnn(bias=True)
+    x = images(4, SIZE)  # in [0, 1]
+    target = with_positive_logit(model)
+    exp = ce.explain(model, x, "lrp", rule=rule, target=target)
+    assert np.all(exp.scores > 0)
+    assert exp.attributions.min() >= -1e-7
+    assert exp.attributions.max() > 0
+    # and alpha2beta1 does produce negative relevance on the same input: the test can tell them apart
+    ab = ce.explain(model, x, "lrp", rule="alpha2beta1", target=target)
+    assert ab.attributions.min() < 0
+
+
+def test_batch_normalisation_is_folded():
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, use_bias=True, name="conv")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="act")(h)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    with_bn = keras.Model(inp, out)
+    bn = with_bn.get_layer("bn")
+    rng = np.random.default_rng(0)
+    bn.set_weights([rng.uniform(0.5, 2, 4), rng.normal(0, 0.3, 4), rng.normal(0, 0.3, 4), rng.uniform(0.5, 2, 4)])
+    gamma, beta, mean, var = bn.get_weights()
+    kernel, bias = with_bn.get_layer("conv").get_weights()
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    inp2 = keras.Input((SIZE, SIZE, 3))
+    h2 = keras.layers.Conv2D(4, 3, name="conv")(inp2)
+    h2 = keras.layers.ReLU(name="act")(h2)
+    out2 = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h2))
+    folded = keras.Model(inp2, out2)
+    folded.get_layer("conv").set_weights([kernel * scale, (bias - mean) * scale + beta])
+    folded.get_layer("head").set_weights(with_bn.get_layer("head").get_weights())
+    x = images(3, SIZE)
+    np.testing.assert_allclose(with_bn.predict(x, verbose=0), folded.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    for rule in ("epsilon", "zplus", "composite"):
+        a = ce.explain(with_bn, x, "lrp", rule=rule, target=0)
+        b = ce.explain(folded, x, "lrp", rule=rule, target=0)
+        np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-4, atol=1e-6 * np.abs(b.attributions).max())
+
+
+def test_guided_backprop_matches_tf_keras_vis():
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.utils.model_modifiers import GuidedBackpropagation, ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c2")(h)
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(h))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+    x = images(3, SIZE)
+    targets = [0, 1, 2]
+    ref = Saliency(model, model_modifier=[ReplaceToLinear(), GuidedBackpropagation()], clone=True)(
+        CategoricalScore(targets), x, keepdims=True, normalize_map=False
+    )
+    ours = ce.explain(model, x, "guided_backprop", target=targets)
+    np.testing.assert_allclose(np.abs(ours.attributions), ref, rtol=1e-4, atol=1e-7)
+    plain = ce.explain(model, x, "saliency", target=targets)
+    assert not np.allclose(ours.attributions, plain.attributions)  # the rule changed something
+
+
+def test_deconvnet_and_guided_gradcam():
+    model = relu_cnn(bias=True)
+    x = images(2, SIZE)
+    deconv = ce.explain(model, x, "deconvnet", target=0)
+    guided = ce.explain(model, x, "guided_backprop", target=0)
+    assert not np.allclose(deconv.attributions, guided.attributions)
+    ggc = ce.explain(model, x, "guided_gradcam", target=0, layer="c2")
+    cam = ce.explain(model, x, "gradcam", target=0, layer="c2")
+    expected = guided.attributions * ce.normalize_maps(cam.raw_maps)[..., None]
+    np.testing.assert_allclose(ggc.attributions, expected, rtol=1e-5, atol=1e-9)
+    assert ggc.layer == "c2"
+
+
+def test_nested_model_gives_the_same_relevance_as_its_flat_twin():
+    from conftest import nested_and_flat
+
+    nested, flat = nested_and_flat(size=SIZE)
+    x = images(3, SIZE)
+    for method, opts in (("lrp", {}), ("lrp", {"rule": "epsilon"}), ("guided_backprop", {})):
+        a = ce.explain(nested, x, method, target=1, **opts)
+        b = ce.explain(flat, x, method, target=1, **opts)
+        np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-4, atol=1e-6 * np.abs(b.attributions).max())
+
+
+def test_residual_add_splits_relevance_in_proportion():
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((SIZE, SIZE, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=False, name="c1")(inp)
+    b = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="branch")(a)
+    z = keras.layers.Add(name="add")([a, b])
+    h = keras.layers.ReLU(name="act")(z)
+    out = keras.layers.Dense(3, use_bias=False)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    x = images(2, SIZE)
+    rules = RuleSet("lrp", "epsilon", 1e-9)
+    t = np.zeros(2, np.int32)
+    _, r_add = Engine(model, "add", rules=rules).layer_relevance(x, t)
+    _, r_branch = Engine(model, "branch", rules=rules).layer_relevance(x, t)
+    branch_out = keras.Model(inp, b)(x).numpy()
+    add_out = keras.Model(inp, z)(x).numpy()
+    ok = np.abs(add_out) > 1e-4
+    np.testing.assert_allclose(r_branch[ok], (branch_out / add_out * r_add)[ok], rtol=1e-3, atol=1e-7)
+    exp = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1e-9, target=0)
+    np.testing.assert_allclose(exp.attributions.reshape(2, -1).sum(1), exp.scores, rtol=1e-3)
+
+
+def test_unsupported_layer_is_named():
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    h = keras.layers.Multiply(name="gate")([h, h])
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ce.CnnExposedError, match="'gate' of type Multiply"):
+        ce.explain(model, images(1, SIZE), "lrp")
+
+
+def test_zb_needs_the_model_input():
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Rescaling(2.0, name="scale")(inp)
+    h = keras.layers.Conv2D(4, 3, name="conv")(h)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ce.CnnExposedError, match="z\\^B rule.*'scale'"):
+        ce.explain(model, images(1, SIZE), "lrp")
+    assert ce.explain(model, images(1, SIZE), "lrp", rule={"first": "epsilon"}).maps.shape == (1, SIZE, SIZE)
+
+
+def test_model_unchanged_after_rules():
+    model = relu_cnn()
+    x = images(2, SIZE)
+    before = model.predict(x, verbose=0)
+    weights = [w.copy() for w in model.get_weights()]
+    for method in ("lrp", "guided_backprop", "deconvnet", "guided_gradcam"):
+        ce.explain(model, x, method)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
+    assert model.get_layer("c1").activation is keras.activations.relu
