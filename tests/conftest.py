@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # not via MPLBACKEND: the notebooks' kernels inherit the environment and need inline
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -13,8 +15,10 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed(monkeypatch):
     keras.utils.set_random_seed(1234)
+    # the root conftest caps optimisation steps for the notebooks; tests choose their own steps
+    monkeypatch.delenv("CNN_EXPOSED_MAX_STEPS", raising=False)
 
 
 def conv_block(size: int = 16, name: str = "base", filters=(6, 5)) -> keras.Model:

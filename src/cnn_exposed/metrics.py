@@ -1,9 +1,25 @@
-"""Measuring whether a heatmap points where it should."""
+"""Can I trust this heatmap? Faithfulness metrics and sanity checks.
+
+- :func:`pointing_game` and :func:`mass_in_mask`: against ground-truth masks.
+- :func:`deletion_curve` / :func:`insertion_curve` (Petsiuk et al. 2018): remove or add pixels in order of
+  attribution, patch by patch, and follow the class probability; the area under the curve summarises it
+  (deletion: low is good; insertion: high is good).
+- :func:`randomisation_check` (Adebayo et al. 2018): re-initialise the weights from the top layer down and
+  see whether the maps change; a method whose maps stay the same does not explain the model.
+- :func:`random_target_check`: the map for a random other class should differ from the predicted class's.
+- :func:`compare_methods`: every chosen method's numbers in one table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
 import cv2
 import numpy as np
+
+from .engine import DEFAULT_BATCH_SIZE, engine_for
+from .inputs import prepare_images
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) -> np.ndarray:
@@ -34,3 +50,324 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) 
         row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
         hits[i] = grown[row, col]
     return hits
+
+
+def mass_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each (non-negative) map's total mass that lies inside its mask, ``(N,)`` in [0, 1]."""
+    maps = np.maximum(np.asarray(maps, dtype=np.float64), 0.0)
+    masks = np.asarray(masks, dtype=bool)
+    total = maps.reshape(len(maps), -1).sum(1)
+    inside = (maps * masks).reshape(len(maps), -1).sum(1)
+    return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+
+
+@dataclass
+class Curves:
+    """Deletion or insertion curves.
+
+    Attributes
+    ----------
+    fractions : (S + 1,) float
+        Share of the image removed (deletion) or inserted (insertion) at each point.
+    scores : (N, S + 1) float
+        The target's score (probability by default) at each point.
+    auc : (N,) float
+        Area under each curve (trapezoid rule over ``fractions``).
+    mode : str
+    """
+
+    fractions: np.ndarray
+    scores: np.ndarray
+    auc: np.ndarray
+    mode: str
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+    def plot(self, ax=None, label: str | None = None):
+        """Mean curve with the per-image curves faint; returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        for s in self.scores:
+            ax.plot(self.fractions, s, color="grey", alpha=0.15, lw=0.8)
+        ax.plot(self.fractions, self.scores.mean(0), lw=2, label=f"{label or self.mode} (AUC {self.auc.mean():.3f})")
+        ax.set_xlabel(f"fraction of the image {'removed' if self.mode == 'deletion' else 'inserted'}")
+        ax.set_ylabel("score of the explained class")
+        ax.legend(fontsize=8)
+        return ax
+
+
+def _fill_images(x: np.ndarray, fill) -> np.ndarray:
+    if isinstance(fill, str):
+        if fill == "blur":
+            sigma = max(x.shape[1:3]) / 16.0
+            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(np.float32)
+        if fill == "mean":
+            return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
+        if fill == "zeros":
+            return np.zeros_like(x)
+        raise ValueError(f"fill must be 'blur', 'mean', 'zeros' or a number, got {fill!r}.")
+    return np.full(x.shape, float(fill), dtype=np.float32)
+
+
+def _curves(
+    model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
+    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None,
+) -> Curves:  # fmt: skip
+    engine = engine_for(model, None, score)
+    _, x = prepare_images(images, engine.input_shape, preprocess)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape != x.shape[:3]:
+        raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]}.")
+    n, h, w = maps.shape
+    batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    outputs, _ = engine.predict_all(x, batch_size)
+    if isinstance(target, str) and target == "predicted":
+        targets = outputs.argmax(1)
+    else:
+        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
+    # rank patches by their mean attribution (ties broken by position: reproducible)
+    gh, gw = -(-h // patch), -(-w // patch)
+    padded = np.zeros((n, gh * patch, gw * patch), np.float32)
+    padded[:, :h, :w] = maps
+    cell = padded.reshape(n, gh, patch, gw, patch).mean(axis=(2, 4)).reshape(n, -1)
+    order = np.argsort(-cell, axis=1, kind="stable")
+    counts = np.round(np.linspace(0, gh * gw, steps + 1)).astype(int)
+    fills = _fill_images(x, fill)
+    start, end = (x, fills) if mode == "deletion" else (fills, x)
+    variants = np.empty((n * (steps + 1),) + x.shape[1:], dtype=np.float32)
+    for i in range(n):
+        for k, c in enumerate(counts):
+            chosen = np.zeros(gh * gw, bool)
+            chosen[order[i, :c]] = True
+            pixel_mask = np.kron(chosen.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
+            variants[i * (steps + 1) + k] = np.where(pixel_mask[..., None], end[i], start[i])
+    scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
+    scores = scores.reshape(n, steps + 1)
+    fractions = counts / (gh * gw)
+    auc = np.trapezoid(scores, fractions, axis=1) if hasattr(np, "trapezoid") else np.trapz(scores, fractions, axis=1)
+    return Curves(fractions, scores, auc, mode, targets)
+
+
+def deletion_curve(model, images, maps, **options) -> Curves:
+    """Remove the most attributed patches first (filling them with ``fill``) and follow the target's score.
+
+    Options: ``target`` ("predicted" or indices), ``preprocess``, ``steps`` (points after the start, 16),
+    ``patch`` (pixels per side of the removed cells, 4), ``fill`` ("blur" default, "mean", "zeros" or a
+    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``. All
+    the modified images are evaluated in batches. A low area under the curve means a faithful map.
+    """
+    return _curves(model, images, maps, "deletion", **options)
+
+
+def insertion_curve(model, images, maps, **options) -> Curves:
+    """Start from the ``fill`` image (blurred by default) and put back the most attributed patches first;
+    a high area under the curve means a faithful map. Options as :func:`deletion_curve`."""
+    return _curves(model, images, maps, "insertion", **options)
+
+
+# ------------------------------------------------------------------------------------------ similarity
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each pair of maps, ``(N,)``."""
+
+    def ranks(v):
+        flat = v.reshape(len(v), -1)
+        r = np.empty_like(flat, dtype=np.float64)
+        r[np.arange(len(flat))[:, None], np.argsort(flat, axis=1, kind="stable")] = np.arange(flat.shape[1])
+        return r
+
+    ra, rb = ranks(np.asarray(a)), ranks(np.asarray(b))
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Structural similarity (Gaussian window σ = 1.5) of each pair of maps in [0, 1], ``(N,)``."""
+    c1, c2 = 0.01**2, 0.03**2
+    out = []
+    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64)):
+        blur = lambda v: cv2.GaussianBlur(v, (0, 0), 1.5)  # noqa: E731
+        mx, my = blur(x), blur(y)
+        sx, sy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sx + sy + c2))
+        out.append(s.mean())
+    return np.asarray(out)
+
+
+@dataclass
+class SanityResult:
+    """Model-parameter randomisation check.
+
+    Attributes
+    ----------
+    layers : list of str
+        Randomised layers, in the order they were randomised (top of the network first).
+    spearman, spearman_abs, ssim : (L, N) float
+        Similarity of the maps after each randomisation step to the original maps (``spearman_abs`` ranks
+        the absolute values, as Adebayo et al. also report).
+    maps : (L + 1, N, H, W)
+        The original maps, then the maps after each step.
+    passed : bool
+        True when the maps after the last step no longer resemble the original: mean ``spearman_abs`` below
+        ``threshold``.
+    """
+
+    method: str
+    layers: list
+    spearman: np.ndarray
+    spearman_abs: np.ndarray
+    ssim: np.ndarray
+    maps: np.ndarray
+    threshold: float
+    passed: bool
+
+    def plot(self, image_index: int = 0, images=None):
+        """The classic figure: the map as the weights are randomised layer by layer, and the similarity."""
+        import matplotlib.pyplot as plt
+
+        cols = len(self.layers) + 1
+        fig, axes = plt.subplots(2, cols, figsize=(1.7 * cols, 3.8), gridspec_kw={"height_ratios": [1, 0.9]})
+        for c in range(cols):
+            axes[0, c].imshow(self.maps[c, image_index], cmap="jet", vmin=0, vmax=1)
+            axes[0, c].set_title("original" if c == 0 else self.layers[c - 1].rsplit("/", 1)[-1], fontsize=7)
+            axes[0, c].axis("off")
+        ax = fig.add_subplot(2, 1, 2)
+        for a in axes[1]:
+            a.remove()
+        steps = np.arange(1, cols)
+        ax.plot(steps, self.spearman_abs.mean(1), "o-", label="Spearman (abs)")
+        ax.plot(steps, self.spearman.mean(1), "s-", label="Spearman")
+        ax.plot(steps, self.ssim.mean(1), "^-", label="SSIM")
+        ax.axhline(self.threshold, color="grey", ls=":", lw=1)
+        ax.set_xticks(steps, [layer.rsplit("/", 1)[-1] for layer in self.layers], rotation=45, fontsize=7)
+        ax.set_ylim(-0.2, 1.05)
+        ax.set_ylabel("similarity to original")
+        ax.legend(fontsize=7)
+        fig.suptitle(f"{self.method}: cascading randomisation ({'passes' if self.passed else 'FAILS'})", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+
+def _weighted_layers(model) -> list:
+    from .layers import is_nested_model, iter_layers
+
+    return [r for r in iter_layers(model) if not is_nested_model(r.layer) and r.layer.weights]
+
+
+def randomisation_check(
+    model, images, explain_fn: str | Callable, *, cascading: bool = True, layers: Sequence[str] | None = None,
+    seed: int = 0, threshold: float = 0.5, preprocess: Callable | None = None, target="predicted", **method_options,
+) -> SanityResult:  # fmt: skip
+    """Re-initialise layers from the top down (``cascading``) or one at a time, and compare the maps.
+
+    The user's model is not touched: a clone carries the randomised weights. ``explain_fn`` is a method
+    name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. The target is
+    fixed to the original model's prediction, so only the weights change.
+    """
+    import keras
+
+    from .attribution import explain
+
+    x = np.asarray(images)
+    if isinstance(explain_fn, str):
+        name = explain_fn
+
+        def run(m, t):
+            return explain(m, x, name, target=t, preprocess=preprocess, progress=False, **method_options).maps
+
+    else:
+        name = getattr(explain_fn, "__name__", "custom")
+
+        def run(m, t):
+            return np.asarray(explain_fn(m, x))
+
+    original_exp = explain(model, x, "saliency", target=target, preprocess=preprocess, progress=False)
+    targets = original_exp.targets
+    original = run(model, targets)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    refs = _weighted_layers(clone)
+    if layers is not None:
+        wanted = set(layers)
+        refs = [r for r in refs if r.path in wanted or r.layer.name in wanted]
+    refs = list(reversed(refs))  # top (output) first
+    rng = np.random.default_rng(seed)
+    all_maps, names = [original], []
+    pristine = [w.copy() for w in clone.get_weights()]
+    for r in refs:
+        if not cascading:
+            clone.set_weights(pristine)
+        new = []
+        for w in r.layer.get_weights():
+            std = float(w.std()) or 0.05
+            new.append(rng.normal(0.0, std, w.shape).astype(w.dtype))
+        r.layer.set_weights(new)
+        all_maps.append(run(clone, targets))
+        names.append(r.path)
+    maps = np.stack(all_maps)
+    sp = np.stack([spearman(original, m) for m in maps[1:]])
+    sp_abs = np.stack([spearman(np.abs(original), np.abs(m)) for m in maps[1:]])
+    ss = np.stack([ssim(original, m) for m in maps[1:]])
+    passed = bool(sp_abs[-1].mean() < threshold) if len(sp_abs) else False
+    return SanityResult(name, names, sp, sp_abs, ss, maps, threshold, passed)
+
+
+def random_target_check(model, images, method: str, *, seed: int = 0, preprocess=None, **method_options) -> np.ndarray:
+    """Spearman correlation ``(N,)`` between each image's map for its predicted class and for a random other
+    class. High values mean the method hardly depends on the class it is asked to explain."""
+    from .attribution import explain
+
+    pred = explain(model, images, method, preprocess=preprocess, progress=False, **method_options)
+    k = pred.probabilities.shape[1]
+    rng = np.random.default_rng(seed)
+    other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
+    rand = explain(model, images, method, target=other, preprocess=preprocess, progress=False, **method_options)
+    return spearman(pred.maps, rand.maps)
+
+
+def compare_methods(
+    model, images, methods: Sequence[str], *, masks: np.ndarray | None = None, preprocess=None,
+    sanity: bool = False, options: dict | None = None, curve_options: dict | None = None,
+) -> list[dict]:  # fmt: skip
+    """One row per method: pointing-game rate and mass in mask (when ``masks`` are given), deletion and
+    insertion AUC (mean over images), and optionally whether it passes the randomisation check."""
+    from .attribution import explain
+
+    options, curve_options = options or {}, curve_options or {}
+    rows = []
+    for m in methods:
+        opts = options.get(m, {})
+        exp = explain(model, images, m, preprocess=preprocess, progress=False, **opts)
+        row = {"method": m}
+        if masks is not None:
+            row["pointing_game"] = float(pointing_game(exp.maps, masks).mean())
+            row["mass_in_mask"] = float(mass_in_mask(exp.maps, masks).mean())
+        row["deletion_auc"] = float(
+            deletion_curve(
+                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
+            ).auc.mean()
+        )
+        row["insertion_auc"] = float(
+            insertion_curve(
+                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
+            ).auc.mean()
+        )
+        if sanity:
+            row["randomisation_check"] = (
+                "passes" if randomisation_check(model, images, m, preprocess=preprocess, **opts).passed else "FAILS"
+            )
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of :func:`compare_methods` rows."""
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Faithfulness metrics and sanity checks, on models whose right answer is known."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import cnn_exposed as ce
+from cnn_exposed import metrics
+from conftest import images, small_cnn
+
+
+def linear_model(size=8):
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((size, size, 3))
+    out = keras.layers.Dense(2, activation="softmax", name="lin")(keras.layers.Flatten()(inp))
+    return keras.Model(inp, out)
+
+
+def test_deletion_and_insertion_rank_a_perfect_attribution_above_a_random_one():
+    model = linear_model()
+    x = images(6, 8)
+    w = model.get_layer("lin").kernel.numpy()
+    contribution = x * (w[:, 0] - w[:, 1]).reshape(8, 8, 3)  # exact share of each pixel in logit0 - logit1
+    perfect = contribution.sum(-1)
+    random = np.random.default_rng(0).random(perfect.shape).astype(np.float32)
+    kw = dict(target=0, fill="zeros", patch=1, steps=16)
+    assert (
+        metrics.deletion_curve(model, x, perfect, **kw).auc.mean()
+        < metrics.deletion_curve(model, x, random, **kw).auc.mean()
+    )
+    assert (
+        metrics.insertion_curve(model, x, perfect, **kw).auc.mean()
+        > metrics.insertion_curve(model, x, random, **kw).auc.mean()
+    )
+    # the curve ends where it must: everything removed = the fill image's score
+    curve = metrics.deletion_curve(model, x, perfect, **kw)
+    np.testing.assert_allclose(curve.scores[:, -1], model.predict(np.zeros_like(x), verbose=0)[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(curve.scores[:, 0], model.predict(x, verbose=0)[:, 0], rtol=1e-5)
+    assert curve.fractions[0] == 0 and curve.fractions[-1] == 1
+
+
+def test_metrics_do_not_depend_on_batch_size(cnn, x):
+    maps = ce.explain(cnn, x, "gradcam").maps
+    a = metrics.deletion_curve(cnn, x, maps, batch_size=1, steps=8)
+    b = metrics.deletion_curve(cnn, x, maps, batch_size=32, steps=8)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-7)
+    c = metrics.insertion_curve(cnn, x, maps, batch_size=3, steps=8)
+    d = metrics.insertion_curve(cnn, x, maps, batch_size=64, steps=8)
+    np.testing.assert_allclose(c.auc, d.auc, rtol=1e-5)
+    e1 = ce.explain(cnn, x, "integrated_gradients", batch_size=1, steps=8)
+    e2 = ce.explain(cnn, x, "integrated_gradients", batch_size=32, steps=8)
+    np.testing.assert_allclose(e1.maps, e2.maps, atol=1e-5)
+
+
+def test_pointing_game_and_mass_in_mask():
+    maps = np.zeros((3, 10, 10))
+    maps[0, 2, 2] = 1
+    maps[1, 8, 8] = 1
+    maps[2, 5, 3] = 1  # two pixels below the mask
+    masks = np.zeros((3, 10, 10), bool)
+    masks[:, 1:4, 1:4] = True
+    np.testing.assert_array_equal(metrics.pointing_game(maps, masks, tolerance=0.0), [True, False, False])
+    np.testing.assert_array_equal(metrics.pointing_game(maps, masks, tolerance=0.2), [True, False, True])
+    np.testing.assert_allclose(metrics.mass_in_mask(maps, masks), [1, 0, 0])
+
+
+def test_spearman_and_ssim():
+    a = np.random.default_rng(0).random((2, 12, 12))
+    np.testing.assert_allclose(metrics.spearman(a, a), 1.0)
+    np.testing.assert_allclose(metrics.spearman(a, -a), -1.0)
+    np.testing.assert_allclose(metrics.ssim(a, a), 1.0)
+    assert metrics.ssim(a, np.random.default_rng(1).random((2, 12, 12))).max() < 0.5
+
+
+def edge_detector(model, x):
+    """An 'attribution' that ignores the model: the image's gradient magnitude."""
+    gray = np.asarray(x, np.float32).mean(-1)
+    gy, gx = np.gradient(gray, axis=(1, 2))
+    return ce.normalize_maps(np.hypot(gx, gy))
+
+
+def test_randomisation_check_flags_a_model_independent_method_and_passes_model_dependent_ones():
+    model = small_cnn(size=16)
+    x = images(4)
+    fake = metrics.randomisation_check(model, x, edge_detector)
+    assert not fake.passed and fake.spearman_abs[-1].mean() > 0.99
+    for method, opts in (("gradcam", {}), ("integrated_gradients", {"steps": 8})):
+        result = metrics.randomisation_check(model, x, method, **opts)
+        assert result.passed, (method, result.spearman_abs.mean(1))
+        assert result.layers[0] == "head"  # top down
+    weights = [w.copy() for w in model.get_weights()]
+    metrics.randomisation_check(model, x, "saliency")
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # the user's model is untouched
+
+
+def test_random_target_check_and_comparison_table(cnn, x):
+    corr = metrics.random_target_check(cnn, x, "gradcam")
+    assert corr.shape == (4,) and np.all(corr <= 1.0)
+    masks = np.zeros((4, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    rows = metrics.compare_methods(cnn, x, ["gradcam", "saliency"], masks=masks, curve_options={"steps": 4})
+    assert [r["method"] for r in rows] == ["gradcam", "saliency"]
+    assert {"pointing_game", "mass_in_mask", "deletion_auc", "insertion_auc"} <= set(rows[0])
+    table = metrics.format_table(rows)
+    assert table.count("\n") == 3 and "| gradcam |" in table
+
+
+def test_bad_maps_shape(cnn, x):
+    with pytest.raises(ValueError, match="must be \\(N, H, W\\)"):
+        metrics.deletion_curve(cnn, x, np.zeros((4, 8, 8)))
