@@ -218,11 +218,32 @@ def _activation_rule(fn, mode: str, name: str):
             return [normal * ops.cast(g > 0, g.dtype)]
 
         return with_backward(fn, backward)
+    if mode == "redirect":
+        return with_backward(fn, _redirected_backward(fn))
 
     def deconv_backward(inputs, a, g):
         return [ops.maximum(g, 0.0)]
 
     return with_backward(fn, deconv_backward)
+
+
+def _redirected_backward(fn):
+    """Lucid's redirected ReLU gradient, for feature visualisation of a loss being minimised.
+
+    Where the plain gradient of an image's whole activation tensor is zero (every unit dead, as on a grey
+    start image), the upstream gradient is passed through instead, except where it would push an already
+    negative input lower. Without it, filters that are silent on the starting image never move.
+    """
+
+    def backward(inputs, a, g):
+        z = inputs[0]
+        (plain,) = vjp(fn, [z], g)
+        redirected = ops.where(ops.logical_and(z < 0, g > 0), 0.0, g)
+        flat = ops.reshape(plain, (ops.shape(plain)[0], -1))
+        alive = ops.reshape(ops.max(ops.abs(flat), axis=1) > 0, (-1,) + (1,) * (len(plain.shape) - 1))
+        return [ops.where(alive, plain, redirected)]
+
+    return backward
 
 
 def _activation_fn(op):
@@ -262,7 +283,8 @@ class RuleSet:
 
     Parameters
     ----------
-    mode : {"lrp", "guided", "deconv"}
+    mode : {"lrp", "guided", "deconv", "redirect"}
+        ``"redirect"``: Lucid's redirected ReLU gradient, for feature visualisation.
     rule : str or dict
         LRP only: one rule for every weighted layer, or a composite ``{"first": ..., "conv": ...,
         "dense": ...}`` (missing entries: ``"epsilon"``).
@@ -273,8 +295,8 @@ class RuleSet:
     """
 
     def __init__(self, mode: str, rule="composite", epsilon: float = 1e-2, bounds=None) -> None:
-        if mode not in ("lrp", "guided", "deconv"):
-            raise ValueError(f"mode must be 'lrp', 'guided' or 'deconv', got {mode!r}.")
+        if mode not in ("lrp", "guided", "deconv", "redirect"):
+            raise ValueError(f"mode must be 'lrp', 'guided', 'deconv' or 'redirect', got {mode!r}.")
         if rule == "composite":
             rule = dict(DEFAULT_COMPOSITE)
         composite = dict(rule) if isinstance(rule, dict) else {"first": rule, "conv": rule, "dense": rule}

@@ -118,11 +118,19 @@ def _default_size(model, size: int | None) -> int:
 class _ObjectiveRunner:
     """Evaluates an objective on images: records the layers it reads, stops the model there when it can."""
 
-    def __init__(self, model, objective: Objective, preprocess: Callable | None, size: int) -> None:
+    def __init__(
+        self, model, objective: Objective, preprocess: Callable | None, size: int, redirect_relu: bool = True
+    ) -> None:
+        from ..attribution.rules import RuleSet
+
         self.model, self.objective, self.preprocess = model, objective, preprocess
         self.refs = {spec: resolve_layer(model, spec) for spec in objective.layers}
         head = classifier_head(model) if objective.uses_logits else None
-        self.plan = Plan(record=tuple(self.refs.values()) or None, logits=head, stop_when_recorded=head is None)
+        # ReLUs get Lucid's redirected gradient: same forward pass, so scores are unaffected
+        replace = RuleSet("redirect").replacements(model, head) if redirect_relu else {}
+        self.plan = Plan(
+            record=tuple(self.refs.values()) or None, logits=head, replace=replace, stop_when_recorded=head is None
+        )
         self.colour_m, self.colour_b = affine_colour_map(preprocess)
         in_shape = _input_size(model)
         self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
@@ -178,6 +186,7 @@ def render(
     learning_rate: float = 0.05,
     labels: Sequence[str] | None = None,
     progress: bool = True,
+    redirect_relu: bool = True,
 ) -> Visualisation:
     """Optimise ``n`` images together to maximise ``objective`` (one value per image).
 
@@ -200,6 +209,9 @@ def render(
     regularisers : dict
         Name -> weight, names from ``tv``, ``l1``, ``l2``, ``blur``.
     learning_rate : float
+    redirect_relu : bool
+        Lucid's redirected ReLU gradient: filters that are silent on the random start still get a
+        gradient (the forward pass, and so every reported value, is unchanged).
     """
     steps = capped_steps(steps)
     size = _default_size(model, size)
@@ -214,7 +226,7 @@ def render(
         if name not in REGULARISERS:
             raise CnnExposedError(f"Unknown regulariser {name!r}; choose from {sorted(REGULARISERS)}.")
         regs.append((REGULARISERS[name], float(weight)))
-    runner = _ObjectiveRunner(model, objective, preprocess, size)
+    runner = _ObjectiveRunner(model, objective, preprocess, size, redirect_relu)
 
     def loss_fn(params, matrices):
         images = param.to_image(params)
