@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import images, nested_and_flat, small_cnn
 
 import cnn_exposed as ce
 from cnn_exposed.explanation import upsample_maps
+from conftest import images, nested_and_flat, small_cnn
 
 
 def hand_model():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import images
 
 import cnn_exposed as ce
+from conftest import images
 
 
 def linear_model(size=8, classes=3):

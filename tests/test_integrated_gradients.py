@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import images
 
 import cnn_exposed as ce
 from cnn_exposed.attribution import path_nodes
+from conftest import images
 
 
 def test_completeness_error_under_one_percent_with_64_steps(cnn, x):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import images, nested_and_flat, small_cnn
 
 import cnn_exposed as ce
+from conftest import images, nested_and_flat, small_cnn
 
 
 def snapshot(model):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_cnn
 
 import cnn_exposed as ce
 from cnn_exposed.attribution.occlusion import patch_positions
+from conftest import small_cnn
 
 
 def test_patch_positions_cover_the_border():

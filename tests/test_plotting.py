@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import images
 
 import cnn_exposed as ce
+from conftest import images
 
 
 def test_to_uint8_ranges():

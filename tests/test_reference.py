@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import images, small_cnn
 
 import cnn_exposed as ce
+from conftest import images, small_cnn
 
 tkv = pytest.importorskip("tf_keras_vis", reason="tf-keras-vis is a test dependency: pip install -r requirements.txt")
 from tf_keras_vis.gradcam import Gradcam  # noqa: E402

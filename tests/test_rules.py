@@ -5,11 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import images
 
 import cnn_exposed as ce
 from cnn_exposed.attribution.rules import RuleSet
 from cnn_exposed.engine import Engine
+from conftest import images
 
 SIZE = 12
 

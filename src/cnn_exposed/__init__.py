@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from . import demo, images, metrics, visualisation  # submodules as attributes: ce.demo, ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -77,10 +78,13 @@ __all__ = [
     "TargetError",
     "Visualisation",
     "colorize",
+    "demo",
     "explain",
     "find_last_spatial_layer",
+    "images",
     "list_layers",
     "load_model",
+    "metrics",
     "network_walk",
     "normalize_maps",
     "overlay_heatmap",
@@ -92,5 +96,6 @@ __all__ = [
     "save_png",
     "to_uint8",
     "visualise_classes",
+    "visualisation",
     "visualise_filters",
 ]
