@@ -29,7 +29,7 @@ def badge(name: str) -> str:
     )
 
 
-SETUP = f'''# Setup: in Colab, install cnn-exposed from its repository; locally (or in CI) use the installed package.
+SETUP = f"""# Setup: in Colab, install cnn-exposed from its repository; locally (or in CI) use the installed package.
 import os, sys, subprocess
 
 IN_COLAB = "google.colab" in sys.modules
@@ -45,13 +45,20 @@ import keras
 import tensorflow as tf
 import cnn_exposed as ce
 
+try:  # smaller saved figures: JPEG at screen resolution
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+    set_matplotlib_formats("jpeg")
+except ImportError:
+    pass
+plt.rcParams["figure.dpi"] = 72
+
 gpus = tf.config.list_physical_devices("GPU")
 print("GPU:", ", ".join(g.name for g in gpus) if gpus else "none found (CPU only: everything still runs, slower)")
 print("keras", keras.__version__, "| tensorflow", tf.__version__, "| cnn-exposed", ce.__version__)
 keras.utils.set_random_seed(0)
-FAST = os.environ.get("CNN_EXPOSED_FAST") == "1"  # set by the test suite: few steps, small sizes'''
+FAST = os.environ.get("CNN_EXPOSED_FAST") == "1"  # set by the test suite: few steps, small sizes"""
 
-CONFIG_ATTRIBUTION = '''# ===================== CONFIGURATION: the only cell to change for your own model =====================
+CONFIG_ATTRIBUTION = """# ===================== CONFIGURATION: the only cell to change for your own model =====================
 MODEL = "demo"          # "demo", a keras.applications name ("mobilenet_v2", "resnet50", ...) or "path/to/model.keras"
 IMAGES = "bundled"      # "bundled" (the demo's images) or a folder of images / of class sub-folders
 CLASS_NAMES = None      # None (from the model), a list, a text file (one name per line) or the training folder
@@ -59,9 +66,9 @@ PREPROCESS = None       # for your own model: "scale_0_1", "scale_-1_1", "none" 
 LAYER = None            # CAM layer: None = the last spatial layer (found inside nested models), or "outer/inner"
 # ========================================================================================================
 SAMPLES = 8 if FAST else 50          # SmoothGrad noise samples
-STEPS = 16 if FAST else 64           # integrated-gradients steps'''
+STEPS = 16 if FAST else 64           # integrated-gradients steps"""
 
-CONFIG_VISUALISATION = '''# ===================== CONFIGURATION: the only cell to change for your own model =====================
+CONFIG_VISUALISATION = """# ===================== CONFIGURATION: the only cell to change for your own model =====================
 MODEL = "demo"          # "demo", a keras.applications name ("mobilenet_v2", "vgg16", ...) or "path/to/model.keras"
 LAYERS = None           # None: early, middle and late layers picked for you; or a list of names / "outer/inner" paths
 CLASS_NAMES = None      # None (from the model), a list, a text file or the training folder
@@ -69,7 +76,7 @@ PREPROCESS = None       # for your own model: "scale_0_1", "scale_-1_1", "none" 
 # ========================================================================================================
 STEPS = 24 if FAST else 256          # optimisation steps per image
 SIZE = 64 if FAST else None          # image side; None = the model's input size
-FILTERS = 4 if FAST else 8           # filters per layer in the grids'''
+FILTERS = 4 if FAST else 8           # filters per layer in the grids"""
 
 LOAD = '''def load(model_name, class_names=None, preprocess=None):
     """Load a model, or say why it cannot be loaded here (no network for ImageNet weights) and return None."""
@@ -434,7 +441,9 @@ def run(path: Path) -> None:
 
     nb = nbformat.read(path, as_version=4)
     os.environ["CNN_EXPOSED_FAST"] = "1"
-    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nbformat.write(nb, path)
