@@ -107,6 +107,7 @@ def test_batch_normalisation_is_folded():
         np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-4, atol=1e-6 * np.abs(b.attributions).max())
 
 
+@pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")  # inside tf-keras-vis
 def test_guided_backprop_matches_tf_keras_vis():
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.utils.model_modifiers import GuidedBackpropagation, ReplaceToLinear
