@@ -52,6 +52,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     parser.add_argument("--channels", type=int, default=64, help="Score-CAM top-N channels")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    parser.add_argument(
+        "--only",
+        help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,"
+        "integrated_gradients,gradcam,gradcam++,layercam,scorecam,occlusion",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.repeats, args.samples, args.steps, args.channels = 96, 2, 1, 4, 4, 8
@@ -87,7 +92,11 @@ def main(argv=None) -> None:
 
     rows = []  # (method, floor description, floor s, ours s, tf-keras-vis s or None)
 
+    only = set(args.only.split(",")) if args.only else None
+
     def record(method, floor_desc, fns):
+        if only is not None and method.split(" ")[0] not in only:
+            return
         t = best_of(fns, args.repeats)
         rows.append((method, floor_desc, t["floor"], t["ours"], t.get("tkv")))
         r = rows[-1]

@@ -97,7 +97,8 @@ def main(argv=None) -> None:
     print("| | seconds | vs floor | tf-keras-vis / this |")
     print("|---|---:|---:|---:|")
     for name in fns:
-        print(f"| {name} | {best[name]:.2f} | {best[name] / best['floor']:.2f} | {best['tf-keras-vis'] / best[name]:.1f}x |")
+        ratio, speedup = best[name] / best["floor"], best["tf-keras-vis"] / best[name]
+        print(f"| {name} | {best[name]:.2f} | {ratio:.2f} | {speedup:.1f}x |")
     vis = result["vis"]
     print(f"objective: start {vis.start_objective.mean():.4g} -> final {vis.objective.mean():.4g} (mean over filters)")
     if args.grid:
