@@ -12,7 +12,7 @@ Model: MobileNetV2 with random weights (no download), 224x224, a batch of 8 imag
 Each timing is the best of ``--repeats`` runs after one warm-up (tracing excluded), and the runs of the
 three are interleaved so that load from other processes hits them alike. Targets (issue 2): gradient
 methods within 1.2x of their floor, SmoothGrad and Grad-CAM at least 3x faster than tf-keras-vis,
-integrated gradients (50 steps) within 1.2x of 51 forward+backward passes.
+integrated gradients (50 steps) within 1.2x of 51 forward+backward passes; (issue 7) LRP within 1.5x.
 """
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ def main(argv=None) -> None:
                 "tkv": lambda vis=vis: vis(score, x, penultimate_layer=layer),
             },
         )
+    for name in ("lrp", "guided_backprop"):
+        record(name, "1 fwd+bwd", {"floor": floor(1), "ours": ours(name)})
     n = args.channels
     record(
         f"scorecam (top {n})",

@@ -200,3 +200,16 @@ def test_report_in_a_real_headless_browser(workspace, capsys, tmp_path):
 
     if os.environ.get("CNN_EXPOSED_SCREENSHOT"):
         shutil.copy(shot, os.environ["CNN_EXPOSED_SCREENSHOT"])
+
+
+def test_offline_imagenet_weights_give_a_clear_message(monkeypatch):
+    import keras
+
+    import cnn_exposed as ce
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] resolve")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", no_network)
+    with pytest.raises(ce.models.OfflineError, match="Could not download the ImageNet weights of mobilenet_v2.*demo"):
+        ce.load_model("mobilenet_v2")
