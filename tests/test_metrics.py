@@ -8,7 +8,7 @@ import pytest
 
 import cnn_exposed as ce
 from cnn_exposed import metrics
-from conftest import images, small_cnn
+from conftest import images
 
 
 def linear_model(size=8):
@@ -82,17 +82,18 @@ def edge_detector(model, x):
 
 
 def test_randomisation_check_flags_a_model_independent_method_and_passes_model_dependent_ones():
-    model = small_cnn(size=16)
-    x = images(4)
-    fake = metrics.randomisation_check(model, x, edge_detector)
+    demo = ce.load_model("demo")
+    x, _, _ = ce.demo.load_images("trap")
+    x = x[:4]
+    fake = metrics.randomisation_check(demo.model, x, edge_detector)
     assert not fake.passed and fake.spearman_abs[-1].mean() > 0.99
     for method, opts in (("gradcam", {}), ("integrated_gradients", {"steps": 8})):
-        result = metrics.randomisation_check(model, x, method, **opts)
+        result = metrics.randomisation_check(demo.model, x, method, preprocess=demo.preprocess, **opts)
         assert result.passed, (method, result.spearman_abs.mean(1))
-        assert result.layers[0] == "head"  # top down
-    weights = [w.copy() for w in model.get_weights()]
-    metrics.randomisation_check(model, x, "saliency")
-    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))  # the user's model is untouched
+        assert result.layers[0] == demo.model.layers[-1].name  # top down: the head first
+    weights = [w.copy() for w in demo.model.get_weights()]
+    metrics.randomisation_check(demo.model, x, "saliency", preprocess=demo.preprocess)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, demo.model.get_weights()))  # the model is untouched
 
 
 def test_random_target_check_and_comparison_table(cnn, x):
