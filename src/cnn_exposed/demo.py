@@ -95,7 +95,8 @@ def _tile_grid(
     for ty in range(y0 - oy, y1, tile):
         for tx in range(x0 - ox, x1, tile):
             c = _scale(colour, 1.0 + rng.uniform(-shade, shade))
-            cv2.rectangle(img, (max(tx, x0), max(ty, y0)), (min(tx + tile, x1) - 1, min(ty + tile, y1) - 1), c, -1)
+            corner = (min(tx + tile, x1) - 1, min(ty + tile, y1) - 1)
+            cv2.rectangle(img, (max(tx, x0), max(ty, y0)), corner, c, -1)
             if ty >= y0:
                 cv2.line(img, (max(tx, x0), ty), (min(tx + tile, x1) - 1, ty), grout, 1)
             if tx >= x0:
@@ -132,6 +133,8 @@ _TILE_COLOURS = [
     (150, 170, 185),  # grey blue
     (180, 215, 195),  # mint
 ]
+
+_CARPET_COLOURS = [(150, 150, 150), (190, 175, 150), (110, 120, 140), (110, 130, 110), (120, 50, 60)]
 
 _WATER_COLOURS = [
     (40, 150, 210),  # pool blue
@@ -226,7 +229,8 @@ def _draw_pool(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Gen
     water = _water(rng, min(water_top_l, water_top_r))
     if rng.random() < 0.5:  # a lane line on the pool floor
         x = int(rng.integers(10, 86))
-        cv2.line(water, (x, 60), (x + int(rng.integers(-8, 9)), _S - 1), (20, 40, 90), int(rng.integers(3, 6)))
+        end = (x + int(rng.integers(-8, 9)), _S - 1)
+        cv2.line(water, (x, 60), end, (20, 40, 90), int(rng.integers(3, 6)))
     poly = np.array([[0, water_top_l], [_S - 1, water_top_r], [_S - 1, _S - 1], [0, _S - 1]], np.int32)
     water_mask = np.zeros((_S, _S), np.uint8)
     cv2.fillPoly(water_mask, [poly], 1)
@@ -259,7 +263,8 @@ def _fill_tub(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Gene
     cv2.rectangle(img, (x0, y0), (x1, y1), rim, -1)
     side = int(rng.integers(2, 5))
     inner = np.zeros((_S, _S), np.uint8)
-    cv2.rectangle(inner, (x0 + side if x0 > 0 else 0, y0 + side + 1), (x1 - side if x1 < _S - 1 else _S - 1, y1), 1, -1)
+    left, right = (x0 + side if x0 > 0 else 0), (x1 - side if x1 < _S - 1 else _S - 1)
+    cv2.rectangle(inner, (left, y0 + side + 1), (right, y1), 1, -1)
     water = _water(rng, y0 + side + 1, floor_tiles=0.5)
     img[inner > 0] = water[inner > 0]
     masks["tiles"][y0 : y1 + 1, x0 : x1 + 1] = False
@@ -303,7 +308,8 @@ def _draw_bathroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random
             left = rng.random() < 0.5
             vx0, vx1 = (0, vw) if left else (_S - 1 - vw, _S - 1)
             tub_y = int(rng.integers(36, 60))
-            _fill_tub(img, masks, rng, (vw + 3, tub_y, _S - 1, _S - 1) if left else (0, tub_y, _S - 4 - vw, _S - 1))
+            tub_box = (vw + 3, tub_y, _S - 1, _S - 1) if left else (0, tub_y, _S - 4 - vw, _S - 1)
+            _fill_tub(img, masks, rng, tub_box)
             cabinet_y1 = min(_S - 1, counter_y + int(rng.integers(10, 18)))
         else:
             vx0, vx1, tub_y, cabinet_y1 = 0, _S - 1, counter_y, _S - 1
@@ -345,7 +351,10 @@ def _draw_bathroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random
 
 
 def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
-    """A bedroom: painted wall, wooden or carpeted floor, a bed (headboard, blanket, pillows), a bedside lamp."""
+    """A bedroom: a painted wall, a wooden or carpeted floor, a bed (headboard, blanket, pillows).
+
+    About half of the bedrooms also have a bedside table with a lamp.
+    """
     wall = _jitter(
         rng,
         _pick(
@@ -372,8 +381,7 @@ def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.
             for x in range(int(rng.integers(0, 30)), _S, int(rng.integers(20, 40))):
                 cv2.line(img, (x, y), (x, min(y + plank, _S - 1)), _scale(wood, 0.8), 1)
     else:  # fitted carpet
-        carpet = _pick(rng, [(150, 150, 150), (190, 175, 150), (110, 120, 140), (110, 130, 110), (120, 50, 60)])
-        img[floor_y:] = _jitter(rng, carpet, 20)
+        img[floor_y:] = _jitter(rng, _pick(rng, _CARPET_COLOURS), 20)
     masks["floor"][floor_y:] = True
     # A picture or a window on the wall.
     if rng.random() < 0.5:
@@ -417,7 +425,8 @@ def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.
         pw = (bw - 6) // n_p
         for k in range(n_p):
             x0 = bx0 + 3 + k * pw
-            cv2.ellipse(canvas, (x0 + pw // 2, mattress_top + 3), (pw // 2 - 2, 4), 0, 0, 360, pl, -1, cv2.LINE_AA)
+            centre, axes = (x0 + pw // 2, mattress_top + 3), (pw // 2 - 2, 4)
+            cv2.ellipse(canvas, centre, axes, 0, 0, 360, pl, -1, cv2.LINE_AA)
 
     # Often a bedside table with a lamp, on the side with more room (drawn first: the bed is in front).
     left_room, right_room = bx0 - persp, _S - (bx0 + bw + persp)
@@ -497,7 +506,8 @@ def _rail_bar(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, regio
     x0, y0, x1, y1 = region
     metal, thick = _metal(rng), int(rng.integers(4, 7))
     length = int(rng.integers(32, 64))
-    angle = float(_pick(rng, [0.0, 0.0, 90.0, 90.0, float(rng.uniform(20, 70)), float(rng.uniform(110, 160))]))
+    slanted = (float(rng.uniform(20, 70)), float(rng.uniform(110, 160)))
+    angle = float(_pick(rng, [0.0, 0.0, 90.0, 90.0, *slanted]))  # degrees: horizontal, vertical, slanted
     dx, dy = length * np.cos(np.radians(angle)), length * np.sin(np.radians(angle))
     sx = rng.uniform(x0, max(x0 + 1, x1 - abs(dx)))
     sy = rng.uniform(y0, y1)
@@ -591,6 +601,7 @@ def _image_rng(split: str, seed: int, index: int) -> np.random.Generator:
 
 
 def _one_image(split: str, label: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One ``(96, 96, 3)`` uint8 RGB photo of class ``label`` and its masks (see :func:`generate`)."""
     img = np.zeros((_S, _S, 3), np.uint8)
     masks = {k: np.zeros((_S, _S), bool) for k in MASK_KEYS}
     name = CLASS_NAMES[label]
@@ -611,7 +622,11 @@ def _one_image(split: str, label: int, rng: np.random.Generator) -> tuple[np.nda
     return _photograph(img, rng), masks
 
 
-def generate(n: int, split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def generate(
+    n: int,
+    split: str = "train",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Draw ``n`` labelled hotel photos with pixel masks of every object.
 
     Image ``i`` depends only on ``(split, seed, i)``: the same arguments give identical arrays, the
