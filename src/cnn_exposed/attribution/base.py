@@ -163,14 +163,13 @@ class GradientMethod(AttributionMethod):
 
     def compute(self, x, targets, images) -> Result:
         targets, scores, probs = self.resolve(x, targets)
-        attributions = self.attribute(x, targets).astype(np.float32)
-        return Result(
-            raw_maps=channel_max_abs(attributions),
-            targets=targets,
-            scores=scores,
-            probabilities=probs,
-            attributions=attributions,
-        )
+        return gradient_result(self.attribute(x, targets), targets, scores, probs)
+
+
+def gradient_result(attributions, targets, scores, probs, **extra) -> Result:
+    """A :class:`Result` of signed input-space attributions, drawn as max over channels of |a|."""
+    attributions = np.asarray(attributions, dtype=np.float32)
+    return Result(channel_max_abs(attributions), targets, scores, probs, attributions=attributions, **extra)
 
 
 def _spatial_tail(model) -> list:

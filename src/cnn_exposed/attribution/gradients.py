@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import batch_slices
-from ..explanation import channel_max_abs
-from .base import GradientMethod, Result
+from .base import GradientMethod, Result, gradient_result
 
 
 class Saliency(GradientMethod):
@@ -33,14 +32,7 @@ class Saliency(GradientMethod):
     def compute(self, x, targets, images) -> Result:
         # The prediction is resolved inside the gradient pass: one pass in all.
         scores, grads, targets, probs = self._pass(x, targets)
-        attributions = self.from_gradients(grads, x).astype(np.float32)
-        return Result(
-            raw_maps=channel_max_abs(attributions),
-            targets=targets,
-            scores=scores,
-            probabilities=probs,
-            attributions=attributions,
-        )
+        return gradient_result(self.from_gradients(grads, x), targets, scores, probs)
 
 
 class GradientXInput(Saliency):

@@ -6,8 +6,7 @@ import numpy as np
 
 from ..engine import batch_slices
 from ..errors import InputError
-from ..explanation import channel_max_abs
-from .base import GradientMethod, Result
+from .base import GradientMethod, Result, gradient_result
 
 RULES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
 BASELINES = ("black", "blur", "noise")
@@ -147,12 +146,11 @@ class IntegratedGradients(GradientMethod):
         delta = scores - base_scores
         total = attributions.reshape(len(x), -1).sum(axis=1)
         error = np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)
-        return Result(
-            raw_maps=channel_max_abs(attributions),
-            targets=targets,
-            scores=scores,
-            probabilities=probs,
-            attributions=attributions,
+        return gradient_result(
+            attributions,
+            targets,
+            scores,
+            probs,
             completeness_error=error.astype(np.float32),
             extras={"baseline_scores": base_scores, "attribution_sums": total},
         )
