@@ -321,12 +321,18 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
 
 
 def vjp(fn: Callable, inputs: list, cotangent) -> list:
-    """Vector-Jacobian product: the gradient of ``<fn(*inputs), cotangent>`` with respect to ``inputs``."""
+    """Vector-Jacobian product: the gradient of ``<fn(*inputs), cotangent>`` with respect to ``inputs``.
+
+    ``cotangent`` may be a callable of ``fn``'s output, so a rule that divides by the output (z⁺, z^B)
+    runs ``fn`` once, not once for the value and again for the gradient.
+    """
     inputs = [tf.convert_to_tensor(i) for i in inputs]
     with tf.GradientTape() as tape:
         for i in inputs:
             tape.watch(i)
         out = fn(*inputs)
+    if callable(cotangent):
+        cotangent = cotangent(out)
     return tape.gradient(out, inputs, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 

@@ -282,8 +282,13 @@ def randomisation_check(
         def run(m, t):
             return np.asarray(explain_fn(m, x))
 
-    original_exp = explain(model, x, "saliency", target=target, preprocess=preprocess, progress=False)
-    targets = original_exp.targets
+    engine = engine_for(model)
+    _, model_input = prepare_images(x, engine.input_shape, preprocess)
+    outputs, _ = engine.predict_all(model_input)
+    if isinstance(target, str) and target == "predicted":
+        targets = outputs.argmax(axis=1)
+    else:
+        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),))
     original = run(model, targets)
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

@@ -150,23 +150,19 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, context: dict | None):
         def backward(inputs, z, g):
             x = inputs[0]
             r = z * g
-            zp, zn = positive(x), negative(x)
-            (gp,) = vjp(positive, [x], alpha * r / _safe(zp, 1e-9))
+            (gp,) = vjp(positive, [x], lambda zp: alpha * r / _safe(zp, 1e-9))
             if beta == 0.0:
                 return [gp]
-            (gn,) = vjp(negative, [x], beta * r / _safe(zn, 1e-9))
+            (gn,) = vjp(negative, [x], lambda zn: beta * r / _safe(zn, 1e-9))
             return [gp - gn]
 
         return with_backward(full, backward)
     if rule == "zb":
 
         def backward(inputs, z, g):
-            x, low, high = inputs
             r = z * g
-            zb = plain(x) - pos(low) - neg(high)
-            c = r / _safe(zb, 1e-9)
-            gx, gl, gh = vjp(lambda a, lo, hi: plain(a) - pos(lo) - neg(hi), [x, low, high], c)
-            return [gx, gl, gh]
+            bounded = lambda a, lo, hi: plain(a) - pos(lo) - neg(hi)  # noqa: E731
+            return vjp(bounded, list(inputs), lambda zb: r / _safe(zb, 1e-9))
 
         op = with_backward(lambda x, low, high: full(x), backward)
 
