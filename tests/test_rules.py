@@ -205,3 +205,66 @@ def test_model_unchanged_after_rules():
     np.testing.assert_array_equal(model.predict(x, verbose=0), before)
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
     assert model.get_layer("c1").activation is keras.activations.relu
+
+
+def _stab(z, eps):
+    return z + eps * np.sign(z)
+
+
+@pytest.mark.parametrize("rule", ["zplus", "alpha2beta1", "zb", "epsilon"])
+def test_first_layer_rules_on_signed_inputs_match_their_definitions(rule):
+    """A 1x1 convolution on inputs of both signs, then GAP and a dense head, against the rules written
+    out per contribution in NumPy."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((4, 4, 3))
+    c = keras.layers.Conv2D(5, 1, name="c")(inp)
+    out = keras.layers.Dense(2, name="head")(keras.layers.GlobalAveragePooling2D()(c))
+    model = keras.Model(inp, out)
+    model.get_layer("c").set_weights([w + 0.1 for w in model.get_layer("c").get_weights()])  # nonzero bias
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 4, 4, 3)).astype(np.float32)
+    eps = 0.05
+    exp = ce.explain(model, x, "lrp", rule={"first": rule, "dense": "epsilon"}, epsilon=eps, bounds=(-1, 1), target=1)
+
+    wc, bc = (v.astype(np.float64) for v in model.get_layer("c").get_weights())
+    wh, bh = (v.astype(np.float64) for v in model.get_layer("head").get_weights())
+    xs = x.reshape(2, 16, 3).astype(np.float64)
+    zc = xs @ wc[0, 0] + bc  # (N, P, K)
+    pooled = zc.mean(1)
+    logit = pooled @ wh[:, 1] + bh[1]
+    np.testing.assert_allclose(exp.scores, logit, rtol=1e-5)
+    r_pooled = pooled * wh[:, 1] * (logit / _stab(logit, eps))[:, None]  # ε-rule, dense head
+    r_c = (zc / 16) * (r_pooled / _stab(pooled, eps))[:, None, :]  # ε-rule, average pooling
+    contrib = xs[..., :, None] * wc[0, 0]  # (N, P, Cin, K): x_i w_ik
+    if rule == "epsilon":
+        r_in = (contrib * (r_c / _stab(zc, eps))[:, :, None, :]).sum(-1)
+    elif rule == "zb":
+        lo, hi = -np.ones_like(xs), np.ones_like(xs)
+        parts = contrib - lo[..., None] * np.maximum(wc[0, 0], 0) - hi[..., None] * np.minimum(wc[0, 0], 0)
+        r_in = (parts * (r_c / parts.sum(2))[:, :, None, :]).sum(-1)
+    else:
+        alpha, beta = (1.0, 0.0) if rule == "zplus" else (2.0, 1.0)
+        pos, neg = np.maximum(contrib, 0), np.minimum(contrib, 0)
+
+        def ratio(part):  # a neuron with no positive (negative) contribution passes no relevance that way
+            den = np.broadcast_to(part.sum(2, keepdims=True), part.shape)
+            return np.divide(part, den, out=np.zeros_like(part), where=den != 0)
+
+        share = alpha * ratio(pos) - beta * ratio(neg)
+        r_in = (share * r_c[:, :, None, :]).sum(-1)
+    np.testing.assert_allclose(exp.attributions.reshape(2, 16, 3), r_in, rtol=1e-4, atol=1e-6 * np.abs(r_in).max())
+
+
+@pytest.mark.parametrize("rule", ["zplus", "alpha2beta1"])
+def test_non_negative_input_shortcut_equals_the_general_rule(rule, monkeypatch):
+    """Layers fed by a ReLU take a one-convolution path for z⁺ / αβ; it must equal the general formula."""
+    from cnn_exposed.attribution import rules as rules_module
+
+    model = relu_cnn(bias=True)
+    shortcut = {name: rules_module._input_non_negative(model.get_layer(name)) for name in ("c1", "c2", "d1", "head")}
+    assert shortcut == {"c1": False, "c2": True, "d1": True, "head": True}
+    x = images(3, SIZE) - 0.5
+    t = np.ones(3, np.int32)
+    fast = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
+    monkeypatch.setattr(rules_module, "_input_non_negative", lambda layer: False)
+    general = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
+    np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-6 * np.abs(general).max())

@@ -171,36 +171,27 @@ class Engine:
         return s, a, g, t, probs
 
     def _fn_relevance(self, x, targets):
-        """Rule-based backward pass: (scores, relevance or modified gradient, targets, probabilities)."""
-        with tf.GradientTape(persistent=True) as tape:
+        """Rule-based backward pass: (scores, relevance or modified gradient, targets, probabilities).
+
+        LRP rules carry relevance backward, so the explained score is seeded with its own value and what
+        reaches the input is the relevance itself; other rules (guided backprop) carry a gradient.
+        """
+        with tf.GradientTape() as tape:
             tape.watch(x)
-            context = self.rules.start(watch=tape.watch)
             scores, probs, _ = self._forward(x)
             s, t = self._select(scores, targets)
-        if self.rules.output == "gradient":
-            result = tape.gradient(s, x)
-        elif context.get("first_input") is not None:
-            # z^B on the first layer: relevance at its input, mapped back to the model input through the
-            # routing layers (padding, reshaping) in between
-            xin, low, high = context["first_input"], context["low"], context["high"]
-            g_in, g_low, g_high = tape.gradient(s, [xin, low, high])
-            r_in = xin * g_in + low * g_low + high * g_high
-            result = r_in if xin is x else tape.gradient(xin, x, output_gradients=r_in)
-        else:
-            result = x * tape.gradient(s, x)
-        del tape
-        return s, result, t, probs
+        seed = s if self.rules.output == "relevance" else None
+        return s, tape.gradient(s, x, output_gradients=seed), t, probs
 
     def _fn_layer_relevance(self, x, targets):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            self.rules.start(watch=tape.watch)
             scores, _, a = self._forward(x, record=True)
             s, _ = self._select(scores, targets)
-        return s, a * tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return s, tape.gradient(s, a, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> tuple:
-        """Scores and the relevance ``A ⊙ g`` at the recorded layer's output (LRP rules), for one batch."""
+        """Scores and the LRP relevance at the recorded layer's output, for one batch."""
         self._require_layer()
         return self._call("layer_relevance", x, targets)
 
@@ -297,8 +288,11 @@ _ENGINES: OrderedDict = OrderedDict()
 _ENGINE_CACHE_SIZE = 8
 
 
-def with_backward(forward: Callable, backward: Callable) -> Callable:
+def with_backward(forward: Callable, backward: Callable, keeps: bool = False) -> Callable:
     """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
+
+    With ``keeps``, ``forward`` returns ``(output, kept)`` and ``backward`` gets ``kept`` (an intermediate
+    of the forward pass it would otherwise recompute) as a fourth argument.
 
     The backend-specific half of a rule-based backward pass (LRP, guided backprop); the rules themselves
     are written with ``keras.ops`` in :mod:`cnn_exposed.attribution.rules`.
@@ -306,10 +300,10 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
 
     @tf.custom_gradient
     def op(*inputs):
-        out = forward(*inputs)
+        out, kept = forward(*inputs) if keeps else (forward(*inputs), None)
 
         def grad(upstream, variables=None):
-            grads = backward(inputs, out, upstream)
+            grads = backward(inputs, out, upstream, kept) if keeps else backward(inputs, out, upstream)
             grads = grads if len(inputs) > 1 else grads[0]
             if variables:  # the layer's weights are read inside forward; they get no gradient here
                 return grads, [tf.zeros_like(v) for v in variables]

@@ -1,9 +1,11 @@
 """Replaced backward rules per layer type: the one mechanism under LRP, guided backprop and deconvnet.
 
 The model's graph is walked as usual (:mod:`cnn_exposed.graph`), with every layer swapped for a version
-whose forward pass is the layer's own and whose backward pass follows a rule. Relevance is carried as a
-modified gradient ``g`` with the invariant ``R = a ⊙ g`` at every activation ``a`` (the LRP-as-gradient
-formulation): at the output ``g`` is 1 for the explained logit, so ``R`` there is the logit itself.
+whose forward pass is the layer's own and whose backward pass follows a rule. In LRP mode what flows
+backward is the relevance itself: the engine seeds the explained logit with its own value, and each rule
+maps the relevance of a layer's output to that of its inputs. (Carrying relevance rather than a modified
+gradient ``g`` with ``R = a ⊙ g`` saves the element-wise passes that would turn one into the other at every
+activation, which on a CPU cost as much as the convolutions.)
 
 - Linear layers with weights (Dense, Conv1D/2D/3D, DepthwiseConv2D), batch normalisation folded in:
   ε, z⁺ / αβ, or z^B (first layer) rules.
@@ -66,6 +68,47 @@ def _activation_name(op) -> str:
     return getattr(getattr(op, "activation", None), "__name__", type(op).__name__.lower())
 
 
+_NON_NEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus", "exponential"}
+# layers whose output is >= 0 wherever all their inputs are
+_KEEPS_SIGN = (_ROUTING - {"InputLayer", "GaussianNoise"}) | {
+    "Add", "Average", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+}  # fmt: skip
+
+
+def _zero_below(fn, name: str) -> bool:
+    """Whether the activation is a ReLU (any cap, threshold >= 0, no leak): 0 wherever its input is <= 0."""
+    if name not in ("relu", "relu6"):
+        return False
+    return not getattr(fn, "negative_slope", 0.0) and (getattr(fn, "threshold", 0.0) or 0.0) >= 0.0
+
+
+def _output_non_negative(op, depth: int = 0) -> bool:
+    """Whether a layer's output is >= 0 for every input, read from the model's graph (False when unsure)."""
+    name = type(op).__name__
+    weighted_act = isinstance(op, _WEIGHTED) and not _is_linear_activation(op.activation)
+    if isinstance(op, keras.layers.ReLU) or name == "Activation" or weighted_act:
+        act = _activation_name(op)
+        if act in ("relu", "relu6"):
+            return _zero_below(_activation_fn(op), act)
+        return act in _NON_NEGATIVE_ACTIVATIONS
+    if name in _KEEPS_SIGN and depth < 50:
+        try:
+            inputs = op.input if isinstance(op.input, (list, tuple)) else [op.input]
+            return all(_output_non_negative(t._keras_history[0], depth + 1) for t in inputs)
+        except (AttributeError, ValueError):  # a shared layer has no single input
+            return False
+    return False
+
+
+def _input_non_negative(layer) -> bool:
+    """Whether ``layer``'s (single) input is >= 0 for every model input."""
+    try:
+        return _output_non_negative(layer.input._keras_history[0])
+    except (AttributeError, ValueError):
+        return False
+
+
 def _kind(op) -> str:
     name = type(op).__name__
     if is_nested_model(op):
@@ -120,60 +163,101 @@ def _linear(layer, kernel, bias):
     return apply
 
 
-def _safe(z, eps: float):
-    """``z + ε·sign(z)``, with sign(0) taken as +1 so nothing divides by zero."""
-    return z + eps * ops.where(z >= 0, 1.0, -1.0)
+class _Stack:
+    """``(x_1, ..., x_k) -> Σ_k layer(x_k; W_k)``: one layer's linear map of k inputs, one kernel each, summed.
+
+    Where the layer allows it (channels last, not depthwise or grouped), this is one convolution (or
+    matrix product) of the inputs stacked along the channel axis with the kernels stacked along their input
+    axis: one call each way instead of k, and no sum of k full-size outputs.
+    """
+
+    def __init__(self, layer, kernels: list) -> None:
+        self.k = len(kernels)
+        grouped = isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) != 1
+        channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
+        self.fused = self.k > 1 and not grouped and channels_last
+        if self.fused:
+            self.maps = [_linear(layer, ops.concatenate(kernels, axis=-2), None)]
+        else:
+            self.maps = [_linear(layer, kernel, None) for kernel in kernels]
+
+    def inputs(self, xs: list) -> list:
+        return [ops.concatenate(xs, axis=-1)] if self.fused else list(xs)
+
+    def __call__(self, *inputs):
+        out = self.maps[0](inputs[0])
+        for m, x in zip(self.maps[1:], inputs[1:], strict=True):
+            out = out + m(x)
+        return out
+
+    def relevance(self, inputs: list, ratio) -> object:
+        """``Σ_k x_k ⊙ (W_kᵀ s)`` with ``s = ratio(output)``: the relevance the k inputs together receive."""
+        cs = vjp(self, inputs, ratio)
+        if not self.fused:
+            total = inputs[0] * cs[0]
+            for x, c in zip(inputs[1:], cs[1:], strict=True):
+                total = total + x * c
+            return total
+        prod = inputs[0] * cs[0]
+        shape = (-1,) + tuple(prod.shape[1:-1]) + (self.k, prod.shape[-1] // self.k)
+        return ops.sum(ops.reshape(prod, shape), axis=-2)
 
 
-def _weighted_rule(layer, rule: str, epsilon: float, bn, context: dict | None):
+def _stabilised_ratio(r, z, eps: float):
+    """``r / (z + ε·sign(z))``, and 0 where ``z`` is exactly 0 (its relevance is 0 there too)."""
+    return ops.divide_no_nan(r, z + eps * ops.sign(z))
+
+
+def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negative: bool = False):
+    """The layer's linear map with an LRP backward rule (upstream and result are relevances).
+
+    ``bounds``: the z^B rule's ``x -> (low, high)``. ``non_negative``: the layer's input is known to be
+    >= 0 (it comes from a ReLU, possibly through pooling or padding), so the z⁺ / αβ rules skip the half of
+    their sums that only negative inputs feed.
+    """
     kernel, bias = _kernel_and_bias(layer, bn)
     full = _linear(layer, kernel, bias)
     plain = _linear(layer, kernel, None)
-    pos = _linear(layer, ops.maximum(kernel, 0.0), None)
-    neg = _linear(layer, ops.minimum(kernel, 0.0), None)
+    kpos, kneg = ops.maximum(kernel, 0.0), ops.minimum(kernel, 0.0)
 
     if rule == "epsilon":
 
-        def backward(inputs, z, g):
-            return vjp(plain, [inputs[0]], (z * g) / _safe(z, epsilon))
+        def backward(inputs, z, r):
+            x = inputs[0]
+            (c,) = vjp(plain, [x], _stabilised_ratio(r, z, epsilon))
+            return [x * c]
 
         return with_backward(full, backward)
     if rule in ("zplus", "alpha1beta0", "alpha2beta1"):
         alpha, beta = (2.0, 1.0) if rule == "alpha2beta1" else (1.0, 0.0)
+        # z⁺_j = Σ_i (x_i w_ij)⁺ = Σ x⁺ w⁺ + Σ x⁻ w⁻, and z⁻_j = Σ x⁺ w⁻ + Σ x⁻ w⁺: sums of same-signed terms,
+        # so a neuron with no positive (negative) contribution gets exactly 0 and passes no relevance
+        if non_negative:
+            positive, negative = _Stack(layer, [kpos]), _Stack(layer, [kneg])
+        else:
+            positive, negative = _Stack(layer, [kpos, kneg]), _Stack(layer, [kneg, kpos])
 
-        def positive(x):  # Σ (x_i w_ij)⁺
-            return pos(ops.maximum(x, 0.0)) + neg(ops.minimum(x, 0.0))
-
-        def negative(x):  # Σ (x_i w_ij)⁻
-            return neg(ops.maximum(x, 0.0)) + pos(ops.minimum(x, 0.0))
-
-        def backward(inputs, z, g):
+        def backward(inputs, z, r):
             x = inputs[0]
-            r = z * g
-            (gp,) = vjp(positive, [x], lambda zp: alpha * r / _safe(zp, 1e-9))
-            if beta == 0.0:
-                return [gp]
-            (gn,) = vjp(negative, [x], lambda zn: beta * r / _safe(zn, 1e-9))
-            return [gp - gn]
+            parts = positive.inputs([x] if non_negative else [ops.maximum(x, 0.0), ops.minimum(x, 0.0)])
+            r_pos = r if alpha == 1.0 else alpha * r
+            out = positive.relevance(parts, lambda zp: ops.divide_no_nan(r_pos, zp))
+            if beta != 0.0:
+                out = out - negative.relevance(parts, lambda zn: ops.divide_no_nan(beta * r, zn))
+            return [out]
 
         return with_backward(full, backward)
     if rule == "zb":
+        bounded = _Stack(layer, [kernel, -kpos, -kneg])  # (x, low, high) -> Σ x w - low w⁺ - high w⁻
 
-        def backward(inputs, z, g):
-            r = z * g
-            bounded = lambda a, lo, hi: plain(a) - pos(lo) - neg(hi)  # noqa: E731
-            return vjp(bounded, list(inputs), lambda zb: r / _safe(zb, 1e-9))
+        def forward(x):
+            return full(x), bounds(x)
 
-        op = with_backward(lambda x, low, high: full(x), backward)
+        def backward(inputs, z, r, kept):
+            parts = bounded.inputs([inputs[0], *kept])
+            return [bounded.relevance(parts, lambda zb: _stabilised_ratio(r, zb, 1e-9))]
 
-        def first_layer(x):
-            low, high = context["bounds"](x)
-            context["watch"](low)
-            context["watch"](high)
-            context.update(first_input=x, low=low, high=high)
-            return op(x, low, high)
-
-        return first_layer
+        return with_backward(forward, backward, keeps=True)
     raise ValueError(f"Unknown LRP rule {rule!r}; choose from {LRP_RULES}.")
 
 
@@ -187,8 +271,9 @@ def _plain_linear_rule(op, epsilon: float):
         def forward(*ts):
             return op(list(ts), **kwargs) if several else op(ts[0], **kwargs)
 
-        def backward(inputs, z, g):
-            return vjp(forward, list(inputs), (z * g) / _safe(z, epsilon))
+        def backward(inputs, z, r):
+            cs = vjp(forward, list(inputs), _stabilised_ratio(r, z, epsilon))
+            return [t * c for t, c in zip(inputs, cs, strict=True)]
 
         return with_backward(forward, backward)(*tensors)
 
@@ -197,14 +282,12 @@ def _plain_linear_rule(op, epsilon: float):
 
 def _activation_rule(fn, mode: str, name: str):
     """Element-wise activation ``fn`` with the backward pass of ``mode``."""
-    if mode == "lrp":
+    if mode == "lrp":  # relevance passes unchanged: R_z = R_a
 
-        def backward(inputs, a, g):
-            z = inputs[0]
-            ratio = ops.where(ops.abs(z) > 1e-12, a / ops.where(ops.abs(z) > 1e-12, z, 1.0), 0.0)
-            return [g * ratio]
+        def identity_backward(inputs, a, r):
+            return [r]
 
-        return with_backward(fn, backward)
+        return with_backward(fn, identity_backward)
     if name not in _RELU_FAMILY:
         return fn  # guided backprop and deconvnet only change the ReLU family
     if mode == "guided":
@@ -309,13 +392,6 @@ class RuleSet:
         self.output = "relevance" if mode == "lrp" else "gradient"
         bkey = None if bounds is None else tuple(np.asarray(bounds, dtype=np.float64).ravel().tolist())
         self.key = (mode, tuple(sorted(composite.items())) if mode == "lrp" else None, self.epsilon, bkey)
-        self._context: dict = {}
-
-    def start(self, watch) -> dict:
-        """Called at the start of each traced backward pass: a fresh context for the z^B rule."""
-        self._context.clear()
-        self._context.update(watch=watch, bounds=self._bounds, first_input=None)
-        return self._context
 
     def _bounds(self, x):
         if self.bounds is None:
@@ -340,8 +416,8 @@ class RuleSet:
             )
         folds = _fold_pairs(model) if self.mode == "lrp" else {}
         folded_bns = {id(bn) for bn in folds.values()}
-        first_id = None
         weighted = [r for r in refs if _kind(r.layer) == "weighted"]
+        first_id = id(weighted[0].layer) if weighted else None  # the composite's "first" entry applies here
         if self.mode == "lrp" and weighted and self.composite["first"] == "zb":
             first = weighted[0]
             before = refs[: refs.index(first)]
@@ -352,7 +428,6 @@ class RuleSet:
                     f"but {odd.path!r} ({type(odd.layer).__name__}) transforms it first. Use "
                     "rule={'first': 'zplus', ...} or 'epsilon' for the first layer."
                 )
-            first_id = id(first.layer)
         out = {}
         for r in refs:
             layer, kind = r.layer, _kind(r.layer)
@@ -373,7 +448,7 @@ class RuleSet:
 
         def factory(op, final: bool):
             if self.mode == "lrp":
-                linear = _weighted_rule(op, rule, self.epsilon, bn, self._context if rule == "zb" else None)
+                linear = _weighted_rule(op, rule, self.epsilon, bn, self._bounds, _input_non_negative(op))
             else:
                 kernel, bias = _kernel_and_bias(op)
                 linear = _linear(op, kernel, bias)
