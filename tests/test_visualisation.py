@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -200,3 +202,64 @@ def test_bad_input():
         visualise_filters(odd, "scalar", 1, **FAST)
     with pytest.raises(ce.CnnExposedError, match="parameterisation must be one of"):
         visualise_filters(model, "c2", 1, parameterisation="wavelet", **FAST)
+
+
+def test_one_resampling_equals_pad_transform_crop():
+    """The step resamples the unpadded image; it must equal Lucid's pad (grey), transform, crop."""
+    from keras import ops
+
+    from cnn_exposed.visualisation import Transforms
+
+    size, t = 24, Transforms(pad=5, jitter=3, jitter2=2)
+    images = np.random.default_rng(0).random((6, size, size, 3), dtype=np.float32)
+    matrices = t.sample(6, size, np.random.default_rng(1))
+    ours = np.asarray(t.apply(images, matrices, size))
+    # the same transforms, written for the padded image: undo the offset that folds the padding in
+    padded_matrices = matrices.copy()
+    for m in padded_matrices:
+        a = np.array([[m[0], m[1]], [m[3], m[4]]])
+        m[[2, 5]] -= (a - np.eye(2)) @ np.array([t.pad, t.pad])
+    padded = ops.pad(images, ((0, 0), (t.pad,) * 2, (t.pad,) * 2, (0, 0)), constant_values=0.5)
+    moved = ops.image.affine_transform(padded, padded_matrices, "bilinear", "constant", fill_value=0.5)
+    reference = np.asarray(moved)[:, t.pad : t.pad + size, t.pad : t.pad + size]
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    assert np.abs(ours - images).max() > 0.1  # the transforms really move the image
+
+
+def dead_relu_model():
+    """Plain ReLUs whose biases keep every unit silent on a grey image: the plain gradient there is 0."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    kernel, _ = model.get_layer("c1").get_weights()
+    grey, most = 0.5 * kernel.sum(axis=(0, 1, 2)), np.maximum(kernel, 0).sum(axis=(0, 1, 2))
+    model.get_layer("c1").set_weights([kernel, -grey - 0.2 * (most - grey)])  # z < 0 near grey, not everywhere
+    return model
+
+
+def test_redirected_relu_revives_silent_filters_in_its_first_steps():
+    model = dead_relu_model()
+    kw = dict(steps=30, size=32, progress=False, learning_rate=0.1)
+    plain = visualise_filters(model, "c1", 4, redirect_steps=0, **kw)
+    np.testing.assert_array_equal(plain.objective, 0.0)  # no gradient: nothing moves a silent filter
+    revived = visualise_filters(model, "c1", 4, **kw)  # redirected for the first 16 steps
+    assert np.all(revived.objective > 0), revived.objective
+
+
+def test_a_repeated_call_reuses_the_compiled_step(monkeypatch):
+    render_module = importlib.import_module("cnn_exposed.visualisation.render")  # the package exports render()
+
+    model = conv_model()
+    first = visualise_filters(model, "c2", [0, 1], seed=2, **FAST)
+    built = []
+    original = render_module._Program.__init__
+    monkeypatch.setattr(
+        render_module._Program, "__init__", lambda self, *a, **k: built.append(1) or original(self, *a, **k)
+    )
+    again = visualise_filters(model, "c2", [0, 1], seed=2, **FAST)
+    assert built == []  # served from the cache
+    np.testing.assert_array_equal(again.images, first.images)  # a reset program starts afresh
+    other = visualise_filters(model, "c2", [2, 3], seed=2, **FAST)
+    assert built == [1] and not np.array_equal(other.images, first.images)

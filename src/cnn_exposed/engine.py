@@ -362,15 +362,17 @@ class GradientAscent:
     init : array
         Initial parameters (e.g. an image batch's Fourier coefficients).
     loss_fn : callable
-        ``loss_fn(params, *inputs) -> (loss, values)``: a scalar to minimise and a per-item ``(B,)``
-        objective that is reported. Built from ``keras.ops`` only.
+        ``loss_fn(params, *inputs, **options) -> (loss, values)``: a scalar to minimise and a per-item
+        ``(B,)`` objective that is reported. Built from ``keras.ops`` only. ``options`` are Python values
+        fixed per phase of the optimisation (each distinct set is traced once).
     learning_rate : float
         Adam's step size (Lucid's default: 0.05).
 
     Notes
     -----
-    The step is traced once: ``inputs`` (the random transformation parameters of each step) have fixed
-    shapes. Adam's state lives in this object, so a fresh instance starts a fresh optimisation.
+    The step is traced once per set of ``options``: ``inputs`` (the random transformation parameters of
+    each step) have fixed shapes. Adam's state lives in this object; :meth:`reset` starts a fresh
+    optimisation with the compiled steps kept, so a later call with the same set-up does not trace again.
     """
 
     def __init__(self, init: np.ndarray, loss_fn: Callable, learning_rate: float = 0.05) -> None:
@@ -380,26 +382,44 @@ class GradientAscent:
         self._t = tf.Variable(0.0)
         self._loss_fn = loss_fn
         self._lr = float(learning_rate)
-        self._step = tf.function(_own_key(self._step_impl))
+        self._steps: dict = {}
 
-    def _step_impl(self, *inputs):
+    def reset(self, init: np.ndarray) -> None:
+        """Start again from ``init`` (same shape) with fresh Adam moments."""
+        self.params.assign(np.asarray(init, dtype=np.float32))
+        self._m.assign(tf.zeros_like(self._m))
+        self._v.assign(tf.zeros_like(self._v))
+        self._t.assign(0.0)
+
+    def _step_impl(self, *inputs, **options):
         with tf.GradientTape() as tape:
-            loss, values = self._loss_fn(self.params, *inputs)
+            loss, values = self._loss_fn(self.params, *inputs, **options)
         grad = tape.gradient(loss, self.params)
-        b1, b2, eps = 0.9, 0.999, 1e-8
+        b1, b2 = 0.9, 0.999
         t = self._t.assign_add(1.0)
-        m = self._m.assign(b1 * self._m + (1 - b1) * grad)
-        v = self._v.assign(b2 * self._v + (1 - b2) * tf.square(grad))
-        update = (m / (1 - b1**t)) / (tf.sqrt(v / (1 - b2**t)) + eps)
-        self.params.assign_sub(self._lr * update)
+        # TensorFlow's fused Adam kernel: one pass over the parameters instead of about ten
+        tf.raw_ops.ResourceApplyAdam(
+            var=self.params.handle, m=self._m.handle, v=self._v.handle, beta1_power=b1**t, beta2_power=b2**t,
+            lr=self._lr, beta1=b1, beta2=b2, epsilon=1e-8, grad=grad,
+        )  # fmt: skip
         return values
 
-    def step(self, *inputs) -> np.ndarray:
+    def step(self, *inputs, **options) -> np.ndarray:
         """One Adam step; returns the per-item objective values before the step."""
-        return np.asarray(self._step(*[np.asarray(i, dtype=np.float32) for i in inputs]))
+        key = tuple(sorted(options.items()))
+        fn = self._steps.get(key)
+        if fn is None:
+            fn = self._steps[key] = tf.function(_own_key(functools.partial(self._step_impl, **options)))
+        return np.asarray(fn(*[np.asarray(i, dtype=np.float32) for i in inputs]))
 
     def value(self) -> np.ndarray:
         return self.params.numpy()
+
+
+def irfft2(real, imag):
+    """The real image of a half spectrum ``(..., h, w // 2 + 1)`` given as real and imaginary parts: the
+    inverse of a 2-D real FFT over the last two axes (``keras.ops`` has the 1-D one only)."""
+    return tf.signal.irfft2d(tf.complex(real, imag))
 
 
 def compiled(fn: Callable) -> Callable:

@@ -317,10 +317,13 @@ def _redirected_backward(fn):
     def backward(inputs, a, g):
         z = inputs[0]
         (plain,) = vjp(fn, [z], g)
-        redirected = ops.where(ops.logical_and(z < 0, g > 0), 0.0, g)
-        flat = ops.reshape(plain, (ops.shape(plain)[0], -1))
-        alive = ops.reshape(ops.max(ops.abs(flat), axis=1) > 0, (-1,) + (1,) * (len(plain.shape) - 1))
-        return [ops.where(alive, plain, redirected)]
+        alive = ops.max(ops.abs(plain), axis=tuple(range(1, len(plain.shape))), keepdims=True) > 0
+
+        def redirect():  # g, except where it would push an input that is already negative lower
+            return ops.where(alive, plain, ops.where(z < 0, ops.minimum(g, 0.0), g))
+
+        # once every image is alive (after the first steps) only the cheap test runs
+        return [ops.cond(ops.all(alive), lambda: plain, redirect)]
 
     return backward
 

@@ -27,13 +27,20 @@ class Objective:
     uses_logits : bool
         Whether ``fn`` reads the model's pre-softmax scores.
     description : str
+    key : hashable or None
+        Identifies what the objective computes, so that a compiled optimisation step can be reused by a
+        later call with an equal objective. The built-in objectives and their combinations set it; by
+        default it is the function itself.
     """
 
-    def __init__(self, fn: Callable, layers: tuple = (), uses_logits: bool = False, description: str = "") -> None:
+    def __init__(
+        self, fn: Callable, layers: tuple = (), uses_logits: bool = False, description: str = "", key=None
+    ) -> None:
         self.fn = fn
         self.layers = tuple(layers)
         self.uses_logits = uses_logits
         self.description = description
+        self.key = key if key is not None else ("fn", fn)
 
     def __call__(self, acts: dict, logits):
         return self.fn(acts, logits)
@@ -45,10 +52,15 @@ class Objective:
                 self.layers + tuple(x for x in other.layers if x not in self.layers),
                 self.uses_logits or other.uses_logits,
                 f"({self.description} {symbol} {other.description})",
+                (symbol, self.key, other.key),
             )
         value = float(other)
         return Objective(
-            lambda a, z: op(self(a, z), value), self.layers, self.uses_logits, f"({self.description} {symbol} {value})"
+            lambda a, z: op(self(a, z), value),
+            self.layers,
+            self.uses_logits,
+            f"({self.description} {symbol} {value})",
+            (symbol, self.key, value),
         )
 
     def __add__(self, other):
@@ -105,7 +117,7 @@ def channel(layer, index: int | Sequence[int]) -> Objective:
         pooled = ops.mean(a, axis=tuple(range(1, len(a.shape) - 1))) if len(a.shape) > 2 else a
         return _gather_last(pooled, idx, a.shape[0])
 
-    obj = Objective(fn, (layer,), description=f"channel {_name(layer)}:{index}")
+    obj = Objective(fn, (layer,), description=f"channel {_name(layer)}:{index}", key=("channel", layer, _key(idx)))
     obj.channel_index = idx
     return obj
 
@@ -121,7 +133,12 @@ def neuron(layer, index: int | Sequence[int], position: tuple[int, int] | None =
         y, x = position if position is not None else (a.shape[1] // 2, a.shape[2] // 2)
         return _gather_last(a[:, y, x, :], idx, a.shape[0])
 
-    obj = Objective(fn, (layer,), description=f"neuron {_name(layer)}:{index}@{position or 'centre'}")
+    obj = Objective(
+        fn,
+        (layer,),
+        description=f"neuron {_name(layer)}:{index}@{position or 'centre'}",
+        key=("neuron", layer, _key(idx), None if position is None else tuple(position)),
+    )
     obj.channel_index = idx
     return obj
 
@@ -130,7 +147,11 @@ def class_logit(index: int | Sequence[int]) -> Objective:
     """The pre-softmax score of class ``index`` (per image: ``index[i]``)."""
     idx = _per_image(index, "class index")
     obj = Objective(
-        lambda _, z: _gather_last(z, idx, z.shape[0]), (), uses_logits=True, description=f"class logit {index}"
+        lambda _, z: _gather_last(z, idx, z.shape[0]),
+        (),
+        uses_logits=True,
+        description=f"class logit {index}",
+        key=("class", _key(idx)),
     )
     obj.class_index = idx
     return obj
@@ -143,7 +164,7 @@ def layer_objective(layer) -> Objective:
         a = acts[layer]
         return ops.mean(ops.square(a), axis=tuple(range(1, len(a.shape))))
 
-    return Objective(fn, (layer,), description=f"layer {_name(layer)}")
+    return Objective(fn, (layer,), description=f"layer {_name(layer)}", key=("layer", layer))
 
 
 def diversity(layer, weight: float = 1.0) -> Objective:
@@ -163,7 +184,11 @@ def diversity(layer, weight: float = 1.0) -> Objective:
         off_diag = ops.sum(sim, axis=1) - ops.diagonal(sim)
         return -weight * off_diag / max(b - 1, 1)
 
-    return Objective(fn, (layer,), description=f"diversity {_name(layer)} x{weight}")
+    return Objective(fn, (layer,), description=f"diversity {_name(layer)} x{weight}", key=("diversity", layer, weight))
+
+
+def _key(index) -> int | tuple:
+    return index if isinstance(index, int) else tuple(int(i) for i in index)
 
 
 def _name(layer) -> str:

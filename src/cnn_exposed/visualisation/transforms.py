@@ -39,7 +39,13 @@ class Transforms:
         return cls(pad=round(12 * f), jitter=round(8 * f), jitter2=round(4 * f))
 
     def sample(self, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-        """``(n, 8)`` matrices mapping output pixels of the padded image to input pixels."""
+        """``(n, 8)`` projective matrices mapping each output pixel to the input pixel it samples.
+
+        They describe pad, transform and crop in one: an output pixel ``w`` of the cropped result is pixel
+        ``A (w + p) + d`` of the padded image, which is pixel ``A w + d + (A - I) p`` of the unpadded one,
+        and the padding's grey is the transform's fill value. So the step transforms ``size × size``
+        images, not padded ones, and slices nothing (whose gradient is a full-size scatter).
+        """
         full = size + 2 * self.pad
         centre = (full - 1) / 2.0
         out = np.zeros((n, 8), dtype=np.float32)
@@ -51,18 +57,15 @@ class Transforms:
             inverse = np.linalg.inv(forward)
             c = np.array([centre, centre])
             d = c - inverse @ (c + shift)
+            d = d + (inverse - np.eye(2)) @ np.array([self.pad, self.pad])
             out[i] = [inverse[0, 0], inverse[0, 1], d[0], inverse[1, 0], inverse[1, 1], d[1], 0.0, 0.0]
         return out
 
     def apply(self, images, matrices, size: int):
-        """Pad, transform and crop a ``(n, size, size, 3)`` batch in [0, 1]."""
-        p = self.pad
-        if p:
-            images = ops.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=0.5)
-        images = ops.image.affine_transform(
+        """Pad (grey), transform and crop a ``(n, size, size, 3)`` batch in [0, 1], as one resampling."""
+        return ops.image.affine_transform(
             images, matrices, interpolation="bilinear", fill_mode="constant", fill_value=0.5
         )
-        return images[:, p : p + size, p : p + size, :] if p else images
 
 
 def total_variation(images):
