@@ -2,7 +2,7 @@
 
     python scripts/build_notebooks.py            # write and execute both (outputs saved, as GitHub shows them)
     python scripts/build_notebooks.py --no-run   # only write the cells
-    python scripts/build_notebooks.py --run-only visualisation   # write both, execute one
+    python scripts/build_notebooks.py --run-only visualisation   # write and execute this one only
 
 The notebooks are generated so that their text lives in one reviewable Python file. Execution uses the
 CI settings (``CNN_EXPOSED_FAST=1``: few steps, small sizes) so the saved outputs stay small; in Colab the
@@ -456,13 +456,14 @@ def run(path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-run", action="store_true")
-    parser.add_argument("--run-only", choices=["attribution", "visualisation"], help="execute only this one")
+    parser.add_argument("--run-only", choices=["attribution", "visualisation"], help="only this notebook")
     args = parser.parse_args(argv)
-    paths = [write("attribution.ipynb", attribution_cells()), write("visualisation.ipynb", visualisation_cells())]
-    if not args.no_run:
-        for p in paths:
-            if args.run_only is None or p.stem == args.run_only:
-                run(p)
+    builders = {"attribution": attribution_cells, "visualisation": visualisation_cells}
+    for name, cells in builders.items():
+        if args.run_only in (None, name):  # the other notebook keeps its saved outputs
+            path = write(f"{name}.ipynb", cells())
+            if not args.no_run:
+                run(path)
     return 0
 
 
