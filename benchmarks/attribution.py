@@ -10,7 +10,8 @@ Model: MobileNetV2 with random weights (no download), 224x224, a batch of 8 imag
 - tf-keras-vis: the same method where it has one.
 
 Each timing is the best of ``--repeats`` runs after one warm-up (tracing excluded), and the runs of the
-three are interleaved so that load from other processes hits them alike. Targets (issue 2): gradient
+three are interleaved so that load from other processes hits them alike; "paired median" is the median
+over rounds of ours / floor timed in the same round. Targets (issue 2): gradient
 methods within 1.2x of their floor, SmoothGrad and Grad-CAM at least 3x faster than tf-keras-vis,
 integrated gradients (50 steps) within 1.2x of 51 forward+backward passes; (issue 7) LRP within 1.5x.
 """
@@ -30,8 +31,9 @@ import tensorflow as tf  # noqa: E402
 import cnn_exposed as ce  # noqa: E402
 
 
-def best_of(fns: dict, repeats: int) -> dict:
-    """Warm each callable once, then time them interleaved; best (minimum) seconds per name."""
+def best_of(fns: dict, repeats: int) -> tuple[dict, float]:
+    """Warm each callable once, then time them interleaved: best (minimum) seconds per name, and the median
+    over rounds of ours / floor measured in the same round (steadier than best / best on a shared machine)."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
@@ -40,7 +42,8 @@ def best_of(fns: dict, repeats: int) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
+    paired = float(np.median(np.asarray(times["ours"]) / np.asarray(times["floor"])))
+    return {name: min(t) for name, t in times.items()}, paired
 
 
 def main(argv=None) -> None:
@@ -97,8 +100,8 @@ def main(argv=None) -> None:
     def record(method, floor_desc, fns):
         if only is not None and method.split(" ")[0] not in only:
             return
-        t = best_of(fns, args.repeats)
-        rows.append((method, floor_desc, t["floor"], t["ours"], t.get("tkv")))
+        t, paired = best_of(fns, args.repeats)
+        rows.append((method, floor_desc, t["floor"], t["ours"], t.get("tkv"), paired))
         r = rows[-1]
         tkv = f"{r[4]:8.2f}" if r[4] is not None else "       -"
         print(f"  {r[0]:22s} floor {r[2]:7.2f}s  ours {r[3]:7.2f}s  tf-keras-vis {tkv}s", flush=True)
@@ -173,11 +176,11 @@ def main(argv=None) -> None:
     )
 
     print()
-    print("| method | floor | floor s | ours s | ours / floor | tf-keras-vis s | tf-keras-vis / ours |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for method, desc, f, o, t in rows:
+    print("| method | floor | floor s | ours s | ours / floor | paired median | tf-keras-vis s | tf-keras-vis / ours |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for method, desc, f, o, t, paired in rows:
         tk = f"{t:.2f} | {t / o:.1f}x" if t is not None else "- | -"
-        print(f"| {method} | {desc} | {f:.2f} | {o:.2f} | {o / f:.2f} | {tk} |")
+        print(f"| {method} | {desc} | {f:.2f} | {o:.2f} | {o / f:.2f} | {paired:.2f} | {tk} |")
 
 
 if __name__ == "__main__":
