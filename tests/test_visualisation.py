@@ -263,3 +263,25 @@ def test_a_repeated_call_reuses_the_compiled_step(monkeypatch):
     np.testing.assert_array_equal(again.images, first.images)  # a reset program starts afresh
     other = visualise_filters(model, "c2", [2, 3], seed=2, **FAST)
     assert built == [1] and not np.array_equal(other.images, first.images)
+
+
+_MIX = np.array([[0.5, 0.3, 0.0], [0.0, 1.0, 0.2], [0.1, 0.0, 0.7]], dtype=np.float32)  # not symmetric
+
+
+@pytest.mark.parametrize(
+    "prep",
+    [
+        keras.applications.mobilenet_v2.preprocess_input,
+        keras.applications.vgg16.preprocess_input,
+        lambda im: im.astype(np.float32) @ _MIX.T / 255.0 + np.float32(0.25),
+    ],
+    ids=["per-channel scaling", "caffe BGR (channel swap)", "colour mixing"],
+)
+def test_optimised_images_reach_the_model_as_preprocess_would_map_them(prep):
+    """The step maps [0, 1] images to model input without calling preprocess: by an element-wise scaling
+    when the colour map is diagonal, by a matrix product otherwise. Both must equal preprocess itself."""
+    runner_module = importlib.import_module("cnn_exposed.visualisation.render")
+    runner = runner_module._ObjectiveRunner(conv_model(), channel("c1", 0), prep, 32)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    ours = np.asarray(runner.to_model_input(images.astype(np.float32) / 255.0))
+    np.testing.assert_allclose(ours, prep(images.astype(np.float32)), rtol=1e-5, atol=1e-3)

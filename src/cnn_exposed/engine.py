@@ -288,11 +288,8 @@ _ENGINES: OrderedDict = OrderedDict()
 _ENGINE_CACHE_SIZE = 8
 
 
-def with_backward(forward: Callable, backward: Callable, keeps: bool = False) -> Callable:
+def with_backward(forward: Callable, backward: Callable) -> Callable:
     """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
-
-    With ``keeps``, ``forward`` returns ``(output, kept)`` and ``backward`` gets ``kept`` (an intermediate
-    of the forward pass it would otherwise recompute) as a fourth argument.
 
     The backend-specific half of a rule-based backward pass (LRP, guided backprop); the rules themselves
     are written with ``keras.ops`` in :mod:`cnn_exposed.attribution.rules`.
@@ -300,10 +297,10 @@ def with_backward(forward: Callable, backward: Callable, keeps: bool = False) ->
 
     @tf.custom_gradient
     def op(*inputs):
-        out, kept = forward(*inputs) if keeps else (forward(*inputs), None)
+        out = forward(*inputs)
 
         def grad(upstream, variables=None):
-            grads = backward(inputs, out, upstream, kept) if keeps else backward(inputs, out, upstream)
+            grads = backward(inputs, out, upstream)
             grads = grads if len(inputs) > 1 else grads[0]
             if variables:  # the layer's weights are read inside forward; they get no gradient here
                 return grads, [tf.zeros_like(v) for v in variables]

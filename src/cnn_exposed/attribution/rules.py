@@ -250,14 +250,11 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
     if rule == "zb":
         bounded = _Stack(layer, [kernel, -kpos, -kneg])  # (x, low, high) -> Σ x w - low w⁺ - high w⁻
 
-        def forward(x):
-            return full(x), bounds(x)
-
-        def backward(inputs, z, r, kept):
-            parts = bounded.inputs([inputs[0], *kept])
+        def backward(inputs, z, r):
+            parts = bounded.inputs([inputs[0], *bounds(inputs[0])])
             return [bounded.relevance(parts, lambda zb: _stabilised_ratio(r, zb, 1e-9))]
 
-        return with_backward(forward, backward, keeps=True)
+        return with_backward(full, backward)
     raise ValueError(f"Unknown LRP rule {rule!r}; choose from {LRP_RULES}.")
 
 

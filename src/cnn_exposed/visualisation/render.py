@@ -121,7 +121,13 @@ class _ObjectiveRunner:
     """Evaluates an objective on images: records the layers it reads, stops the model there when it can."""
 
     def __init__(
-        self, model, objective: Objective, preprocess: Callable | None, size: int, redirect_relu: bool = True
+        self,
+        model,
+        objective: Objective,
+        preprocess: Callable | None,
+        size: int,
+        redirect_relu: bool = True,
+        colour: tuple | None = None,
     ) -> None:
         from ..attribution.rules import RuleSet
 
@@ -133,7 +139,7 @@ class _ObjectiveRunner:
         # ReLUs with Lucid's redirected gradient: same forward pass, so scores are unaffected
         replace = RuleSet("redirect").replacements(model, head) if redirect_relu else {}
         self.redirected_plan = Plan(record=record, logits=head, replace=replace, stop_when_recorded=head is None)
-        self.colour_m, self.colour_b = affine_colour_map(preprocess)
+        self.colour_m, self.colour_b = colour if colour is not None else affine_colour_map(preprocess)
         in_shape = _input_size(model)
         self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
         self._compiled = compiled(self.values)
@@ -189,8 +195,8 @@ class _Program:
     or rendering with another seed) reuses the traced steps instead of spending seconds tracing again.
     """
 
-    def __init__(self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu):
-        self.runner = _ObjectiveRunner(model, objective, preprocess, size, redirect_relu)
+    def __init__(self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour):
+        self.runner = _ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour)
         self.param = make_parameterisation(parameterisation, size)
         self.transforms, self.size = transforms, size
         self.regs = [(REGULARISERS[name], weight) for name, weight in regs]
@@ -259,8 +265,8 @@ def render(
         For how many of the first steps the redirected gradient is used (16, as torchbearer's port of
         Lucid's). It differs from the plain gradient only while a layer is silent for an image, which is
         mostly at the start, and costs about half a forward-backward pass more per step. On the demo model
-        (48 filters, 100 steps) 8, 16 and all 100 redirected steps gave identical images, and with none 8
-        of the 48 filters never rose above their random start.
+        (48 filters, 100 steps) 8, 16 and all 100 redirected steps gave identical final objectives, and with
+        none 8 of the 48 filters never rose above their random start.
     """
     steps = capped_steps(steps)
     size = _default_size(model, size)
@@ -282,7 +288,9 @@ def render(
     except TypeError:  # an objective whose key cannot be hashed: compile afresh
         key, program = None, None
     if program is None:
-        program = _Program(model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu)
+        program = _Program(
+            model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour
+        )
         if key is not None:
             _PROGRAMS[key] = program
             while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
