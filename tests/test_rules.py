@@ -268,3 +268,41 @@ def test_non_negative_input_shortcut_equals_the_general_rule(rule, monkeypatch):
     monkeypatch.setattr(rules_module, "_input_non_negative", lambda layer: False)
     general = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
     np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-6 * np.abs(general).max())
+
+
+@pytest.mark.parametrize(
+    "layer, shape, fast",
+    [
+        (keras.layers.Conv2D(5, 1, padding="valid"), (9, 9, 4), True),
+        (keras.layers.Conv2D(5, 3, padding="same"), (9, 9, 4), True),
+        (keras.layers.Conv2D(5, (5, 3), padding="same"), (9, 8, 4), True),
+        (keras.layers.Conv1D(5, 3, padding="same"), (11, 4), True),
+        (keras.layers.Conv3D(2, 3, padding="same"), (5, 6, 4, 3), True),
+        (keras.layers.Conv2D(5, 3, padding="valid"), (9, 9, 4), False),
+        (keras.layers.Conv2D(5, 2, padding="same"), (9, 9, 4), False),
+        (keras.layers.Conv2D(5, 3, strides=2, padding="same"), (9, 9, 4), False),
+        (keras.layers.Conv2D(5, 3, dilation_rate=2, padding="same"), (9, 9, 4), False),
+        (keras.layers.Conv1D(5, 3, padding="causal"), (11, 4), False),
+    ],
+)
+def test_convolution_backward_as_a_transposed_forward_convolution(layer, shape, fast):
+    """The rule-based passes differentiate convolutions through a flipped, transposed forward convolution
+    where that is exact; the input gradient equals TensorFlow's own, and other convolutions keep it."""
+    import tensorflow as tf
+
+    from cnn_exposed.attribution.rules import _linear, _transposed_conv
+
+    keras.utils.set_random_seed(3)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32))
+    layer.build((None, *shape))
+    layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    kernel = keras.ops.convert_to_tensor(layer.kernel)
+    assert (_transposed_conv(layer, kernel) is not None) == fast
+    w = tf.constant(np.random.default_rng(1).normal(size=layer(x).shape).astype(np.float32))
+    grads = []
+    for fn in (_linear(layer, kernel, None), layer):  # the bias is 0, and _linear gets none
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(fn(x) * w)
+        grads.append(tape.gradient(out, x).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4 * np.abs(grads[1]).max())

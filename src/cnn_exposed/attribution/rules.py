@@ -145,8 +145,53 @@ def _kernel_and_bias(layer, bn=None):
     return kernel, bias
 
 
+def _transposed_conv(layer, kernel):
+    """``g -> the convolution's input gradient``, written as a forward convolution, or None where that is
+    not exact.
+
+    For a stride-1, undilated, ungrouped convolution whose kernel is 1 wide (any padding) or odd-sized
+    with ``"same"`` padding, the transpose is the same convolution of ``g`` with the kernel flipped in
+    space and its two channel axes swapped. On a 2-core CPU, TensorFlow's own ``Conv2DBackpropInput``
+    measured up to 2.3x slower than this forward convolution (1x1 kernels of MobileNetV2: 1.1-2.3x; 3x3
+    and 5x5 kernels: 1.1-1.6x), so the rule-based passes use it for their backward passes.
+    """
+    if type(layer) not in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+        return None
+    rank = len(kernel.shape) - 2
+    sizes = tuple(kernel.shape[:rank])
+    pointwise = all(k == 1 for k in sizes)
+    if (
+        getattr(layer, "groups", 1) != 1
+        or any(s != 1 for s in layer.strides)
+        or any(d != 1 for d in layer.dilation_rate)
+        or layer.padding not in ("valid", "same")
+        or not (pointwise or (layer.padding == "same" and all(k % 2 for k in sizes)))
+    ):
+        return None
+    flipped = kernel if pointwise else ops.flip(kernel, axis=tuple(range(rank)))
+    transposed = ops.swapaxes(flipped, -1, -2)
+
+    def transpose(g):
+        return ops.conv(g, transposed, strides=1, padding=layer.padding, data_format=layer.data_format)
+
+    return transpose
+
+
 def _linear(layer, kernel, bias):
     """``x -> layer's linear map with this kernel and bias`` (no activation)."""
+    transpose = _transposed_conv(layer, kernel)
+
+    def conv(x):
+        padding = layer.padding
+        if padding == "causal":  # Conv1D pads on the left in call(), not in convolution_op()
+            x, padding = ops.pad(x, layer._compute_causal_padding()), "valid"
+        return ops.conv(
+            x, kernel, strides=layer.strides, padding=padding, data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )  # fmt: skip
+
+    if transpose is not None:
+        conv = with_backward(conv, lambda inputs, z, g: [transpose(g)])
 
     def apply(x):
         if isinstance(layer, keras.layers.Dense):
@@ -157,7 +202,7 @@ def _linear(layer, kernel, bias):
                 dilation_rate=layer.dilation_rate,
             )  # fmt: skip
         else:
-            z = layer.convolution_op(x, kernel)
+            z = conv(x)
         return z if bias is None else z + bias
 
     return apply
