@@ -285,3 +285,60 @@ def test_optimised_images_reach_the_model_as_preprocess_would_map_them(prep):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
     ours = np.asarray(runner.to_model_input(images.astype(np.float32) / 255.0))
     np.testing.assert_allclose(ours, prep(images.astype(np.float32)), rtol=1e-5, atol=1e-3)
+
+
+def bn_model():
+    """Convolutions (3x3, 1x1, strided, depthwise) each followed by batch normalisation with non-trivial
+    statistics, nested in a Sequential: what the optimisation steps fold and differentiate their own way."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="c1")(inp)
+    h = keras.layers.ReLU(6.0, name="r1")(keras.layers.BatchNormalization(name="bn1")(h))
+    h = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(h)
+    h = keras.layers.ReLU(6.0, name="r2")(keras.layers.BatchNormalization(name="bn2")(h))
+    h = keras.layers.Conv2D(6, 1, name="pw")(h)
+    h = keras.layers.BatchNormalization(name="bn3")(h)
+    h = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="c3")(h)
+    base = keras.Model(inp, h, name="base")
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            rng = np.random.default_rng(n)
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.2, 3, n)]
+            )
+    head = [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax", name="head")]
+    return keras.Sequential([keras.Input((16, 16, 3)), base, *head])
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        channel("base/r2", [0, 1, 2]),
+        channel("base/pw", [0, 3, 5]),
+        channel("base/c3", [1, 2, 4]),
+        class_logit([0, 1, 2]),
+    ],
+    ids=["relu after folded BN", "conv read before its BN", "3x3 conv after folded BN", "class logit"],
+)
+def test_optimisation_steps_compute_the_models_own_objective_and_gradient(objective):
+    """The steps run the model faster than its own layers (batch normalisation folded into the convolution
+    before it, stride-1 convolutions differentiated by a transposed forward convolution): the objective and
+    its gradient must be the model's own. A layer that is read keeps its own output (no BN folded into it)."""
+    import tensorflow as tf
+
+    runner_module = importlib.import_module("cnn_exposed.visualisation.render")
+    runner = runner_module._ObjectiveRunner(bn_model(), objective, None, 16)
+    x = tf.constant(np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 3)).astype(np.float32))
+    results = []
+    for kw in ({"exact": True}, {}, {"redirect": True}):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            values = runner.values(x, **kw)
+            total = tf.reduce_sum(values)
+        results.append((values.numpy(), tape.gradient(total, x).numpy()))
+    (exact, grad), (fast, fast_grad), (redirected, _) = results
+    assert np.abs(exact).max() > 1e-3 and np.abs(grad).max() > 1e-3  # a live objective and gradient
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(redirected, exact, rtol=1e-5, atol=1e-6)  # same forward pass
+    np.testing.assert_allclose(fast_grad, grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max())

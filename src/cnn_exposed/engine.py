@@ -91,7 +91,7 @@ class Engine:
         self.binary = self.head.units == 1
         self.num_classes = 2 if self.binary else self.head.units
         self.rules = rules
-        replace = rules.replacements(model, self.head) if rules is not None else {}
+        replace = rules.replacements(model, self.head, keep=[self.layer] if self.layer else ()) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
 
@@ -309,6 +309,12 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
         return out, grad
 
     return op
+
+
+def fused(fn: Callable) -> Callable:
+    """``fn`` compiled by XLA: a chain of element-wise operations becomes one or two fused passes over
+    memory instead of one per operation (TensorFlow's default), traced once per input shape."""
+    return tf.function(fn, jit_compile=True)
 
 
 def vjp(fn: Callable, inputs: list, cotangent) -> list:

@@ -14,7 +14,8 @@ activation, which on a CPU cost as much as the convolutions.)
 - Element-wise activations: relevance passes unchanged (``R_z = R_a``; for ReLU this is the plain gradient).
 - Routing layers (padding, reshaping, max pooling, dropout, concatenation): the plain gradient.
 
-Guided backprop and deconvnet change only the ReLU family's backward pass.
+Guided backprop and deconvnet change only the ReLU family's backward pass; the ``"gradient"`` mode
+changes none (feature visualisation uses it for the faster linear layers).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..engine import vjp, with_backward
+from ..engine import fused, vjp, with_backward
 from ..errors import CnnExposedError
 from ..layers import is_nested_model, iter_layers
 
@@ -330,7 +331,7 @@ def _activation_rule(fn, mode: str, name: str):
             return [r]
 
         return with_backward(fn, identity_backward)
-    if name not in _RELU_FAMILY:
+    if name not in _RELU_FAMILY or mode == "gradient":
         return fn  # guided backprop and deconvnet only change the ReLU family
     if mode == "guided":
 
@@ -354,18 +355,21 @@ def _redirected_backward(fn):
     Where the plain gradient of an image's whole activation tensor is zero (every unit dead, as on a grey
     start image), the upstream gradient is passed through instead, except where it would push an already
     negative input lower. Without it, filters that are silent on the starting image never move.
+
+    The element-wise chain is compiled into fused kernels (:func:`fused`): run op by op it read and wrote
+    the activation tensor about five times, and cost 4x the plain gradient (measured on a 16x64x64x96
+    ReLU6 input: 53 ms fused to 14 ms, against 10 ms for the plain gradient).
     """
 
-    def backward(inputs, a, g):
-        z = inputs[0]
+    def redirected(z, g):
         (plain,) = vjp(fn, [z], g)
-        alive = ops.max(ops.abs(plain), axis=tuple(range(1, len(plain.shape))), keepdims=True) > 0
+        alive = ops.any(ops.not_equal(plain, 0.0), axis=tuple(range(1, len(plain.shape))), keepdims=True)
+        return ops.where(alive, plain, ops.where(z < 0, ops.minimum(g, 0.0), g))
 
-        def redirect():  # g, except where it would push an input that is already negative lower
-            return ops.where(alive, plain, ops.where(z < 0, ops.minimum(g, 0.0), g))
+    compiled_redirect = fused(redirected)
 
-        # once every image is alive (after the first steps) only the cheap test runs
-        return [ops.cond(ops.all(alive), lambda: plain, redirect)]
+    def backward(inputs, a, g):
+        return [compiled_redirect(inputs[0], g)]
 
     return backward
 
@@ -407,8 +411,9 @@ class RuleSet:
 
     Parameters
     ----------
-    mode : {"lrp", "guided", "deconv", "redirect"}
-        ``"redirect"``: Lucid's redirected ReLU gradient, for feature visualisation.
+    mode : {"lrp", "guided", "deconv", "redirect", "gradient"}
+        ``"redirect"``: Lucid's redirected ReLU gradient, for feature visualisation. ``"gradient"``: the
+        plain gradient, computed faster than the model's own backward pass (below).
     rule : str or dict
         LRP only: one rule for every weighted layer, or a composite ``{"first": ..., "conv": ...,
         "dense": ...}`` (missing entries: ``"epsilon"``).
@@ -419,8 +424,8 @@ class RuleSet:
     """
 
     def __init__(self, mode: str, rule="composite", epsilon: float = 1e-2, bounds=None) -> None:
-        if mode not in ("lrp", "guided", "deconv", "redirect"):
-            raise ValueError(f"mode must be 'lrp', 'guided', 'deconv' or 'redirect', got {mode!r}.")
+        if mode not in ("lrp", "guided", "deconv", "redirect", "gradient"):
+            raise ValueError(f"mode must be 'lrp', 'guided', 'deconv', 'redirect' or 'gradient', got {mode!r}.")
         if rule == "composite":
             rule = dict(DEFAULT_COMPOSITE)
         composite = dict(rule) if isinstance(rule, dict) else {"first": rule, "conv": rule, "dense": rule}
@@ -448,8 +453,15 @@ class RuleSet:
         low, high = (np.asarray(b, dtype=np.float32) for b in self.bounds)
         return ops.ones_like(x) * low, ops.ones_like(x) * high
 
-    def replacements(self, model, head) -> dict:
-        """``id(layer) -> factory(layer, final)`` for every layer (nested ones included) that needs one."""
+    def replacements(self, model, head, keep=()) -> dict:
+        """``id(layer) -> factory(layer, final)`` for every layer (nested ones included) that needs one.
+
+        In every mode, a batch normalisation that follows a linear layer is folded into that layer's kernel
+        and bias (one pass instead of two, forward and backward), and stride-1 convolutions are
+        differentiated through a transposed forward convolution (:func:`_transposed_conv`). ``keep``: layers
+        (or :class:`LayerRef`) whose own output is read, so that no batch normalisation is folded into them
+        (LRP folds regardless: the relevance at a convolution and at its normalisation is the same).
+        """
         refs = list(iter_layers(model))
         unsupported = [r for r in refs if _kind(r.layer) == "unsupported"]
         if unsupported and self.mode == "lrp":
@@ -459,7 +471,8 @@ class RuleSet:
                 "Supported: Dense, Conv1D/2D/3D, DepthwiseConv2D, BatchNormalization, pooling, Add, "
                 "Concatenate, padding, reshaping, dropout and element-wise activations."
             )
-        folds = _fold_pairs(model) if self.mode == "lrp" else {}
+        kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
+        folds = {k: bn for k, bn in _fold_pairs(model).items() if k not in kept}
         folded_bns = {id(bn) for bn in folds.values()}
         weighted = [r for r in refs if _kind(r.layer) == "weighted"]
         first_id = id(weighted[0].layer) if weighted else None  # the composite's "first" entry applies here
@@ -478,13 +491,12 @@ class RuleSet:
             layer, kind = r.layer, _kind(r.layer)
             if kind == "weighted":
                 out[id(layer)] = self._weighted_factory(layer, folds.get(id(layer)), id(layer) == first_id, r)
-            elif kind == "activation":
+            elif kind == "activation" and self.mode != "gradient":
                 out[id(layer)] = self._activation_factory(layer)
+            elif id(layer) in folded_bns:
+                out[id(layer)] = lambda op, final: lambda x, *a, **k: x
             elif kind == "linear" and self.mode == "lrp":
-                if id(layer) in folded_bns:
-                    out[id(layer)] = lambda op, final: lambda x, *a, **k: x
-                else:
-                    out[id(layer)] = lambda op, final: _plain_linear_rule(op, self.epsilon)
+                out[id(layer)] = lambda op, final: _plain_linear_rule(op, self.epsilon)
         return out
 
     def _weighted_factory(self, layer, bn, is_first: bool, ref):
@@ -495,7 +507,7 @@ class RuleSet:
             if self.mode == "lrp":
                 linear = _weighted_rule(op, rule, self.epsilon, bn, self._bounds, _input_non_negative(op))
             else:
-                kernel, bias = _kernel_and_bias(op)
+                kernel, bias = _kernel_and_bias(op, bn)
                 linear = _linear(op, kernel, bias)
             act = None if final or _is_linear_activation(op.activation) else op.activation
             if act is None:

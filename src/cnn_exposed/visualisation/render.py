@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -135,21 +136,28 @@ class _ObjectiveRunner:
         self.refs = {spec: resolve_layer(model, spec) for spec in objective.layers}
         head = classifier_head(model) if objective.uses_logits else None
         record = tuple(self.refs.values()) or None
-        self.plan = Plan(record=record, logits=head, stop_when_recorded=head is None)
-        # ReLUs with Lucid's redirected gradient: same forward pass, so scores are unaffected
-        replace = RuleSet("redirect").replacements(model, head) if redirect_relu else {}
-        self.redirected_plan = Plan(record=record, logits=head, replace=replace, stop_when_recorded=head is None)
+        stop = head is None
+        # scores: the model's own layers, exactly as a user would run them
+        self.exact_plan = Plan(record=record, logits=head, stop_when_recorded=stop)
+        # optimisation steps: the same function, faster (batch normalisation folded into the layer before
+        # it, stride-1 convolutions differentiated by a transposed forward convolution)...
+        keep = tuple(self.refs.values())
+        fast = RuleSet("gradient").replacements(model, head, keep)
+        self.plan = Plan(record=record, logits=head, replace=fast, stop_when_recorded=stop)
+        # ... and for the first steps, ReLUs with Lucid's redirected gradient (same forward pass)
+        replace = RuleSet("redirect").replacements(model, head, keep) if redirect_relu else fast
+        self.redirected_plan = Plan(record=record, logits=head, replace=replace, stop_when_recorded=stop)
         self.colour_m, self.colour_b = colour if colour is not None else affine_colour_map(preprocess)
         in_shape = _input_size(model)
         self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
-        self._compiled = compiled(self.values)
+        self._compiled = compiled(functools.partial(self.values, exact=True))
 
-    def values(self, x, redirect: bool = False):
+    def values(self, x, redirect: bool = False, exact: bool = False):
         """The objective ``(B,)`` for model input ``x`` (keras ops; differentiable)."""
         recorded: dict = {}
         logits = None
         try:
-            plan = self.redirected_plan if redirect else self.plan
+            plan = self.exact_plan if exact else self.redirected_plan if redirect else self.plan
             logits = ops.cast(run_model(self.model, x, plan, recorded), "float32")
         except StopForward:  # the layers after the last recorded one are not needed
             pass
