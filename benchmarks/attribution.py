@@ -57,8 +57,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument(
         "--only",
-        help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,"
-        "integrated_gradients,gradcam,gradcam++,layercam,scorecam,occlusion",
+        help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,integrated_gradients,gradcam,"
+        "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,occlusion",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -154,8 +154,11 @@ def main(argv=None) -> None:
                 "tkv": lambda vis=vis: vis(score, x, penultimate_layer=layer),
             },
         )
-    for name in ("lrp", "guided_backprop"):
+    record("lrp (composite)", "1 fwd+bwd", {"floor": floor(1), "ours": ours("lrp")})
+    record("lrp (epsilon)", "1 fwd+bwd", {"floor": floor(1), "ours": ours("lrp", rule="epsilon")})
+    for name in ("guided_backprop", "deconvnet"):
         record(name, "1 fwd+bwd", {"floor": floor(1), "ours": ours(name)})
+    record("guided_gradcam", "2 fwd+bwd", {"floor": floor(2), "ours": ours("guided_gradcam", layer=layer)})
     n = args.channels
     record(
         f"scorecam (top {n})",

@@ -306,3 +306,33 @@ def test_convolution_backward_as_a_transposed_forward_convolution(layer, shape, 
             out = tf.reduce_sum(fn(x) * w)
         grads.append(tape.gradient(out, x).numpy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4 * np.abs(grads[1]).max())
+
+
+def padded_cnn():
+    """Asymmetric zero padding before a strided depthwise and a plain convolution, as in MobileNetV2."""
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inp)
+    h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad1")(h)
+    h = keras.layers.DepthwiseConv2D(3, strides=2, activation="relu", name="dw")(h)
+    h = keras.layers.ZeroPadding2D(((1, 2), (2, 0)), name="pad2")(h)
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c2")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(h))
+
+
+@pytest.mark.parametrize(
+    "mode, rule", [("lrp", "composite"), ("lrp", "epsilon"), ("lrp", "alpha2beta1"), ("guided", "composite")]
+)
+def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule, monkeypatch):
+    """A ZeroPadding2D before a "valid" convolution is done inside the convolution (explicit padding)."""
+    import cnn_exposed.attribution.rules as rules
+
+    model = padded_cnn()
+    assert sorted(p.name for p in rules._pad_pairs(model).values()) == ["pad1", "pad2"]
+    x, t = images(3, SIZE), np.array([0, 1, 2], np.int32)
+    fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
+    monkeypatch.setattr(rules, "_pad_pairs", lambda model: {})
+    padded = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
+    np.testing.assert_allclose(fused, padded, rtol=1e-4, atol=1e-5 * np.abs(padded).max())
+    assert np.abs(padded).max() > 0

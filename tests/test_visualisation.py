@@ -288,17 +288,21 @@ def test_optimised_images_reach_the_model_as_preprocess_would_map_them(prep):
 
 
 def bn_model():
-    """Convolutions (3x3, 1x1, strided, depthwise) each followed by batch normalisation with non-trivial
-    statistics, nested in a Sequential: what the optimisation steps fold and differentiate their own way."""
+    """Convolutions (3x3, 1x1, strided, depthwise), most followed by batch normalisation with non-trivial
+    statistics, two after zero padding, nested in a Sequential: what the optimisation steps fold, pad and
+    differentiate their own way."""
     keras.utils.set_random_seed(6)
     inp = keras.Input((16, 16, 3))
     h = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="c1")(inp)
     h = keras.layers.ReLU(6.0, name="r1")(keras.layers.BatchNormalization(name="bn1")(h))
     h = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(h)
     h = keras.layers.ReLU(6.0, name="r2")(keras.layers.BatchNormalization(name="bn2")(h))
+    h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad1")(h)  # MobileNetV2's stride-2 pattern
+    h = keras.layers.DepthwiseConv2D(3, strides=2, use_bias=False, name="dw2")(h)
     h = keras.layers.Conv2D(6, 1, name="pw")(h)
     h = keras.layers.BatchNormalization(name="bn3")(h)
-    h = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="c3")(h)
+    h = keras.layers.ZeroPadding2D(((1, 2), (2, 1)), name="pad2")(h)
+    h = keras.layers.Conv2D(5, 3, activation="relu", name="c3")(h)
     base = keras.Model(inp, h, name="base")
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -319,12 +323,13 @@ def bn_model():
         channel("base/c3", [1, 2, 4]),
         class_logit([0, 1, 2]),
     ],
-    ids=["relu after folded BN", "conv read before its BN", "3x3 conv after folded BN", "class logit"],
+    ids=["relu after folded BN", "conv read before its BN", "padded 3x3 conv after folded BN", "class logit"],
 )
 def test_optimisation_steps_compute_the_models_own_objective_and_gradient(objective):
     """The steps run the model faster than its own layers (batch normalisation folded into the convolution
-    before it, stride-1 convolutions differentiated by a transposed forward convolution): the objective and
-    its gradient must be the model's own. A layer that is read keeps its own output (no BN folded into it)."""
+    before it, zero padding done inside the convolution after it, stride-1 convolutions differentiated by a
+    transposed forward convolution): the objective and its gradient must be the model's own. A layer that
+    is read keeps its own output (no BN folded into it)."""
     import tensorflow as tf
 
     runner_module = importlib.import_module("cnn_exposed.visualisation.render")

@@ -311,6 +311,16 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
     return op
 
 
+def padded_conv(x, kernel, strides, pads, depthwise: bool):
+    """2-D convolution (``depthwise``: depthwise) of channels-last ``x`` zero-padded by ``pads``
+    ``((top, bottom), (left, right))``, the padding done inside the convolution (TensorFlow's explicit
+    padding) rather than by a padded copy of ``x``."""
+    explicit = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
+    if depthwise:
+        return tf.nn.depthwise_conv2d(x, kernel, [1, *strides, 1], explicit)
+    return tf.nn.conv2d(x, kernel, [1, *strides, 1], explicit)
+
+
 def fused(fn: Callable) -> Callable:
     """``fn`` compiled by XLA: a chain of element-wise operations becomes one or two fused passes over
     memory instead of one per operation (TensorFlow's default), traced once per input shape."""

@@ -24,8 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..engine import fused, vjp, with_backward
+from ..engine import fused, padded_conv, vjp, with_backward
 from ..errors import CnnExposedError
+from ..graph import call_count
 from ..layers import is_nested_model, iter_layers
 
 LRP_RULES = ("epsilon", "zplus", "alpha1beta0", "alpha2beta1", "zb")
@@ -178,11 +179,17 @@ def _transposed_conv(layer, kernel):
     return transpose
 
 
-def _linear(layer, kernel, bias):
-    """``x -> layer's linear map with this kernel and bias`` (no activation)."""
-    transpose = _transposed_conv(layer, kernel)
+def _linear(layer, kernel, bias, pads=None):
+    """``x -> layer's linear map with this kernel and bias`` (no activation).
+
+    ``pads``: the ``((top, bottom), (left, right))`` zeros of a ``ZeroPadding2D`` layer just before this
+    one, added inside the convolution instead (:func:`_pad_pairs`).
+    """
+    transpose = None if pads is not None else _transposed_conv(layer, kernel)
 
     def conv(x):
+        if pads is not None:
+            return padded_conv(x, kernel, layer.strides, pads, depthwise=False)
         padding = layer.padding
         if padding == "causal":  # Conv1D pads on the left in call(), not in convolution_op()
             x, padding = ops.pad(x, layer._compute_causal_padding()), "valid"
@@ -197,6 +204,8 @@ def _linear(layer, kernel, bias):
     def apply(x):
         if isinstance(layer, keras.layers.Dense):
             z = ops.matmul(x, kernel)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D) and pads is not None:
+            z = padded_conv(x, kernel, layer.strides, pads, depthwise=True)
         elif isinstance(layer, keras.layers.DepthwiseConv2D):
             z = ops.depthwise_conv(
                 x, kernel, strides=layer.strides, padding=layer.padding, data_format=layer.data_format,
@@ -217,15 +226,15 @@ class _Stack:
     axis: one call each way instead of k, and no sum of k full-size outputs.
     """
 
-    def __init__(self, layer, kernels: list) -> None:
+    def __init__(self, layer, kernels: list, pads=None) -> None:
         self.k = len(kernels)
         grouped = isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) != 1
         channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
         self.fused = self.k > 1 and not grouped and channels_last
         if self.fused:
-            self.maps = [_linear(layer, ops.concatenate(kernels, axis=-2), None)]
+            self.maps = [_linear(layer, ops.concatenate(kernels, axis=-2), None, pads)]
         else:
-            self.maps = [_linear(layer, kernel, None) for kernel in kernels]
+            self.maps = [_linear(layer, kernel, None, pads) for kernel in kernels]
 
     def inputs(self, xs: list) -> list:
         return [ops.concatenate(xs, axis=-1)] if self.fused else list(xs)
@@ -254,7 +263,7 @@ def _stabilised_ratio(r, z, eps: float):
     return ops.divide_no_nan(r, z + eps * ops.sign(z))
 
 
-def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negative: bool = False):
+def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negative: bool = False, pads=None):
     """The layer's linear map with an LRP backward rule (upstream and result are relevances).
 
     ``bounds``: the z^B rule's ``x -> (low, high)``. ``non_negative``: the layer's input is known to be
@@ -262,8 +271,8 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
     their sums that only negative inputs feed.
     """
     kernel, bias = _kernel_and_bias(layer, bn)
-    full = _linear(layer, kernel, bias)
-    plain = _linear(layer, kernel, None)
+    full = _linear(layer, kernel, bias, pads)
+    plain = _linear(layer, kernel, None, pads)
     kpos, kneg = ops.maximum(kernel, 0.0), ops.minimum(kernel, 0.0)
 
     if rule == "epsilon":
@@ -279,9 +288,9 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
         # z⁺_j = Σ_i (x_i w_ij)⁺ = Σ x⁺ w⁺ + Σ x⁻ w⁻, and z⁻_j = Σ x⁺ w⁻ + Σ x⁻ w⁺: sums of same-signed terms,
         # so a neuron with no positive (negative) contribution gets exactly 0 and passes no relevance
         if non_negative:
-            positive, negative = _Stack(layer, [kpos]), _Stack(layer, [kneg])
+            positive, negative = _Stack(layer, [kpos], pads), _Stack(layer, [kneg], pads)
         else:
-            positive, negative = _Stack(layer, [kpos, kneg]), _Stack(layer, [kneg, kpos])
+            positive, negative = _Stack(layer, [kpos, kneg], pads), _Stack(layer, [kneg, kpos], pads)
 
         def backward(inputs, z, r):
             x = inputs[0]
@@ -380,6 +389,22 @@ def _activation_fn(op):
     return op.activation
 
 
+def _only_consumer(layer, models) -> object | None:
+    """The one layer that reads ``layer``'s output in its model, or None (several, none, or unknown)."""
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):  # a shared layer has no single output
+        return None
+    consumers = []
+    for other in models[-1].layers:
+        try:
+            inputs = other.input if isinstance(other.input, (list, tuple)) else [other.input]
+        except (AttributeError, ValueError):
+            continue
+        consumers.extend(other for t in inputs if t is output)
+    return consumers[0] if len(consumers) == 1 else None
+
+
 def _fold_pairs(model) -> dict:
     """``id(linear layer) -> BatchNormalization`` for every BN that directly follows a linear layer with no
     activation and is that layer's only consumer."""
@@ -394,15 +419,36 @@ def _fold_pairs(model) -> dict:
             continue
         if not isinstance(producer, _WEIGHTED) or not _is_linear_activation(producer.activation):
             continue
-        consumers = 0
-        for other in ref.models[-1].layers:
-            try:
-                inputs = other.input if isinstance(other.input, (list, tuple)) else [other.input]
-            except (AttributeError, ValueError):
-                continue
-            consumers += sum(t is producer.output for t in inputs)
-        if consumers == 1:
+        if _only_consumer(producer, ref.models) is bn:
             pairs[id(producer)] = bn
+    return pairs
+
+
+def _pad_pairs(model) -> dict:
+    """``id(convolution) -> ZeroPadding2D`` for every zero padding whose only consumer is a 2-D convolution
+    (or depthwise convolution) with ``"valid"`` padding, stride any, no dilation, channels last.
+
+    The convolution then pads inside itself (explicit padding) and the padding layer passes its input
+    through: no padded copy forward and no slice backward. MobileNetV2 pads this way before each of its
+    four stride-2 depthwise convolutions; on a 2-core CPU one of them forward and backward (8 images,
+    112x112x96) measured 95 ms padded then convolved, against 50 ms with the padding inside.
+    """
+    pairs = {}
+    for ref in iter_layers(model):
+        pad = ref.layer
+        if type(pad) is not keras.layers.ZeroPadding2D or pad.data_format != "channels_last":
+            continue
+        conv = _only_consumer(pad, ref.models)
+        if (
+            type(conv) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+            and conv.padding == "valid"
+            and conv.data_format == "channels_last"
+            and all(d == 1 for d in conv.dilation_rate)
+            and getattr(conv, "groups", 1) == 1
+            and call_count(conv) == 1
+            and call_count(pad) == 1
+        ):
+            pairs[id(conv)] = pad
     return pairs
 
 
@@ -476,6 +522,12 @@ class RuleSet:
         folded_bns = {id(bn) for bn in folds.values()}
         weighted = [r for r in refs if _kind(r.layer) == "weighted"]
         first_id = id(weighted[0].layer) if weighted else None  # the composite's "first" entry applies here
+        # z^B keeps its padding layer: its bounds cover the padded border too
+        zb_first = self.mode == "lrp" and self.composite["first"] == "zb"
+        pads = {
+            k: pad for k, pad in _pad_pairs(model).items() if id(pad) not in kept and not (zb_first and k == first_id)
+        }
+        padding_layers = {id(pad) for pad in pads.values()}
         if self.mode == "lrp" and weighted and self.composite["first"] == "zb":
             first = weighted[0]
             before = refs[: refs.index(first)]
@@ -490,25 +542,29 @@ class RuleSet:
         for r in refs:
             layer, kind = r.layer, _kind(r.layer)
             if kind == "weighted":
-                out[id(layer)] = self._weighted_factory(layer, folds.get(id(layer)), id(layer) == first_id, r)
+                pad = pads.get(id(layer))
+                factory = self._weighted_factory(layer, folds.get(id(layer)), id(layer) == first_id, pad)
+                out[id(layer)] = factory
             elif kind == "activation" and self.mode != "gradient":
                 out[id(layer)] = self._activation_factory(layer)
-            elif id(layer) in folded_bns:
+            elif id(layer) in folded_bns or id(layer) in padding_layers:
                 out[id(layer)] = lambda op, final: lambda x, *a, **k: x
             elif kind == "linear" and self.mode == "lrp":
                 out[id(layer)] = lambda op, final: _plain_linear_rule(op, self.epsilon)
         return out
 
-    def _weighted_factory(self, layer, bn, is_first: bool, ref):
+    def _weighted_factory(self, layer, bn, is_first: bool, pad):
         kind = "dense" if isinstance(layer, keras.layers.Dense) else "conv"
         rule = self.composite["first"] if is_first else self.composite[kind]
+        pads = None if pad is None else tuple(tuple(int(p) for p in side) for side in pad.padding)
 
         def factory(op, final: bool):
             if self.mode == "lrp":
-                linear = _weighted_rule(op, rule, self.epsilon, bn, self._bounds, _input_non_negative(op))
+                non_negative = _input_non_negative(op)
+                linear = _weighted_rule(op, rule, self.epsilon, bn, self._bounds, non_negative, pads)
             else:
                 kernel, bias = _kernel_and_bias(op, bn)
-                linear = _linear(op, kernel, bias)
+                linear = _linear(op, kernel, bias, pads)
             act = None if final or _is_linear_activation(op.activation) else op.activation
             if act is None:
                 return lambda x, *a, **k: linear(x)
