@@ -233,6 +233,7 @@ class _Stack:
         self.fused = self.k > 1 and not grouped and channels_last
         if self.fused:
             self.maps = [_linear(layer, ops.concatenate(kernels, axis=-2), None, pads)]
+            self._combine = fused(self._weighted_sum)  # one pass instead of a product, then a sum
         else:
             self.maps = [_linear(layer, kernel, None, pads) for kernel in kernels]
 
@@ -253,7 +254,10 @@ class _Stack:
             for x, c in zip(inputs[1:], cs[1:], strict=True):
                 total = total + x * c
             return total
-        prod = inputs[0] * cs[0]
+        return self._combine(inputs[0], cs[0])
+
+    def _weighted_sum(self, x, c):
+        prod = x * c
         shape = (-1,) + tuple(prod.shape[1:-1]) + (self.k, prod.shape[-1] // self.k)
         return ops.sum(ops.reshape(prod, shape), axis=-2)
 
@@ -292,9 +296,14 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
         else:
             positive, negative = _Stack(layer, [kpos, kneg], pads), _Stack(layer, [kneg, kpos], pads)
 
+        def split(x):
+            return positive.inputs([ops.maximum(x, 0.0), ops.minimum(x, 0.0)])
+
+        split = fused(split) if positive.fused else split  # one pass writing [x⁺, x⁻], not three
+
         def backward(inputs, z, r):
             x = inputs[0]
-            parts = positive.inputs([x] if non_negative else [ops.maximum(x, 0.0), ops.minimum(x, 0.0)])
+            parts = [x] if non_negative else split(x)
             r_pos = r if alpha == 1.0 else alpha * r
             out = positive.relevance(parts, lambda zp: ops.divide_no_nan(r_pos, zp))
             if beta != 0.0:
