@@ -140,7 +140,8 @@ class _ObjectiveRunner:
         # scores: the model's own layers, exactly as a user would run them
         self.exact_plan = Plan(record=record, logits=head, stop_when_recorded=stop)
         # optimisation steps: the same function, faster (batch normalisation folded into the layer before
-        # it, stride-1 convolutions differentiated by a transposed forward convolution)...
+        # it, zero padding done inside the convolution after it, stride-1 convolutions differentiated by a
+        # transposed forward convolution; see RuleSet.replacements)...
         keep = tuple(self.refs.values())
         fast = RuleSet("gradient").replacements(model, head, keep)
         self.plan = Plan(record=record, logits=head, replace=fast, stop_when_recorded=stop)
