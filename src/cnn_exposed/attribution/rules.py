@@ -291,10 +291,8 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
         alpha, beta = (2.0, 1.0) if rule == "alpha2beta1" else (1.0, 0.0)
         # z⁺_j = Σ_i (x_i w_ij)⁺ = Σ x⁺ w⁺ + Σ x⁻ w⁻, and z⁻_j = Σ x⁺ w⁻ + Σ x⁻ w⁺: sums of same-signed terms,
         # so a neuron with no positive (negative) contribution gets exactly 0 and passes no relevance
-        if non_negative:
-            positive, negative = _Stack(layer, [kpos], pads), _Stack(layer, [kneg], pads)
-        else:
-            positive, negative = _Stack(layer, [kpos, kneg], pads), _Stack(layer, [kneg, kpos], pads)
+        positive = _Stack(layer, [kpos] if non_negative else [kpos, kneg], pads)
+        negative = _Stack(layer, [kneg] if non_negative else [kneg, kpos], pads) if beta else None
 
         def split(x):
             return positive.inputs([ops.maximum(x, 0.0), ops.minimum(x, 0.0)])
@@ -312,7 +310,8 @@ def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negati
 
         return with_backward(full, backward)
     if rule == "zb":
-        bounded = _Stack(layer, [kernel, -kpos, -kneg])  # (x, low, high) -> Σ x w - low w⁺ - high w⁻
+        # (x, low, high) -> Σ x w - low w⁺ - high w⁻; no pads: replacements() keeps z^B's padding layer
+        bounded = _Stack(layer, [kernel, -kpos, -kneg])
 
         def backward(inputs, z, r):
             parts = bounded.inputs([inputs[0], *bounds(inputs[0])])
@@ -537,7 +536,7 @@ class RuleSet:
             k: pad for k, pad in _pad_pairs(model).items() if id(pad) not in kept and not (zb_first and k == first_id)
         }
         padding_layers = {id(pad) for pad in pads.values()}
-        if self.mode == "lrp" and weighted and self.composite["first"] == "zb":
+        if zb_first and weighted:
             first = weighted[0]
             before = refs[: refs.index(first)]
             if any(_kind(r.layer) not in ("routing", "model") for r in before):
