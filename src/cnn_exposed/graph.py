@@ -6,9 +6,9 @@ model's own graph, and when a node calls a nested model that we need to look int
 graph too. At the node of the layer of interest we record its output, at any depth, and at the model's
 last layer we can compute the pre-activation score (the logit) without touching the user's model.
 
-This module is Keras-specific but backend-agnostic. It relies on one private Keras 3 method,
-``Function._run_through_graph``, the very routine Keras uses to call a functional model; it has kept its
-signature since Keras 3.0. Everything else uses public attributes.
+This module is Keras-specific but backend-agnostic. The private Keras calls it needs (the routine Keras
+uses to call a functional model, ``Sequential``'s functional graph, a tensor's producing layer) go through
+:mod:`cnn_exposed.compat`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,11 @@ from dataclasses import dataclass, field
 import keras
 from keras import ops
 
+from .compat import functional_graph, inbound_nodes, producer, run_through_graph
 from .errors import ModelError
 from .layers import LayerRef, is_nested_model
 
 _SQUASHING = ("softmax", "sigmoid")
-
-
-def functional_graph(model: keras.Model):
-    """The functional graph that implements ``model``, or None for a subclassed model.
-
-    A Sequential model that knows its input shape is backed by a functional graph; one that does not is
-    a plain list of layers, which we run in order.
-    """
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
-        return model
-    return None
 
 
 def output_operation(model: keras.Model):
@@ -53,7 +41,7 @@ def output_operation(model: keras.Model):
             "classifiers. Build a model with the output you want: keras.Model(model.inputs, "
             "model.outputs[i])."
         )
-    return outputs[0]._keras_history[0]
+    return producer(outputs[0])
 
 
 def _activation_name(op) -> str | None:
@@ -156,7 +144,7 @@ class StopForward(Exception):
 
 def call_count(layer) -> int:
     """How many times a layer is called in the graphs it belongs to (1 for most layers)."""
-    return max(1, len(getattr(layer, "_inbound_nodes", []) or []))
+    return max(1, len(inbound_nodes(layer)))
 
 
 @dataclass
@@ -236,5 +224,5 @@ def run_model(model: keras.Model, x, plan: Plan, recorded: dict):
     if graph is None:
         # A subclassed model is opaque: we can only call it.
         return model(x, training=False)
-    outputs = graph._run_through_graph(x, operation_fn=lambda op: plan.callable_for(op, recorded))
+    outputs = run_through_graph(graph, x, lambda op: plan.callable_for(op, recorded))
     return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import keras
 
+from .compat import inbound_nodes, node_outputs
 from .errors import LayerNotFoundError, NoSpatialLayerError
 
 
@@ -52,10 +53,10 @@ def layer_output_shape(layer: keras.layers.Layer) -> tuple | None:
     try:
         out = layer.output
     except (AttributeError, ValueError, RuntimeError):
-        nodes = getattr(layer, "_inbound_nodes", None) or []
+        nodes = inbound_nodes(layer)
         if not nodes:
             return None
-        outs = getattr(nodes[-1], "output_tensors", None) or getattr(nodes[-1], "outputs", None)
+        outs = node_outputs(nodes[-1])
         if not outs:
             return None
         out = outs[0]

@@ -1,0 +1,86 @@
+"""Every Keras or TensorFlow call whose spelling or behaviour differs between the versions we support.
+
+The rest of the package calls these functions instead of private attributes (``_keras_history``,
+``_inbound_nodes``, ``Sequential._functional``, ``Function._run_through_graph``), raw TensorFlow kernels or
+operations whose behaviour changed between releases. Each entry has its own test in
+``tests/test_compat.py``, so a Keras release that changes one of them breaks one named test, not forty.
+
+Supported: Keras 3.10 to 3.15 on TensorFlow 2.19 to 2.21 (the stacks CI tests; see README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def functional_graph(model):
+    """The functional graph that implements ``model``: itself for a functional model; for a Sequential that
+    knows its input shape, the functional model Keras builds behind it (``Sequential._functional``, private
+    since Keras 3.0); None for a Sequential without an input shape or a subclassed model."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def run_through_graph(graph, x, operation_fn: Callable):
+    """Run a functional ``graph`` on ``x``, calling ``operation_fn(op)`` for each operation to get the
+    callable to run in its place. This is ``Function._run_through_graph``, the routine Keras itself uses to
+    call a functional model (private, with this signature since Keras 3.0)."""
+    return graph._run_through_graph(x, operation_fn=operation_fn)
+
+
+def producer(tensor):
+    """The layer (or operation) whose output a symbolic Keras tensor is (``tensor._keras_history[0]``).
+
+    Raises AttributeError for a tensor that no layer produced (a model input has its InputLayer)."""
+    return tensor._keras_history[0]
+
+
+def inbound_nodes(layer) -> list:
+    """The nodes at which ``layer`` is called in the graphs it belongs to (``layer._inbound_nodes``)."""
+    return list(getattr(layer, "_inbound_nodes", None) or [])
+
+
+def node_outputs(node) -> list:
+    """A graph node's output tensors (``Node.output_tensors`` in Keras 3; ``outputs`` in some releases)."""
+    outs = getattr(node, "output_tensors", None) or getattr(node, "outputs", None) or []
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def flip(x, axes: tuple[int, ...]):
+    """``x`` reversed along each of ``axes``.
+
+    ``keras.ops.flip`` with a tuple of axes fails on Keras 3.13's TensorFlow backend ("Shape must be rank 1
+    but is rank 2 ... ReverseV2"); one axis at a time works on every version.
+    """
+    for axis in axes:
+        x = ops.flip(x, axis=axis)
+    return x
+
+
+def causal_padding(layer) -> list[list[int]]:
+    """The zeros a ``"causal"`` ``Conv1D`` adds before convolving, as ``ops.pad`` widths: ``dilation × (kernel
+    − 1)`` on the left of the time axis. Keras computes this in a private method (``_compute_causal_padding``);
+    we compute it from the layer's public configuration."""
+    left = int(layer.dilation_rate[0]) * (int(layer.kernel_size[0]) - 1)
+    if layer.data_format == "channels_first":
+        return [[0, 0], [0, 0], [left, 0]]
+    return [[0, 0], [left, 0], [0, 0]]
+
+
+def apply_adam(var, m, v, grad, *, step, learning_rate: float, beta1: float, beta2: float, epsilon: float):
+    """One Adam update of the ``tf.Variable`` ``var`` with moments ``m`` and ``v``, in TensorFlow's fused
+    kernel (``tf.raw_ops.ResourceApplyAdam``: one pass over the parameters instead of about ten).
+
+    ``step`` is the 1-based step number (a tensor); the update is Kingma & Ba's with bias correction.
+    """
+    tf.raw_ops.ResourceApplyAdam(
+        var=var.handle, m=m.handle, v=v.handle, beta1_power=beta1**step, beta2_power=beta2**step,
+        lr=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon, grad=grad,
+    )  # fmt: skip

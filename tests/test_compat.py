@@ -1,0 +1,125 @@
+"""One test per entry of :mod:`cnn_exposed.compat`, on the installed Keras and TensorFlow.
+
+When a Keras or TensorFlow release changes one of the private or version-dependent calls the package relies
+on, the test named after that call fails here, whatever else still passes.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from cnn_exposed import compat
+
+
+def functional(name="f"):
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, name="conv")(inp)
+    out = keras.layers.ReLU(name="relu")(h)
+    return keras.Model(inp, out, name=name)
+
+
+def test_functional_graph_of_a_functional_model_is_itself():
+    model = functional()
+    assert compat.functional_graph(model) is model
+
+
+def test_functional_graph_of_a_sequential_is_the_graph_behind_it():
+    seq = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3, name="conv")])
+    graph = compat.functional_graph(seq)
+    assert graph is not None and graph is not seq
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(np.asarray(graph(x)), np.asarray(seq(x)), rtol=1e-6)
+
+
+def test_functional_graph_is_none_without_a_graph():
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])  # no input shape: a plain list of layers
+
+    class Sub(keras.Model):
+        def call(self, x):
+            return x * 2.0
+
+    assert compat.functional_graph(unbuilt) is None
+    assert compat.functional_graph(Sub()) is None
+
+
+def test_run_through_graph_calls_operation_fn_for_each_layer_and_uses_what_it_returns():
+    model = functional()
+    seen = []
+
+    def operation_fn(op):
+        seen.append(op.name)
+        if op.name == "relu":
+            return lambda x, *args, **kwargs: -x  # replace the ReLU
+        return op
+
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 2)).astype("float32")
+    out = compat.run_through_graph(model, ops.convert_to_tensor(x), operation_fn)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    conv = model.get_layer("conv")
+    np.testing.assert_allclose(np.asarray(out), -np.asarray(conv(x)), rtol=1e-6)
+    assert seen == ["conv", "relu"]
+
+
+def test_producer_is_the_layer_whose_output_a_tensor_is():
+    model = functional()
+    assert compat.producer(model.outputs[0]) is model.get_layer("relu")
+    assert compat.producer(model.get_layer("relu").input) is model.get_layer("conv")
+
+
+def test_inbound_nodes_counts_the_calls_of_a_shared_layer():
+    shared = keras.layers.Dense(2, name="shared")
+    a, b = keras.Input((3,)), keras.Input((3,))
+    keras.Model([a, b], [shared(a), shared(b)])
+    single = keras.layers.Dense(2)
+    keras.Model(a, single(a))
+    assert len(compat.inbound_nodes(shared)) == 2
+    assert len(compat.inbound_nodes(single)) == 1
+    assert compat.inbound_nodes(keras.layers.Dense(2)) == []  # never called
+
+
+def test_node_outputs_are_the_tensors_a_call_produced():
+    model = functional()
+    relu = model.get_layer("relu")
+    outs = compat.node_outputs(compat.inbound_nodes(relu)[-1])
+    assert len(outs) == 1 and tuple(outs[0].shape) == (None, 4, 4, 3)
+
+
+@pytest.mark.parametrize("axes", [(0,), (0, 1), (0, 1, 2), (1, 3)])
+def test_flip_reverses_every_axis_given(axes):
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    np.testing.assert_array_equal(np.asarray(compat.flip(ops.convert_to_tensor(x), axes)), np.flip(x, axes))
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (4, 2), (1, 1)])
+def test_causal_padding_reproduces_keras_causal_conv1d(kernel, dilation):
+    layer = keras.layers.Conv1D(2, kernel, padding="causal", dilation_rate=dilation)
+    x = np.random.default_rng(2).normal(size=(2, 9, 3)).astype("float32")
+    expected = np.asarray(layer(x))
+    padded = ops.pad(ops.convert_to_tensor(x), compat.causal_padding(layer))
+    ours = ops.conv(padded, layer.kernel, strides=1, padding="valid", dilation_rate=dilation) + layer.bias
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-6)
+    assert compat.causal_padding(layer)[1] == [dilation * (kernel - 1), 0]
+
+
+def test_apply_adam_matches_kingma_and_ba():
+    rng = np.random.default_rng(3)
+    init = rng.normal(size=(4, 3)).astype("float32")
+    grads = [rng.normal(size=(4, 3)).astype("float32") for _ in range(3)]
+    var, m, v = tf.Variable(init), tf.Variable(np.zeros_like(init)), tf.Variable(np.zeros_like(init))
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 1e-8
+    ref, ref_m, ref_v = init.astype(np.float64), np.zeros_like(init, np.float64), np.zeros_like(init, np.float64)
+    for step, g in enumerate(grads, start=1):
+        compat.apply_adam(
+            var, m, v, tf.constant(g), step=tf.constant(float(step)), learning_rate=lr, beta1=b1, beta2=b2,
+            epsilon=eps,
+        )  # fmt: skip
+        ref_m = b1 * ref_m + (1 - b1) * g
+        ref_v = b2 * ref_v + (1 - b2) * g**2
+        alpha = lr * np.sqrt(1 - b2**step) / (1 - b1**step)
+        ref = ref - alpha * ref_m / (np.sqrt(ref_v) + eps)  # TensorFlow's form: epsilon not bias-corrected
+    np.testing.assert_allclose(var.numpy(), ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(var.numpy() - init).max() > 0.05  # it moved
