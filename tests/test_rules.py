@@ -329,7 +329,8 @@ def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule, monkeyp
     import cnn_exposed.attribution.rules as rules
 
     model = padded_cnn()
-    assert sorted(p.name for p in rules._pad_pairs(model).values()) == ["pad1", "pad2"]
+    # The depthwise convolution keeps its padding layer (explicit padding there crashes TensorFlow).
+    assert sorted(p.name for p in rules._pad_pairs(model).values()) == ["pad2"]
     x, t = images(3, SIZE), np.array([0, 1, 2], np.int32)
     fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
     monkeypatch.setattr(rules, "_pad_pairs", lambda model: {})

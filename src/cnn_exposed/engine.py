@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from .compat import apply_adam  # noqa: E402
 from .errors import ModelError  # noqa: E402
 from .graph import Plan, classifier_head, run_model  # noqa: E402
 from .layers import LayerRef, resolve_layer  # noqa: E402
@@ -311,14 +312,11 @@ def with_backward(forward: Callable, backward: Callable) -> Callable:
     return op
 
 
-def padded_conv(x, kernel, strides, pads, depthwise: bool):
-    """2-D convolution (``depthwise``: depthwise) of channels-last ``x`` zero-padded by ``pads``
-    ``((top, bottom), (left, right))``, the padding done inside the convolution (TensorFlow's explicit
-    padding) rather than by a padded copy of ``x``."""
-    explicit = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
-    if depthwise:
-        return tf.nn.depthwise_conv2d(x, kernel, [1, *strides, 1], explicit)
-    return tf.nn.conv2d(x, kernel, [1, *strides, 1], explicit)
+def padded_conv(x, kernel, strides, pads):
+    """2-D convolution of channels-last ``x`` zero-padded by ``pads`` ``((top, bottom), (left, right))``,
+    the padding done inside the convolution (TensorFlow's explicit padding) rather than by a padded copy of
+    ``x``: no copy forward, no slice backward."""
+    return tf.nn.conv2d(x, kernel, [1, *strides, 1], [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
 
 
 def fused(fn: Callable) -> Callable:
@@ -408,12 +406,10 @@ class GradientAscent:
         with tf.GradientTape() as tape:
             loss, values = self._loss_fn(self.params, *inputs, **options)
         grad = tape.gradient(loss, self.params)
-        b1, b2 = 0.9, 0.999
         t = self._t.assign_add(1.0)
-        # TensorFlow's fused Adam kernel: one pass over the parameters instead of about ten
-        tf.raw_ops.ResourceApplyAdam(
-            var=self.params.handle, m=self._m.handle, v=self._v.handle, beta1_power=b1**t, beta2_power=b2**t,
-            lr=self._lr, beta1=b1, beta2=b2, epsilon=1e-8, grad=grad,
+        apply_adam(
+            self.params, self._m, self._v, grad, step=t, learning_rate=self._lr, beta1=0.9, beta2=0.999,
+            epsilon=1e-8,
         )  # fmt: skip
         return values
 

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..compat import causal_padding, flip, producer
 from ..engine import fused, padded_conv, vjp, with_backward
 from ..errors import CnnExposedError
 from ..graph import call_count
@@ -97,7 +98,7 @@ def _output_non_negative(op, depth: int = 0) -> bool:
     if name in _KEEPS_SIGN and depth < 50:
         try:
             inputs = op.input if isinstance(op.input, (list, tuple)) else [op.input]
-            return all(_output_non_negative(t._keras_history[0], depth + 1) for t in inputs)
+            return all(_output_non_negative(producer(t), depth + 1) for t in inputs)
         except (AttributeError, ValueError):  # a shared layer has no single input
             return False
     return False
@@ -106,7 +107,7 @@ def _output_non_negative(op, depth: int = 0) -> bool:
 def _input_non_negative(layer) -> bool:
     """Whether ``layer``'s (single) input is >= 0 for every model input."""
     try:
-        return _output_non_negative(layer.input._keras_history[0])
+        return _output_non_negative(producer(layer.input))
     except (AttributeError, ValueError):
         return False
 
@@ -170,7 +171,7 @@ def _transposed_conv(layer, kernel):
         or not (pointwise or (layer.padding == "same" and all(k % 2 for k in sizes)))
     ):
         return None
-    flipped = kernel if pointwise else ops.flip(kernel, axis=tuple(range(rank)))
+    flipped = kernel if pointwise else flip(kernel, tuple(range(rank)))
     transposed = ops.swapaxes(flipped, -1, -2)
 
     def transpose(g):
@@ -189,10 +190,10 @@ def _linear(layer, kernel, bias, pads=None):
 
     def conv(x):
         if pads is not None:
-            return padded_conv(x, kernel, layer.strides, pads, depthwise=False)
+            return padded_conv(x, kernel, layer.strides, pads)
         padding = layer.padding
         if padding == "causal":  # Conv1D pads on the left in call(), not in convolution_op()
-            x, padding = ops.pad(x, layer._compute_causal_padding()), "valid"
+            x, padding = ops.pad(x, causal_padding(layer)), "valid"
         return ops.conv(
             x, kernel, strides=layer.strides, padding=padding, data_format=layer.data_format,
             dilation_rate=layer.dilation_rate,
@@ -204,8 +205,6 @@ def _linear(layer, kernel, bias, pads=None):
     def apply(x):
         if isinstance(layer, keras.layers.Dense):
             z = ops.matmul(x, kernel)
-        elif isinstance(layer, keras.layers.DepthwiseConv2D) and pads is not None:
-            z = padded_conv(x, kernel, layer.strides, pads, depthwise=True)
         elif isinstance(layer, keras.layers.DepthwiseConv2D):
             z = ops.depthwise_conv(
                 x, kernel, strides=layer.strides, padding=layer.padding, data_format=layer.data_format,
@@ -422,24 +421,28 @@ def _fold_pairs(model) -> dict:
         if not isinstance(bn, keras.layers.BatchNormalization) or bn.axis not in (-1, len(bn.input.shape) - 1):
             continue
         try:
-            producer = bn.input._keras_history[0]
+            linear = producer(bn.input)
         except (AttributeError, ValueError):
             continue
-        if not isinstance(producer, _WEIGHTED) or not _is_linear_activation(producer.activation):
+        if not isinstance(linear, _WEIGHTED) or not _is_linear_activation(linear.activation):
             continue
-        if _only_consumer(producer, ref.models) is bn:
-            pairs[id(producer)] = bn
+        if _only_consumer(linear, ref.models) is bn:
+            pairs[id(linear)] = bn
     return pairs
 
 
 def _pad_pairs(model) -> dict:
     """``id(convolution) -> ZeroPadding2D`` for every zero padding whose only consumer is a 2-D convolution
-    (or depthwise convolution) with ``"valid"`` padding, stride any, no dilation, channels last.
+    with ``"valid"`` padding, stride any, no dilation, channels last.
 
     The convolution then pads inside itself (explicit padding) and the padding layer passes its input
-    through: no padded copy forward and no slice backward. MobileNetV2 pads this way before each of its
-    four stride-2 depthwise convolutions; on a 2-core CPU one of them forward and backward (8 images,
-    112x112x96) measured 95 ms padded then convolved, against 50 ms with the padding inside.
+    through: no padded copy forward and no slice backward (ResNet pads this way before its 7x7 stem).
+
+    Depthwise convolutions keep their padding layer, although padding inside them measured faster (MobileNetV2's
+    stride-2 blocks, 8 images at 112x112x96: 95 ms padded then convolved, 50 ms inside): in TensorFlow 2.19,
+    2.20 and 2.21 a graph with an explicitly padded ``DepthwiseConv2dNative`` followed by a bias add aborts
+    the whole process (grappler fuses the two, then "Check failed: ... Invalid index from the dimension:
+    1, 0, H" in ``tensor_format.h``); ``padded_cnn`` in ``tests/test_rules.py`` has that pattern.
     """
     pairs = {}
     for ref in iter_layers(model):
@@ -448,7 +451,7 @@ def _pad_pairs(model) -> dict:
             continue
         conv = _only_consumer(pad, ref.models)
         if (
-            type(conv) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+            type(conv) is keras.layers.Conv2D
             and conv.padding == "valid"
             and conv.data_format == "channels_last"
             and all(d == 1 for d in conv.dilation_rate)
