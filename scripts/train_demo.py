@@ -9,8 +9,10 @@ deterministically on the CPU, measures
 * Grad-CAM pointing-game hit rates: on the rail for misclassified trap pools, on the class's own
   object (water, sink, bed) for correctly classified clean photos,
 
-and writes ``demo_model.keras``, ``demo_model.json`` (metadata and the figures), a few PNG images in
-Keras ``image_dataset_from_directory`` layout and their masks (``masks.npz``).
+and writes ``demo_weights.npz`` (the weights as plain arrays, loaded into the architecture that
+``cnn_exposed.bundled`` builds in code, so every Keras 3 can read them), ``demo_model.json`` (metadata
+and the figures), a few PNG images in Keras ``image_dataset_from_directory`` layout and their masks
+(``masks.npz``).
 
 Usage::
 
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cnn_exposed as ce  # noqa: E402
-from cnn_exposed import demo  # noqa: E402
+from cnn_exposed import bundled, demo  # noqa: E402
 
 TRAIN_SIZE = 3000
 LEARNING_RATE = 2e-3  # peak; cosine decay to 0 over the run
@@ -48,35 +50,8 @@ CAM_LAYER = "base/last_conv"
 
 
 def build_model() -> keras.Model:
-    """A small convolutional base (24 x 24 x 64 output) nested in a Sequential classification head."""
-
-    def block(filters: int, name: str, strides: int = 1) -> list:
-        return [
-            keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name),
-            keras.layers.BatchNormalization(name=f"{name}_bn"),
-            keras.layers.ReLU(name=f"{name}_relu"),
-        ]
-
-    base = keras.Sequential(
-        [
-            keras.Input((demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)),
-            *block(16, "conv1", strides=2),  # 48 x 48
-            *block(32, "conv2"),
-            keras.layers.MaxPooling2D(name="pool2"),  # 24 x 24
-            *block(64, "conv3"),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="last_conv"),
-        ],
-        name="base",
-    )
-    return keras.Sequential(
-        [
-            keras.Input((demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)),
-            base,
-            keras.layers.GlobalAveragePooling2D(name="gap"),
-            keras.layers.Dense(len(demo.CLASS_NAMES), activation="softmax", name="predictions"),
-        ],
-        name="hotel_classifier",
-    )
+    """The demo architecture (``cnn_exposed.bundled.build_demo_model``: the package builds it the same way)."""
+    return bundled.build_demo_model((demo.IMAGE_SIZE, demo.IMAGE_SIZE), len(demo.CLASS_NAMES))
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
@@ -169,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=demo.data_dir() / "demo")
+    parser.add_argument("--out", type=Path, default=bundled.data_dir() / "demo")
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, shuffle=True, verbose=2)
     train_seconds = time.perf_counter() - start
 
-    model_path = out / "demo_model.keras"
-    model.save(model_path)
+    model_path = out / bundled.DEMO_WEIGHTS
+    bundled.save_weights(model, model_path)
     figures = evaluate(model, args.seed)
     save_bundle(out, args.seed)
     meta = {
@@ -215,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training_seconds": round(train_seconds, 1),
         "training_seconds_data": round(data_seconds, 1),
         "training_seconds_fit": round(train_seconds - data_seconds, 1),
-        "model_bytes": model_path.stat().st_size,
+        "weights_bytes": model_path.stat().st_size,
     }
     (out / "demo_model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -237,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"training time             {meta['training_seconds']:.1f} s  (images {data_seconds:.1f} s, "
         f"fit {train_seconds - data_seconds:.1f} s)"
     )
-    print(f"model file                {meta['model_bytes'] / 1024:.0f} KiB  ({model_path})")
+    print(f"weights file              {meta['weights_bytes'] / 1024:.0f} KiB  ({model_path})")
     return meta
 
 

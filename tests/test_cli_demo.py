@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from cnn_exposed import demo
 from cnn_exposed.cli import main
@@ -29,3 +33,19 @@ def test_demo_command_writes_the_report_and_states_the_finding(tmp_path, capsys)
     pairs = {(p["true"], p["predicted"]): p["count"] for p in summary["confusion_pairs"]}
     assert pairs.get(("pool", "bathroom")) == called
     assert "pool → bathroom" in (out / "index.html").read_text()
+
+
+def test_installed_command_runs_the_demo_from_any_folder(tmp_path):
+    """The console script of the installed package, run outside the repository: the demo model, images and
+    masks come with the package (no clone, no CNN_EXPOSED_DATA)."""
+    script = Path(sys.executable).with_name("cnn-exposed")
+    assert script.is_file(), f"no console script next to {sys.executable}: is the package installed?"
+    env = {k: v for k, v in os.environ.items() if k != "CNN_EXPOSED_DATA"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run(
+        [str(script), "demo", "--method", "gradcam", "--out", "report"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"finding: \d+ of 8 trap pools .* rails in \d+ of those \d+", done.stdout), done.stdout
+    assert (tmp_path / "report" / "index.html").is_file()

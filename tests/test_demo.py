@@ -1,7 +1,8 @@
 """The shortcut demo: the generator's ground truth, and the shipped model that learned "rail -> bathroom".
 
-The model tests load the shipped ``data/demo/demo_model.keras`` (written by ``scripts/train_demo.py``;
-they fail when it is missing); nothing is trained here.
+The model tests build the demo architecture and load the shipped weights (``data/demo/demo_weights.npz``,
+written by ``scripts/train_demo.py``; they fail when it is missing), as ``load_model("demo")`` does on every
+supported Keras; nothing is trained here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import numpy as np
 import pytest
 
 import cnn_exposed as ce
-from cnn_exposed import demo
+from cnn_exposed import bundled, demo
 
 POOL, BATHROOM, BEDROOM = (demo.CLASS_NAMES.index(c) for c in ("pool", "bathroom", "bedroom"))
 TOLERANCE_PX = 4  # pointing game: mask grown by 4 px (4 % of 96; Zhang et al. use 15 px at 224, 6.7 %)
 
-MODEL_PATH = demo.data_dir() / "demo" / "demo_model.keras"
-META_PATH = demo.data_dir() / "demo" / "demo_model.json"
+WEIGHTS_PATH = bundled.data_dir() / "demo" / bundled.DEMO_WEIGHTS
+META_PATH = bundled.data_dir() / "demo" / bundled.DEMO_METADATA
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +149,15 @@ def test_unknown_split_is_rejected():
 @pytest.fixture(scope="module")
 def shipped():
     meta = json.loads(META_PATH.read_text())
-    model = keras.models.load_model(MODEL_PATH)
-    return model, meta
+    loaded = ce.load_model("demo")
+    assert loaded.metadata == meta and loaded.class_names == meta["class_names"]
+    return loaded.model, meta
 
 
 @pytest.fixture(scope="module")
 def clean_eval(shipped):
     model, meta = shipped
-    images, labels, masks = demo.generate(300, "clean", seed=meta["seed"])
+    images, labels, masks = demo.generate(meta["clean_eval_size"], "clean", seed=meta["seed"])
     preds = model.predict(images.astype("float32") / 255.0, verbose=0).argmax(axis=1)
     return images, labels, masks, preds
 
@@ -163,7 +165,7 @@ def clean_eval(shipped):
 @pytest.fixture(scope="module")
 def trap_eval(shipped):
     model, meta = shipped
-    images, labels, masks = demo.generate(100, "trap", seed=meta["seed"])
+    images, labels, masks = demo.generate(meta["trap_eval_size"], "trap", seed=meta["seed"])
     preds = model.predict(images.astype("float32") / 255.0, verbose=0).argmax(axis=1)
     return images, labels, masks, preds
 
@@ -206,7 +208,7 @@ def test_shipped_model_is_a_base_model_nested_in_a_sequential_head(shipped):
     assert ce.find_last_spatial_layer(model).path == meta["cam_layer"] == "base/last_conv"
     assert meta["class_names"] == list(demo.CLASS_NAMES)
     assert meta["preprocessing"] == "scale_0_1" and meta["input_size"] == [96, 96]
-    assert MODEL_PATH.stat().st_size < 2 * 1024 * 1024
+    assert WEIGHTS_PATH.stat().st_size < 1024 * 1024
 
 
 def test_shipped_model_is_accurate_on_clean_held_out_photos(clean_eval):
@@ -229,11 +231,11 @@ def test_metadata_figures_match_the_shipped_model(shipped, clean_eval, trap_eval
     _, meta = shipped
     _, labels, _, preds = clean_eval
     _, _, _, trap_preds = trap_eval
-    # The metadata was measured on 600 clean / 200 trap images; these are the first 300 / 100 of them.
-    assert abs(meta["clean_accuracy"] - (preds == labels).mean()) <= 0.04
-    assert abs(meta["trap_bathroom_rate"] - (trap_preds == BATHROOM).mean()) <= 0.12
+    # The very images the metadata was measured on (600 clean, 200 trap), on whatever Keras, TensorFlow and
+    # OpenCV this runs with: at most 2 of 600 and 1 of 200 predictions may flip on rounding near a tie.
+    assert abs(meta["clean_accuracy"] - (preds == labels).mean()) <= 2 / len(labels) + 1e-9
+    assert abs(meta["trap_bathroom_rate"] - (trap_preds == BATHROOM).mean()) <= 1 / len(trap_preds) + 1e-9
     assert meta["clean_accuracy"] >= 0.9 and meta["trap_bathroom_rate"] >= 0.6
-    assert meta["keras_version"] == keras.__version__
 
 
 def test_gradcam_points_at_the_rail_when_a_pool_is_called_bathroom(shipped, trap_eval):
@@ -269,6 +271,17 @@ def test_gradcam_points_at_the_own_object_on_correct_clean_photos(shipped, clean
 # ----------------------------------------------------------------------------------------------------
 
 
+def assert_same_drawing(bundled_pixels: np.ndarray, generated: np.ndarray) -> None:
+    """The generator redraws the bundled images exactly with the OpenCV that wrote them; other OpenCV
+    releases rasterise a few antialiased edge pixels differently (OpenCV 4.8 against 5.0: 28 of 110,592
+    pixels of the 12 clean images, one bed-mask pixel in 6,500). A real change moves far more."""
+    assert bundled_pixels.shape == generated.shape
+    differ = bundled_pixels != generated
+    if differ.ndim == 4:
+        differ = differ.any(axis=-1)
+    assert differ.mean() <= 1e-3, f"{differ.mean():.2%} of pixels differ"
+
+
 def test_bundled_clean_images_are_the_first_generated_ones_with_their_masks(shipped):
     _, meta = shipped
     images, labels, masks = demo.load_images("clean")
@@ -276,10 +289,10 @@ def test_bundled_clean_images_are_the_first_generated_ones_with_their_masks(ship
     np.testing.assert_array_equal(np.bincount(labels, minlength=3), [4, 4, 4])
     gen_images, gen_labels, gen_masks = demo.generate(12, "clean", seed=meta["seed"])
     order = np.argsort(gen_labels, kind="stable")  # files are grouped by class folder
-    np.testing.assert_array_equal(images, gen_images[order])
+    assert_same_drawing(images, gen_images[order])
     np.testing.assert_array_equal(labels, gen_labels[order])
     for key in demo.MASK_KEYS:
-        np.testing.assert_array_equal(masks[key], gen_masks[key][order])
+        assert_same_drawing(masks[key], gen_masks[key][order])
 
 
 def test_bundled_trap_images_are_pools_with_rail_masks(shipped):
@@ -289,8 +302,8 @@ def test_bundled_trap_images_are_pools_with_rail_masks(shipped):
     assert (labels == POOL).all()
     assert masks["rail"].any(axis=(1, 2)).all()
     gen_images, _, gen_masks = demo.generate(8, "trap", seed=meta["seed"])
-    np.testing.assert_array_equal(images, gen_images)
-    np.testing.assert_array_equal(masks["rail"], gen_masks["rail"])
+    assert_same_drawing(images, gen_images)
+    assert_same_drawing(masks["rail"], gen_masks["rail"])
 
 
 def test_load_images_rejects_the_train_split():

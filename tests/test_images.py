@@ -51,7 +51,7 @@ def test_transparent_pixels_composite_over_white(tmp_path):
     arr = np.zeros((4, 4, 4), np.uint8)
     arr[..., 0] = 200
     arr[:2, :, 3] = 255  # top half opaque red, bottom half fully transparent
-    Image.fromarray(arr, "RGBA").save(tmp_path / "t.png")
+    Image.fromarray(arr).save(tmp_path / "t.png")  # (4, 4, 4) uint8 is RGBA
     out = read_image(tmp_path / "t.png")
     assert out[0, 0].tolist() == [200, 0, 0] and out[3, 3].tolist() == [255, 255, 255]
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import demo, images, metrics, visualisation  # submodules as attributes: ce.demo, ce.metrics, ...
+from . import bundled, demo, images, metrics, visualisation  # submodules as attributes: ce.demo, ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -77,6 +77,7 @@ __all__ = [
     "SmoothGrad",
     "TargetError",
     "Visualisation",
+    "bundled",
     "colorize",
     "demo",
     "explain",

@@ -213,8 +213,9 @@ def _demo(args, echo=print) -> int:
 
     from . import demo
     from .attribution import explain
+    from .bundled import data_dir
     from .metrics import pointing_game
-    from .models import data_dir, load_model
+    from .models import load_model
 
     loaded = load_model("demo")
     root = data_dir() / "demo" / "images"

@@ -29,7 +29,7 @@ import zlib
 import cv2
 import numpy as np
 
-from .models import data_dir
+from .bundled import data_dir
 
 CLASS_NAMES: tuple[str, ...] = ("pool", "bathroom", "bedroom")
 """The class names; labels are indices into this tuple."""
@@ -697,7 +697,8 @@ def object_mask(labels: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def load_images(split: str = "clean") -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The small image set bundled in ``data/demo/`` (written by ``scripts/train_demo.py``).
+    """The small image set bundled with the package (``data/demo/`` in the repository, written by
+    ``scripts/train_demo.py``).
 
     Images are read from ``data/demo/images/<split>/<class_name>/<name>.png`` in sorted order, masks
     from ``data/demo/masks.npz`` (keys ``"<split>/<class_name>/<name>/<kind>"``).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .bundled import demo_metadata, demo_model
 from .errors import CnnExposedError, ModelError
 
 # name -> (keras.applications constructor, preprocessing module, input size)
@@ -36,11 +35,6 @@ PREPROCESSING = ("scale_0_1", "scale_-1_1", "none")
 
 class OfflineError(CnnExposedError):
     """Weights that have to be downloaded, asked for without a network."""
-
-
-def data_dir() -> Path:
-    """The repository's ``data/`` folder (override with the ``CNN_EXPOSED_DATA`` environment variable)."""
-    return Path(os.environ.get("CNN_EXPOSED_DATA", Path(__file__).resolve().parents[2] / "data"))
 
 
 def preprocessing_function(kind: str | Callable | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -127,16 +121,8 @@ def _output_classes(model: keras.Model) -> int:
 
 
 def _load_demo() -> LoadedModel:
-    folder = data_dir() / "demo"
-    meta_path, model_path = folder / "demo_model.json", folder / "demo_model.keras"
-    if not model_path.exists():
-        raise ModelError(
-            f"The bundled demo model is missing ({model_path}). Install from a clone of the repository "
-            "with 'pip install -e .', or set CNN_EXPOSED_DATA to the repository's data/ folder; "
-            "'python scripts/train_demo.py' rebuilds it."
-        )
-    meta = json.loads(meta_path.read_text())
-    model = keras.models.load_model(model_path, compile=False)
+    meta = demo_metadata()
+    model = demo_model()
     return LoadedModel(
         model=model,
         preprocess=preprocessing_function(meta["preprocessing"]),
