@@ -30,14 +30,13 @@ def badge(name: str) -> str:
     )
 
 
-SETUP = f"""# Setup: in Colab, install cnn-exposed from its repository; locally (or in CI) use the installed package.
-import os, sys, subprocess
+SETUP = f"""# Setup: in Colab, install cnn-exposed from its repository (a normal, non-editable install that changes none of
+# Colab's preinstalled packages, so no runtime restart); locally (or in CI) use the installed package.
+import os, sys, subprocess, importlib.util
 
 IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB and not os.path.exists("/content/cnn-exposed"):
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/{REPO}.git", "/content/cnn-exposed"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cnn-exposed"], check=True)
-    sys.path.insert(0, "/content/cnn-exposed/src")
+if IN_COLAB and importlib.util.find_spec("cnn_exposed") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "cnn-exposed @ git+https://github.com/{REPO}.git"], check=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
@@ -269,7 +268,7 @@ the notebook goes on."""
 if imagenet is None:
     print("Skipping the ImageNet section: its weights cannot be downloaded here.")
 else:
-    photos, _ = ce.images.collect_images([ce.models.data_dir() / "images"])
+    photos, _ = ce.images.collect_images([ce.bundled.data_dir() / "images"])
     batch = np.stack([ce.images.resize_image(ce.images.read_image(f.path), imagenet.input_size) for f in photos])
     exps = {m: ce.explain(imagenet.model, batch, m, preprocess=imagenet.preprocess) for m in ("gradcam", "integrated_gradients")}
     ce.plot_explanations(exps, imagenet.class_names); plt.show()"""

@@ -38,5 +38,8 @@ def test_colab_badge_setup_and_one_configuration_cell(path):
     assert "colab.research.google.com/github/" in first and f"notebooks/{path.name}" in first
     sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert "google.colab" in sources[0] and "list_physical_devices" in sources[0]
+    # Colab installs the package like any user would: not editable, no sys.path games.
+    assert "cnn-exposed @ git+https://github.com/" in sources[0]
+    assert "sys.path" not in sources[0] and " -e" not in sources[0]
     assert sum("CONFIGURATION" in s for s in sources) == 1
     assert any("# NBVAL_CHECK_OUTPUT" in s for s in sources)
