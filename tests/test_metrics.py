@@ -74,6 +74,32 @@ def test_spearman_and_ssim():
     assert metrics.ssim(a, np.random.default_rng(1).random((2, 12, 12))).max() < 0.5
 
 
+def test_spearman_ranks_ties_by_their_average_rank_as_scipy_does():
+    scipy_stats = pytest.importorskip("scipy.stats")  # a dependency of tf-keras-vis, so of the test suite
+    rng = np.random.default_rng(4)
+    # ReLU'd maps: about half of each map is exactly 0, the case where ranking ties by position misleads.
+    x = np.maximum(rng.normal(size=(5, 9, 11)), 0)
+    y = np.maximum(rng.normal(size=(5, 9, 11)) + 0.5 * x, 0)
+    expected = [scipy_stats.spearmanr(u.ravel(), v.ravel()).statistic for u, v in zip(x, y)]
+    np.testing.assert_allclose(metrics.spearman(x, y), expected, rtol=1e-12)
+    # Two maps that share only their zeros are unrelated where they are non-zero: no similarity from ties.
+    u, v = np.zeros((1, 100)), np.zeros((1, 100))
+    u[0, :10], v[0, 90:] = rng.random(10), rng.random(10)
+    assert metrics.spearman(u, v)[0] < 0
+    np.testing.assert_array_equal(metrics.average_ranks(np.array([[3.0, 1.0, 3.0, 0.0]])), [[2.5, 1.0, 2.5, 0.0]])
+
+
+@pytest.mark.parametrize("shape", [(40, 33), (11, 16), (64, 64)])
+def test_ssim_equals_tensorflows_reference_implementation(shape):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    a = rng.random((3, *shape))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    expected = tf.image.ssim(tf.constant(a[..., None]), tf.constant(b[..., None]), max_val=1.0).numpy()
+    np.testing.assert_allclose(metrics.ssim(a, b), expected, rtol=1e-5)
+
+
 def edge_detector(model, x):
     """An 'attribution' that ignores the model: the image's gradient magnitude."""
     gray = np.asarray(x, np.float32).mean(-1)

@@ -166,30 +166,54 @@ def insertion_curve(model, images, maps, **options) -> Curves:
 
 
 # ------------------------------------------------------------------------------------------ similarity
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks of each row of ``values`` ``(N, D)``, ties given the mean of the ranks they span (``scipy.stats.
+    rankdata``'s "average"): ReLU'd maps share many zeros, and ranking those by position would make two maps
+    look alike for nothing."""
+    values = np.asarray(values)
+    out = np.empty(values.shape, np.float64)
+    for i, row in enumerate(values):
+        order = np.argsort(row, kind="stable")
+        sorted_row = row[order]
+        starts = np.flatnonzero(np.r_[True, sorted_row[1:] != sorted_row[:-1]])
+        ends = np.r_[starts[1:], len(row)]
+        mean_rank = (starts + ends - 1) / 2.0  # 0-based ranks starts .. ends-1, averaged
+        out[i, order] = np.repeat(mean_rank, ends - starts)
+    return out
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of each pair of maps, ``(N,)``."""
-
-    def ranks(v):
-        flat = v.reshape(len(v), -1)
-        r = np.empty_like(flat, dtype=np.float64)
-        r[np.arange(len(flat))[:, None], np.argsort(flat, axis=1, kind="stable")] = np.arange(flat.shape[1])
-        return r
-
-    ra, rb = ranks(np.asarray(a)), ranks(np.asarray(b))
+    """Spearman rank correlation of each pair of maps, ``(N,)``, ties ranked by their average rank (the
+    Pearson correlation of :func:`average_ranks`, as ``scipy.stats.spearmanr``); 0 where a map is constant."""
+    a, b = np.asarray(a), np.asarray(b)
+    ra, rb = average_ranks(a.reshape(len(a), -1)), average_ranks(b.reshape(len(b), -1))
     ra -= ra.mean(1, keepdims=True)
     rb -= rb.mean(1, keepdims=True)
     den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
     return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Structural similarity (Gaussian window σ = 1.5) of each pair of maps in [0, 1], ``(N,)``."""
-    c1, c2 = 0.01**2, 0.03**2
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> np.ndarray:
+    """Structural similarity of each pair of maps ``(N, H, W)`` with values in ``[0, data_range]``, ``(N,)``.
+
+    Wang et al. (2004) as they published it and as ``tf.image.ssim`` computes it: an 11 x 11 Gaussian window of
+    σ = 1.5 (smaller for maps under 11 px), constants K1 = 0.01 and K2 = 0.03, local statistics where the
+    window fits inside the map, averaged.
+    """
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    size = min(11, *a.shape[1:3])
+    size -= 1 - size % 2  # odd, so the window has a centre
+    g, r = cv2.getGaussianKernel(size, 1.5), size // 2
+
+    def local_mean(v):  # the window's weighted mean where it fits inside the map ("valid")
+        full = cv2.sepFilter2D(v, cv2.CV_64F, g, g, borderType=cv2.BORDER_CONSTANT)
+        return full[r : v.shape[0] - r, r : v.shape[1] - r]
+
     out = []
-    for x, y in zip(np.asarray(a, np.float64), np.asarray(b, np.float64)):
-        blur = lambda v: cv2.GaussianBlur(v, (0, 0), 1.5)  # noqa: E731
-        mx, my = blur(x), blur(y)
-        sx, sy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    for x, y in zip(a, b):
+        mx, my = local_mean(x), local_mean(y)
+        sx, sy, sxy = local_mean(x * x) - mx**2, local_mean(y * y) - my**2, local_mean(x * y) - mx * my
         s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sx + sy + c2))
         out.append(s.mean())
     return np.asarray(out)
