@@ -64,6 +64,17 @@ def test_separate_softmax_activation_layer_and_logit_models():
         np.testing.assert_allclose(exp.probabilities, with_act.predict(x, verbose=0), rtol=1e-5)
 
 
+def test_multi_label_sigmoid_model_reports_independent_probabilities():
+    model = small_cnn(classes=4, activation="sigmoid")
+    x = images(5)
+    p = model.predict(x, verbose=0)
+    exp = ce.explain(model, x, "saliency", target=2)
+    np.testing.assert_allclose(exp.probabilities, p, rtol=1e-5)  # not a softmax over the labels
+    np.testing.assert_allclose(exp.scores, np.log(p[:, 2] / (1 - p[:, 2])), rtol=1e-3, atol=1e-5)
+    prob = ce.explain(model, x, "saliency", target=2, score="probability")
+    np.testing.assert_allclose(prob.scores, p[:, 2], rtol=1e-5)
+
+
 def test_binary_sigmoid_model():
     model = small_cnn(classes=1, activation="sigmoid")
     x = images(6)

@@ -176,6 +176,36 @@ def test_class_visualisation_titles():
     assert np.all(vis.objective > vis.start_objective)
 
 
+def head_model(units: int, activation: str):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation=ACT, name="c1")(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(units, activation=activation, name="head")(h))
+
+
+def test_class_visualisation_of_a_binary_sigmoid_model_maximises_each_class_logit():
+    # One sigmoid unit z: class 1's logit is z, class 0's is -z (as in attribution).
+    model = head_model(1, "sigmoid")
+    vis = visualise_classes(model, [0, 1], ["cat", "dog"], **FAST)
+    assert vis.labels == ["cat", "dog"]
+    z = keras.Model(model.inputs, model.get_layer("head").output)  # probabilities; their logit is z
+    p = z.predict(vis.images.astype("float32") / 255.0, verbose=0)[:, 0]
+    assert p[0] < p[1], p  # class 0's image pushed z down, class 1's pushed it up
+    assert np.all(vis.objective > vis.start_objective)
+    np.testing.assert_allclose(vis.objective, [-np.log(p[0] / (1 - p[0])), np.log(p[1] / (1 - p[1]))], rtol=1e-3)
+    with pytest.raises(ce.ModelError, match="the model has 2 classes"):
+        visualise_classes(model, [2], **FAST)
+
+
+def test_class_visualisation_of_a_multi_label_model_maximises_that_units_logit():
+    model = head_model(4, "sigmoid")
+    vis = visualise_classes(model, [3], **FAST)
+    p = model.predict(vis.images.astype("float32") / 255.0, verbose=0)[0]
+    np.testing.assert_allclose(vis.objective[0], np.log(p[3] / (1 - p[3])), rtol=1e-3)
+    assert vis.objective[0] > vis.start_objective[0]
+
+
 def test_affine_colour_maps_of_common_preprocessings():
     m, b = affine_colour_map(keras.applications.mobilenet_v2.preprocess_input)
     np.testing.assert_allclose(m, np.eye(3) / 127.5, atol=1e-6)

@@ -120,7 +120,7 @@ class Engine:
             logits, probs = None, out
         else:
             logits = out
-            if self.binary:
+            if self.binary or self.head.activation == "sigmoid":  # one unit, or K independent labels
                 probs = ops.sigmoid(out)
             else:
                 probs = ops.softmax(out, axis=-1)

@@ -144,10 +144,18 @@ def neuron(layer, index: int | Sequence[int], position: tuple[int, int] | None =
 
 
 def class_logit(index: int | Sequence[int]) -> Objective:
-    """The pre-softmax score of class ``index`` (per image: ``index[i]``)."""
+    """The pre-softmax (or pre-sigmoid) score of class ``index`` (per image: ``index[i]``).
+
+    A one-unit sigmoid model has two classes, as everywhere in cnn-exposed: class 1's logit is the unit's
+    ``z`` and class 0's is ``-z``. A K-unit sigmoid (multi-label) model has K classes, each its unit's logit.
+    """
     idx = _per_image(index, "class index")
+
+    def two_class(z):
+        return ops.concatenate([-z, z], axis=-1) if z.shape[-1] == 1 else z
+
     obj = Objective(
-        lambda _, z: _gather_last(z, idx, z.shape[0]),
+        lambda _, z: _gather_last(two_class(z), idx, z.shape[0]),
         (),
         uses_logits=True,
         description=f"class logit {index}",

@@ -457,7 +457,7 @@ def visualise_classes(
     classes = [int(c) for c in classes]
     head = classifier_head(model)
     count = 2 if head.units == 1 else head.units
-    bad = [c for c in classes if not 0 <= c < head.units]
+    bad = [c for c in classes if not 0 <= c < count]
     if bad:
         raise ModelError(f"Class {bad[0]} is out of range: the model has {count} classes.")
     names = [class_names[c] if class_names is not None else f"class {c}" for c in classes]
