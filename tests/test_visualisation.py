@@ -206,6 +206,18 @@ def test_class_visualisation_of_a_multi_label_model_maximises_that_units_logit()
     assert vis.objective[0] > vis.start_objective[0]
 
 
+@pytest.mark.parametrize("size", [33, 35])
+@pytest.mark.parametrize("parameterisation", ["fourier", "pixels"])
+def test_odd_image_sizes(size, parameterisation):
+    # 299 x 299 (InceptionV3, Xception) and other odd sizes: the half spectrum of an odd width is as wide as
+    # that of the even width below it, so the inverse FFT must be told the size.
+    vis = visualise_filters(conv_model(), "c2", [0, 1], size=size, parameterisation=parameterisation, **{
+        k: v for k, v in FAST.items() if k != "size"
+    })  # fmt: skip
+    assert vis.images.shape == (2, size, size, 3)
+    assert np.all(vis.objective > vis.start_objective)
+
+
 def test_affine_colour_maps_of_common_preprocessings():
     m, b = affine_colour_map(keras.applications.mobilenet_v2.preprocess_input)
     np.testing.assert_allclose(m, np.eye(3) / 127.5, atol=1e-6)

@@ -425,10 +425,11 @@ class GradientAscent:
         return self.params.numpy()
 
 
-def irfft2(real, imag):
-    """The real image of a half spectrum ``(..., h, w // 2 + 1)`` given as real and imaginary parts: the
-    inverse of a 2-D real FFT over the last two axes (``keras.ops`` has the 1-D one only)."""
-    return tf.signal.irfft2d(tf.complex(real, imag))
+def irfft2(real, imag, shape: tuple[int, int]):
+    """The real ``shape = (h, w)`` image of a half spectrum ``(..., h, w // 2 + 1)`` given as real and imaginary
+    parts: the inverse of a 2-D real FFT over the last two axes (``keras.ops`` has the 1-D one only). The
+    shape must be given: an odd width and the even width below it have half spectra of the same size."""
+    return tf.signal.irfft2d(tf.complex(real, imag), fft_length=list(shape))
 
 
 def compiled(fn: Callable) -> Callable:

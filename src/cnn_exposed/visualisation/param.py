@@ -53,7 +53,7 @@ class FourierImage:
         from ..engine import irfft2
 
         real, imag = ops.unstack(params * self.scale, num=2, axis=0)
-        image = irfft2(real, imag)  # (n, 3, size, size)
+        image = irfft2(real, imag, (self.size, self.size))  # (n, 3, size, size)
         n = image.shape[0]
         mix = COLOR_DECORRELATION if self.decorrelate else np.eye(3, dtype=np.float32)
         # colour mixing and channels-last in one contraction (a separate transpose costs as much again)
