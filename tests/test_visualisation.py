@@ -218,6 +218,40 @@ def test_odd_image_sizes(size, parameterisation):
     assert np.all(vis.objective > vis.start_objective)
 
 
+def gray_model():
+    """A grayscale classifier with separable convolutions (like a small face-expression model)."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((24, 24, 1))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation=ACT, name="c1")(inp)
+    h = keras.layers.SeparableConv2D(6, 3, padding="same", activation=ACT, name="s1")(h)
+    out = keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inp, out)
+
+
+@pytest.mark.parametrize("parameterisation", ["fourier", "pixels"])
+def test_grayscale_models_get_one_channel_images(parameterisation, tmp_path):
+    model = gray_model()
+    vis = visualise_filters(model, "s1", [0, 1, 2], parameterisation=parameterisation, **FAST)
+    assert vis.images.shape == (3, 32, 32, 1) and vis.images.dtype == np.uint8
+    assert np.all(vis.objective > vis.start_objective)
+    # The objective is the model's own on the final image (a gray image, scaled as preprocess would).
+    x = vis.images.astype("float32") / 255.0
+    np.testing.assert_allclose(
+        evaluate_objective(model, channel("s1", [0, 1, 2]), vis.images), vis.objective, rtol=1e-4, atol=1e-6
+    )
+    assert x.std() > 0.01  # not flat grey
+    vis.save_grid(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    cls = visualise_classes(model, [4], **FAST)
+    assert cls.images.shape == (1, 32, 32, 1) and cls.objective[0] > cls.start_objective[0]
+
+
+def test_affine_colour_map_of_a_grayscale_preprocessing():
+    m, b = affine_colour_map(lambda im: im.astype(np.float32) / 127.5 - 1.0, channels=1)
+    np.testing.assert_allclose(m, [[1 / 127.5]], rtol=1e-6)
+    np.testing.assert_allclose(b, [-1.0], atol=1e-6)
+
+
 def test_affine_colour_maps_of_common_preprocessings():
     m, b = affine_colour_map(keras.applications.mobilenet_v2.preprocess_input)
     np.testing.assert_allclose(m, np.eye(3) / 127.5, atol=1e-6)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from ..layers import is_nested_model, iter_layers, layer_output_shape
+from ..plotting import to_uint8
 from .render import Visualisation, visualise_filters
 
 
@@ -24,7 +25,7 @@ def plot_grid(vis: Visualisation, ncols: int | None = None, title: str | None = 
     for ax in axes:
         ax.axis("off")
     for i in range(n):
-        axes[i].imshow(vis.images[i])
+        axes[i].imshow(to_uint8(vis.images[i]))  # grayscale shown as gray
         axes[i].set_title(f"{vis.labels[i]}\n{vis.objective[i]:.3g}", fontsize=7)
     if title is None and vis.layer:
         title = f"{vis.layer} ({vis.params.get('parameterisation')}, {vis.params.get('steps')} steps)"
@@ -87,7 +88,7 @@ def network_walk(
             ax = axes[r, c]
             ax.axis("off")
             if c < len(vis):
-                ax.imshow(vis.images[c])
+                ax.imshow(to_uint8(vis.images[c]))
                 ax.set_title(f"{vis.labels[c]}", fontsize=7)
         axes[r, 0].text(
             -0.08, 0.5, layer, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8
@@ -116,7 +117,6 @@ def plot_activation_maps(
 
     from ..engine import engine_for
     from ..inputs import prepare_images
-    from ..plotting import to_uint8
 
     engine = engine_for(model, layer)
     display, x = prepare_images(image, engine.input_shape, preprocess)

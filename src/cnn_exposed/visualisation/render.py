@@ -37,7 +37,8 @@ class Visualisation:
 
     Attributes
     ----------
-    images : (N, size, size, 3) uint8
+    images : (N, size, size, C) uint8
+        C is the model's channel count: 3 (RGB) or 1 (grayscale), or any other.
     objective : (N,) float32
         Each image's objective on its final uint8 image passed through ``preprocess`` (no transforms).
     start_objective : (N,) float32
@@ -76,19 +77,20 @@ class Visualisation:
         plt.close(fig)
 
 
-def affine_colour_map(preprocess: Callable | None) -> tuple[np.ndarray, np.ndarray]:
-    """``preprocess`` (uint8 RGB -> model input) as ``x @ M.T + b`` on pixel values in [0, 255].
+def affine_colour_map(preprocess: Callable | None, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``preprocess`` (uint8 images of ``channels`` channels -> model input) as ``x @ M.T + b`` on pixel values
+    in [0, 255].
 
     The optimisation must differentiate through the preprocessing; common ones (scaling, mean/std, Caffe's
     BGR mean subtraction) are affine per pixel, so we measure ``M`` and ``b`` with probe images and check
     the fit on a random image.
     """
     if preprocess is None:
-        return np.eye(3, dtype=np.float32) / 255.0, np.zeros(3, dtype=np.float32)
-    probes = np.zeros((5, 4, 4, 3), dtype=np.uint8)
-    for c in range(3):
+        return np.eye(channels, dtype=np.float32) / 255.0, np.zeros(channels, dtype=np.float32)
+    probes = np.zeros((channels + 2, 4, 4, channels), dtype=np.uint8)
+    for c in range(channels):
         probes[1 + c, ..., c] = 255
-    probes[4] = np.random.default_rng(0).integers(0, 256, (4, 4, 3))
+    probes[-1] = np.random.default_rng(0).integers(0, 256, (4, 4, channels))
     out = np.asarray(preprocess(probes.copy()), dtype=np.float64)
     if out.shape != probes.shape:
         raise CnnExposedError(
@@ -96,10 +98,10 @@ def affine_colour_map(preprocess: Callable | None) -> tuple[np.ndarray, np.ndarr
             "per-pixel colour mapping (resize the model input instead)."
         )
     b = out[0, 0, 0]
-    m = np.stack([(out[1 + c, 0, 0] - b) / 255.0 for c in range(3)], axis=1)
-    predicted = probes[4].astype(np.float64) @ m.T + b
+    m = np.stack([(out[1 + c, 0, 0] - b) / 255.0 for c in range(channels)], axis=1)
+    predicted = probes[-1].astype(np.float64) @ m.T + b
     span = max(np.abs(out).max(), 1e-6)
-    if not np.allclose(predicted, out[4], atol=1e-3 * span):
+    if not np.allclose(predicted, out[-1], atol=1e-3 * span):
         raise CnnExposedError(
             "preprocess is not a per-pixel affine colour map (like x/255, x/127.5-1, mean/std or Caffe's BGR "
             "mean subtraction), so it cannot be differentiated through; pass one that is."
@@ -109,6 +111,12 @@ def affine_colour_map(preprocess: Callable | None) -> tuple[np.ndarray, np.ndarr
 
 def _input_size(model) -> tuple:
     return tuple(model.inputs[0].shape[1:3]) if getattr(model, "inputs", None) else (None, None)
+
+
+def input_channels(model) -> int:
+    """How many channels the model's images have (3 when the model does not say)."""
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    return int(shape[-1]) if len(shape) == 4 and shape[-1] is not None else 3
 
 
 def _default_size(model, size: int | None) -> int:
@@ -133,6 +141,7 @@ class _ObjectiveRunner:
         from ..attribution.rules import RuleSet
 
         self.model, self.objective, self.preprocess = model, objective, preprocess
+        self.channels = input_channels(model)
         self.refs = {spec: resolve_layer(model, spec) for spec in objective.layers}
         head = classifier_head(model) if objective.uses_logits else None
         record = tuple(self.refs.values()) or None
@@ -148,7 +157,7 @@ class _ObjectiveRunner:
         # ... and for the first steps, ReLUs with Lucid's redirected gradient (same forward pass)
         replace = RuleSet("redirect").replacements(model, head, keep) if redirect_relu else fast
         self.redirected_plan = Plan(record=record, logits=head, replace=replace, stop_when_recorded=stop)
-        self.colour_m, self.colour_b = colour if colour is not None else affine_colour_map(preprocess)
+        self.colour_m, self.colour_b = colour if colour is not None else affine_colour_map(preprocess, self.channels)
         in_shape = _input_size(model)
         self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
         self._compiled = compiled(functools.partial(self.values, exact=True))
@@ -166,7 +175,7 @@ class _ObjectiveRunner:
         return self.objective(acts, logits)
 
     def to_model_input(self, images01):
-        """[0, 1] RGB images -> model input, through the preprocessing's affine colour map."""
+        """[0, 1] images -> model input, through the preprocessing's affine colour map."""
         m = self.colour_m * 255.0
         if np.array_equal(m, np.diag(np.diag(m))):  # per-channel scaling (most preprocessings): no matmul
             x = images01 * np.diag(m) + self.colour_b
@@ -188,7 +197,7 @@ class _ObjectiveRunner:
 def evaluate_objective(
     model: keras.Model, objective: Objective, images: np.ndarray, preprocess: Callable | None = None
 ) -> np.ndarray:
-    """The objective's value ``(N,)`` on uint8 RGB ``images`` ``(N, H, W, 3)`` passed through ``preprocess``."""
+    """The objective's value ``(N,)`` on uint8 ``images`` ``(N, H, W, C)`` passed through ``preprocess``."""
     images = np.asarray(images)
     return _ObjectiveRunner(model, objective, preprocess, images.shape[1]).score(images)
 
@@ -206,7 +215,7 @@ class _Program:
 
     def __init__(self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour):
         self.runner = _ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour)
-        self.param = make_parameterisation(parameterisation, size)
+        self.param = make_parameterisation(parameterisation, size, self.runner.channels)
         self.transforms, self.size = transforms, size
         self.regs = [(REGULARISERS[name], weight) for name, weight in regs]
         self._ascent = None
@@ -262,7 +271,7 @@ def render(
         Seeds the initial image and every step's transformations: same seed, same images.
     parameterisation : "fourier" or "pixels"
     preprocess : callable or None
-        uint8 RGB -> model input, a per-pixel affine map (None: x / 255).
+        uint8 images (RGB, or the model's channel count) -> model input, a per-pixel affine map (None: x / 255).
     transforms : "standard", None or Transforms
     regularisers : dict
         Name -> weight, names from ``tv``, ``l1``, ``l2``, ``blur``.
@@ -288,7 +297,7 @@ def render(
         if name not in REGULARISERS:
             raise CnnExposedError(f"Unknown regulariser {name!r}; choose from {sorted(REGULARISERS)}.")
     regs = tuple((name, float(weight)) for name, weight in (regularisers or {}).items())
-    colour = affine_colour_map(preprocess)
+    colour = affine_colour_map(preprocess, input_channels(model))
     kind = parameterisation if isinstance(parameterisation, str) else id(parameterisation)
     key = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
     key += (bool(redirect_relu), colour[0].tobytes(), colour[1].tobytes())
