@@ -213,3 +213,18 @@ def test_offline_imagenet_weights_give_a_clear_message(monkeypatch):
     monkeypatch.setattr(keras.applications, "MobileNetV2", no_network)
     with pytest.raises(ce.models.OfflineError, match="Could not download the ImageNet weights of mobilenet_v2.*demo"):
         ce.load_model("mobilenet_v2")
+
+
+def test_a_grayscale_model_explains_ordinary_rgb_photos(tmp_path, workspace, capsys):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((24, 24, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    keras.Model(inp, out).save(tmp_path / "gray.keras")
+    report = tmp_path / "report"
+    code = main(["explain", str(tmp_path / "gray.keras"), str(workspace / "data"), "--method", "gradcam",
+                 "--out", str(report)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((report / "summary.json").read_text())
+    assert len(summary["images"]) == 11  # every readable photo, colour and gray alike
+    assert "explained 11 image(s), skipped 2" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cnn_exposed as ce
+from cnn_exposed.inputs import convert_channels
 from conftest import images, nested_and_flat
 
 
@@ -66,10 +67,8 @@ def test_bad_images(cnn):
         ce.explain(cnn, np.zeros((16, 16)), "saliency")
     with pytest.raises(ce.InputError, match="16x16 pixels but got 20x20.*Resize"):
         ce.explain(cnn, np.zeros((2, 20, 20, 3)), "saliency")
-    with pytest.raises(ce.InputError, match="3 channels but the images have 1.*np.repeat"):
-        ce.explain(cnn, np.zeros((2, 16, 16, 1)), "saliency")
-    with pytest.raises(ce.InputError, match="3 channels but the images have 4.*alpha"):
-        ce.explain(cnn, np.zeros((2, 16, 16, 4)), "saliency")
+    with pytest.raises(ce.InputError, match="3 channels but the images have 2"):
+        ce.explain(cnn, np.zeros((2, 16, 16, 2)), "saliency")  # gray + alpha: no conversion is obvious
     bad = images(3)
     bad[1, 2, 3, 0] = np.nan
     with pytest.raises(ce.InputError, match=r"1 NaN or infinite values \(in image\(s\) \[1\]\)"):
@@ -100,3 +99,34 @@ def test_multi_output_model():
     model = keras.Model(inp, [keras.layers.Dense(2)(h), keras.layers.Dense(3)(h)])
     with pytest.raises(ce.ModelError, match="output"):
         ce.explain(model, images(1, 8), "saliency")
+
+
+def gray_cnn():
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(inp)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    return keras.Model(inp, out)
+
+
+def test_rgb_photos_for_a_grayscale_model_are_converted_to_gray_and_said_so():
+    model = gray_cnn()
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+    gray = np.rint(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    prep = lambda im: np.asarray(im, np.float32) / 255.0  # noqa: E731
+    with pytest.warns(UserWarning, match="1-channel images and these have 3: converted to gray"):
+        exp = ce.explain(model, rgb, "gradcam", preprocess=prep)
+    expected = ce.explain(model, gray.astype(np.uint8), "gradcam", preprocess=prep)
+    np.testing.assert_allclose(exp.maps, expected.maps, rtol=1e-5, atol=1e-6)
+    assert exp.images.shape == (3, 16, 16, 3)  # heatmaps are drawn over the photos as given
+    np.testing.assert_array_equal(convert_channels(rgb[:1], 1), gray[:1].astype(np.uint8))
+
+
+def test_gray_images_for_an_rgb_model_are_repeated_into_rgb(cnn):
+    gray = images(2)[..., :1]
+    with pytest.warns(UserWarning, match="3-channel images and these have 1: converted to RGB"):
+        exp = ce.explain(cnn, gray, "saliency")
+    np.testing.assert_allclose(exp.attributions, ce.explain(cnn, np.repeat(gray, 3, -1), "saliency").attributions)
+    rgba = np.concatenate([images(2), np.ones((2, 16, 16, 1), np.float32)], axis=-1)
+    with pytest.warns(UserWarning, match="converted to RGB"):
+        ce.explain(cnn, rgba, "saliency")

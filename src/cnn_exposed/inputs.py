@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from .errors import InputError
+
+# ITU-R BT.601 luma, the weights of OpenCV's and Pillow's RGB -> gray conversion.
+LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def convert_channels(images: np.ndarray, channels: int) -> np.ndarray | None:
+    """``(N, H, W, C)`` images converted to ``channels`` channels: colour (RGB, or RGBA with the alpha
+    dropped) to gray by BT.601 luma, gray to RGB by repetition; None when no such conversion exists.
+    The dtype is kept (uint8 stays uint8, rounded)."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if channels == 1 and have in (3, 4):
+        gray = images[..., :3].astype(np.float32) @ LUMA
+        if images.dtype == np.uint8:
+            gray = np.clip(np.rint(gray), 0, 255)
+        return gray[..., None].astype(images.dtype)
+    if channels == 3 and have == 1:
+        return np.repeat(images, 3, axis=-1)
+    if channels == 3 and have == 4:
+        return images[..., :3]
+    return None
 
 
 def as_batch(images, what: str = "images") -> np.ndarray:
@@ -54,19 +77,25 @@ def prepare_images(images, input_shape: tuple, preprocess: Callable | None = Non
         The model input.
     """
     raw = as_batch(images)
-    if preprocess is not None:
-        try:
-            x = preprocess(raw.copy())
-        except Exception as err:  # the user's function: say where it failed
-            raise InputError(f"preprocess failed on images of shape {raw.shape}: {err}") from err
-        x = np.asarray(x)
-        if x.ndim == 3 and raw.ndim == 4 and len(x) == len(raw) and x.shape[1:] != raw.shape[1:]:
-            x = x[..., None]
-        x = as_batch(x, "preprocessed images")
-    else:
-        x = raw
-    x = np.asarray(x, dtype=np.float32)
     want = tuple(input_shape)
+    channels = want[-1] if len(want) == 3 else None
+    converted = convert_channels(raw, channels) if channels is not None and raw.shape[-1] != channels else None
+    try:
+        x = _model_input(raw, preprocess)
+    except InputError:
+        if converted is None:
+            raise
+        x = None  # a preprocessing written for the model's channel count: retried on converted images
+    if converted is not None and (x is None or x.shape[-1] != channels):
+        # RGB photos for a grayscale model (or gray ones for an RGB model): convert, and say so once.
+        x = _model_input(converted, preprocess)
+        warnings.warn(
+            f"The model takes {channels}-channel images and these have {raw.shape[-1]}: converted "
+            + ("to gray (BT.601 luma)." if channels == 1 else "to RGB.")
+            + " Heatmaps are drawn over the images as given.",
+            UserWarning,
+            stacklevel=3,
+        )
     if len(want) == 3:
         if want[-1] is not None and x.shape[-1] != want[-1]:
             hint = (
@@ -93,5 +122,18 @@ def prepare_images(images, input_shape: tuple, preprocess: Callable | None = Non
             f"The input holds {int(bad.sum())} NaN or infinite values (in image(s) "
             f"{images_hit[:10].tolist()}). Check the image loading and preprocessing."
         )
-    display = raw if preprocess is not None else x
+    display = raw if preprocess is not None or raw.shape[-1] != x.shape[-1] else x
     return display, x
+
+
+def _model_input(raw: np.ndarray, preprocess: Callable | None) -> np.ndarray:
+    if preprocess is None:
+        return np.asarray(raw, dtype=np.float32)
+    try:
+        x = preprocess(raw.copy())
+    except Exception as err:  # the user's function: say where it failed
+        raise InputError(f"preprocess failed on images of shape {raw.shape}: {err}") from err
+    x = np.asarray(x)
+    if x.ndim == 3 and raw.ndim == 4 and len(x) == len(raw) and x.shape[1:] != raw.shape[1:]:
+        x = x[..., None]
+    return np.asarray(as_batch(x, "preprocessed images"), dtype=np.float32)
