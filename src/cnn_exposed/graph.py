@@ -13,6 +13,7 @@ uses to call a functional model, ``Sequential``'s functional graph, a tensor's p
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,7 +198,7 @@ class Plan:
                 return run_model(_op, args[0], self, recorded)
 
         else:
-            fn = op
+            fn = _in_inference_mode(op)
         if id(op) in self._records:
             inner, path = fn, self._records[id(op)]
 
@@ -209,6 +210,28 @@ class Plan:
                 return out
 
         return fn
+
+
+def _in_inference_mode(op):
+    """``op`` called with ``training=False`` when its ``call`` takes that argument.
+
+    The walk does not go through ``Model.__call__``, which would pass the model's mode down to its layers, and
+    Keras' augmentation layers (``RandomFlip``, ``RandomRotation``, ...) default to ``training=True``: without
+    this, every explanation of a model that augments its own input would see randomly flipped images.
+    """
+    if not isinstance(op, keras.layers.Layer):
+        return op
+    try:
+        takes_training = "training" in inspect.signature(op.call).parameters
+    except (TypeError, ValueError):
+        return op
+    if not takes_training:
+        return op
+
+    def fn(*args, **kwargs):
+        return op(*args, **{**kwargs, "training": False})
+
+    return fn
 
 
 def run_model(model: keras.Model, x, plan: Plan, recorded: dict):
