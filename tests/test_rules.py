@@ -176,23 +176,205 @@ def test_residual_add_splits_relevance_in_proportion():
     np.testing.assert_allclose(exp.attributions.reshape(2, -1).sum(1), exp.scores, rtol=1e-3)
 
 
+class Squash(keras.layers.Layer):
+    """A custom layer no rule knows."""
+
+    def call(self, x):
+        return x / (1.0 + keras.ops.abs(x))
+
+
 def test_unsupported_layer_is_named():
     inp = keras.Input((SIZE, SIZE, 3))
     h = keras.layers.Conv2D(4, 3, name="conv")(inp)
-    h = keras.layers.Multiply(name="gate")([h, h])
+    h = Squash(name="squash")(h)
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
-    with pytest.raises(ce.CnnExposedError, match="'gate' of type Multiply"):
+    with pytest.raises(ce.CnnExposedError, match="'squash' of type Squash.*gradient method"):
+        ce.explain(model, images(1, SIZE), "lrp")
+    assert ce.explain(model, images(1, SIZE), "guided_backprop").maps.shape == (1, SIZE, SIZE)
+
+
+def test_a_product_of_two_signals_is_refused():
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    h = keras.layers.Multiply(name="square")([h, h])
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    with pytest.raises(ce.CnnExposedError, match="which input of 'square' is the signal"):
         ce.explain(model, images(1, SIZE), "lrp")
 
 
 def test_zb_needs_the_model_input():
     inp = keras.Input((SIZE, SIZE, 3))
-    h = keras.layers.Rescaling(2.0, name="scale")(inp)
+    h = keras.layers.LayerNormalization(name="norm")(inp)
     h = keras.layers.Conv2D(4, 3, name="conv")(h)
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
-    with pytest.raises(ce.CnnExposedError, match="z\\^B rule.*'scale'"):
+    with pytest.raises(ce.CnnExposedError, match="z\\^B rule.*'norm'"):
         ce.explain(model, images(1, SIZE), "lrp")
     assert ce.explain(model, images(1, SIZE), "lrp", rule={"first": "epsilon"}).maps.shape == (1, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------- the layers of keras.applications families
+def conserved(model, x, **kwargs):
+    """LRP-ε with ε → 0 on a bias-free model: the input relevance sums to the explained logit."""
+    exp = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1e-9, **kwargs)
+    np.testing.assert_allclose(exp.attributions.reshape(len(x), -1).sum(1), exp.scores, rtol=2e-3, atol=1e-6)
+    assert np.abs(exp.attributions).max() > 0
+    return exp
+
+
+def _randomise_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 1.5, c)])  # fmt: skip
+
+
+def separable_pair():
+    """The same network twice: with a SeparableConv2D (+ batch norm), and with its depthwise and pointwise
+    convolutions as two layers."""
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=False, name="c1")(inp)
+    h = keras.layers.SeparableConv2D(6, 3, strides=2, padding="same", depth_multiplier=2, name="sep")(h)
+    h = keras.layers.BatchNormalization(name="sep_bn")(h)
+    h = keras.layers.ReLU(name="sep_relu")(h)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    sep = keras.Model(inp, out)
+    _randomise_bn(sep)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=False, name="c1")(inp)
+    h = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, use_bias=False, name="dw")(h)
+    h = keras.layers.Conv2D(6, 1, name="pw")(h)
+    h = keras.layers.BatchNormalization(name="sep_bn")(h)
+    h = keras.layers.ReLU(name="sep_relu")(h)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    two = keras.Model(inp, out)
+    layer = sep.get_layer("sep")
+    two.get_layer("c1").set_weights(sep.get_layer("c1").get_weights())
+    two.get_layer("dw").set_weights([layer.depthwise_kernel.numpy()])
+    two.get_layer("pw").set_weights([layer.pointwise_kernel.numpy(), layer.bias.numpy()])
+    two.get_layer("sep_bn").set_weights(sep.get_layer("sep_bn").get_weights())
+    two.get_layer("head").set_weights(sep.get_layer("head").get_weights())
+    return sep, two
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("lrp", {}), ("lrp", {"rule": "alpha2beta1"}), ("lrp", {"rule": "epsilon"}), ("guided_backprop", {}),
+     ("deconvnet", {})],
+)  # fmt: skip
+def test_separable_convolution_is_its_depthwise_then_its_pointwise_convolution(method, options):
+    sep, two = separable_pair()
+    x = images(3, SIZE)
+    np.testing.assert_allclose(sep.predict(x, verbose=0), two.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    a = ce.explain(sep, x, method, target=1, **options).attributions
+    b = ce.explain(two, x, method, target=1, **options).attributions
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
+    assert np.abs(b).max() > 0
+
+
+def test_separable_convolution_in_the_fast_gradient_plan_equals_the_models_own_gradient():
+    sep, _ = separable_pair()
+    x = images(2, SIZE)
+    t = np.array([0, 2], np.int32)
+    own = Engine(sep).input_gradients(x, t)[1]
+    fast = Engine(sep, rules=RuleSet("gradient")).relevance(x, t)[1]
+    np.testing.assert_allclose(fast, own, rtol=1e-4, atol=1e-6 * np.abs(own).max())
+
+
+def se_model():
+    """A squeeze-and-excitation block as MobileNetV3 and EfficientNet build it, bias-free."""
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", use_bias=False, name="c1")(inp)
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(h)
+    s = keras.layers.Conv2D(4, 1, activation="relu", use_bias=False, name="reduce")(s)
+    s = keras.layers.Conv2D(8, 1, activation="hard_sigmoid", use_bias=False, name="expand")(s)
+    h = keras.layers.Multiply(name="excite")([h, s])
+    h = keras.layers.Activation("swish", name="swish")(h)
+    return keras.Model(inp, keras.layers.Dense(3, use_bias=False, name="head")(keras.layers.Flatten()(h)))
+
+
+def test_squeeze_and_excitation_gates_pass_relevance_to_the_signal_only():
+    model = se_model()
+    x = images(3, SIZE)
+    conserved(model, x, target=0)  # all of it reaches the image through the signal
+    rules = RuleSet("lrp", "epsilon", 1e-9)
+    s, r = Engine(model, "excite", rules=rules).layer_relevance(x, np.zeros(3, np.int32))
+    np.testing.assert_allclose(r.reshape(3, -1).sum(1), s, rtol=1e-3)
+    # The gate branch gets none: the relevance at the gate's producer is 0.
+    _, r_gate = Engine(model, "expand", rules=rules).layer_relevance(x, np.zeros(3, np.int32))
+    assert np.abs(r_gate).max() == 0
+    # A gate can also be a full-size sigmoid map (an attention mask).
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="c1")(inp)
+    g = keras.layers.Conv2D(4, 1, activation="sigmoid", use_bias=False, name="mask")(h)
+    h = keras.layers.Multiply(name="attend")([g, h])
+    conserved(keras.Model(inp, keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(h))), x)
+
+
+def test_models_that_scale_and_normalise_their_own_input():
+    keras.utils.set_random_seed(13)
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inp)
+    norm = keras.layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.04, 0.09, 0.0625], name="norm")
+    h = norm(h)
+    h = keras.layers.Conv2D(6, 3, activation="gelu", use_bias=False, name="c1")(h)
+    h = keras.layers.LayerNormalization(center=False, name="ln")(h)
+    out = keras.layers.Dense(3, use_bias=False, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    model.get_layer("ln").set_weights([np.random.default_rng(0).uniform(0.5, 1.5, 6)])
+    raw = images(3, SIZE) * 255.0
+    conserved(model, raw)
+    # z^B first with bounds in model-input units (0..255) equals z^B on the normalised input's own units.
+    inner_in = keras.Input((SIZE, SIZE, 3))
+    inner = keras.Model(inner_in, model.get_layer("head")(
+        keras.layers.GlobalAveragePooling2D()(model.get_layer("ln")(model.get_layer("c1")(inner_in)))
+    ))  # fmt: skip
+    mean, std = np.array([0.4, 0.5, 0.6]), np.sqrt([0.04, 0.09, 0.0625])
+    normalised = (raw / 255.0 - mean) / std
+    composite = {"first": "zb", "conv": "zplus", "dense": "epsilon"}
+    ours = ce.explain(model, raw, "lrp", rule=composite, bounds=(0.0, 255.0), target=1).attributions
+    ref = ce.explain(inner, normalised.astype("float32"), "lrp", rule=composite, bounds=((0 - mean) / std,
+                     (1 - mean) / std), target=1).attributions  # fmt: skip
+    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-5 * np.abs(ref).max())
+
+
+def test_layer_norm_rule_is_the_layer_with_its_scale_held_constant():
+    from cnn_exposed.attribution.rules import _layer_norm_rule
+
+    layer = keras.layers.LayerNormalization(epsilon=1e-3)
+    x = keras.ops.convert_to_tensor(np.random.default_rng(1).normal(size=(2, 5, 5, 6)).astype("float32"))
+    layer.build(x.shape)
+    rng = np.random.default_rng(2)
+    layer.set_weights([rng.uniform(0.5, 1.5, 6), np.zeros(6)])
+    np.testing.assert_allclose(np.asarray(_layer_norm_rule(layer, 1e-9)(x)), np.asarray(layer(x)), rtol=1e-6)
+
+
+AUGMENTATION = [
+    keras.layers.RandomFlip(), keras.layers.RandomRotation(0.2), keras.layers.RandomZoom(0.2),
+    keras.layers.RandomContrast(0.3), keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomBrightness(0.2),
+]  # fmt: skip
+
+
+def test_augmentation_layers_are_the_identity_at_inference():
+    keras.utils.set_random_seed(14)
+    conv = keras.layers.Conv2D(4, 3, activation="relu", use_bias=False, name="c1")
+    head = keras.layers.Dense(2, use_bias=False, name="head")
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = inp
+    for layer in AUGMENTATION:
+        h = layer(h)
+    tutorial = keras.Model(inp, head(keras.layers.Flatten()(keras.layers.Dropout(0.5)(conv(h)))))
+    inp = keras.Input((SIZE, SIZE, 3))
+    plain = keras.Model(inp, head(keras.layers.Flatten()(conv(inp))))
+    x = images(2, SIZE) * 255.0
+    for method in ("lrp", "guided_backprop", "saliency", "integrated_gradients"):  # augmentation off for all
+        np.testing.assert_allclose(
+            ce.explain(tutorial, x, method).attributions, ce.explain(plain, x, method).attributions, rtol=1e-5
+        )
+    conserved(tutorial, x)
 
 
 def test_model_unchanged_after_rules():

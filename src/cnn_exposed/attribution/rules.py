@@ -33,25 +33,43 @@ from ..layers import is_nested_model, iter_layers
 LRP_RULES = ("epsilon", "zplus", "alpha1beta0", "alpha2beta1", "zb")
 DEFAULT_COMPOSITE = {"first": "zb", "conv": "zplus", "dense": "epsilon"}
 
-_ROUTING = {
-    "InputLayer", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-    "Reshape", "Flatten", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", "Concatenate",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D", "UpSampling1D", "UpSampling2D",
+# Which rule each kind of layer gets (the README's table says the same):
+# - routing: moves or selects values, or is the identity at inference (dropout, augmentation, stochastic depth):
+#   run as it is; its gradient routes the relevance.
+_IDENTITY_AT_INFERENCE = {
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
+    "AlphaDropout", "ActivityRegularization", "Identity", "RandomFlip", "RandomRotation", "RandomZoom",
+    "RandomContrast", "RandomTranslation", "RandomBrightness", "StochasticDepth",
 }  # fmt: skip
+_ROUTING = _IDENTITY_AT_INFERENCE | {
+    "InputLayer", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
+    "Reshape", "Flatten", "Permute", "Concatenate", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "UpSampling1D", "UpSampling2D",
+}  # fmt: skip
+# - linear: a weight-free linear map, the ε-rule.
 _PLAIN_LINEAR = {
     "Add", "Average", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "Rescaling", "BatchNormalization", "Subtract",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "BatchNormalization", "Subtract",
 }  # fmt: skip
+# - weighted: the composite's rule (z⁺ for convolutions, ε for dense layers, z^B first); a separable
+#   convolution is its depthwise then its pointwise convolution, each with the rule, batch norm folded after.
 _WEIGHTED = (
     keras.layers.Dense,
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
     keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
 )
+# - activation / elementwise: relevance passes unchanged (R_in = R_out), as through a ReLU: every element-wise
+#   activation (GELU, swish, hard-swish, sigmoid, ...), and per-element affine maps that rescale a signal
+#   without mixing it (input Rescaling / Normalization, ConvNeXt's layer scale, PReLU).
 _ACTIVATIONS = {"Activation", "ReLU", "LeakyReLU", "ELU", "Softmax"}
+_ELEMENTWISE = {"Rescaling", "Normalization", "LayerScale", "PReLU"}
+# - gate: Multiply, where all inputs but one are gates (squeeze-and-excitation: a sigmoid over channel means,
+#   broadcast over the image): the gates count as constant weights and the relevance flows to the signal.
+# - layer norm: LayerNormalization with its standard deviation treated as constant (Ali et al. 2022, "XAI for
+#   transformers"): a linear map of its input, the ε-rule.
 _RELU_FAMILY = {"relu", "relu6", "leaky_relu"}
 
 
@@ -124,6 +142,12 @@ def _kind(op) -> str:
         return "linear"
     if name in _ACTIVATIONS:
         return "activation"
+    if name in _ELEMENTWISE:
+        return "elementwise"
+    if name == "Multiply":
+        return "gate"
+    if name == "LayerNormalization":
+        return "layernorm"
     return "unsupported"
 
 
@@ -132,6 +156,11 @@ def _kernel_and_bias(layer, bn=None):
     """The layer's kernel and bias as tensors, with a following batch normalisation folded in."""
     kernel = ops.convert_to_tensor(layer.kernel)
     bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
+    return _fold(layer, kernel, bias, bn)
+
+
+def _fold(layer, kernel, bias, bn):
+    """``kernel`` and ``bias`` of ``layer`` with the batch normalisation ``bn`` (or None) that follows it folded in."""
     if bn is None:
         return kernel, bias
     scale = ops.rsqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
@@ -261,19 +290,37 @@ class _Stack:
         return ops.sum(ops.reshape(prod, shape), axis=-2)
 
 
+def _stages(layer, bn=None) -> list:
+    """The linear map of a weighted layer as a chain of ``(layer-like, kernel, bias)``: one stage for dense and
+    convolution layers; for a separable convolution its depthwise convolution then its pointwise (1 x 1) one,
+    a following batch normalisation folded into the latter. The stand-in layers carry only the configuration
+    :func:`_linear` reads (named, so they take no automatic layer name from the user's session)."""
+    if not isinstance(layer, keras.layers.SeparableConv2D):
+        return [(layer, *_kernel_and_bias(layer, bn))]
+    depthwise = keras.layers.DepthwiseConv2D(
+        layer.kernel_size, strides=layer.strides, padding=layer.padding, depth_multiplier=layer.depth_multiplier,
+        data_format=layer.data_format, dilation_rate=layer.dilation_rate, use_bias=False,
+        name=f"{layer.name}__depthwise",
+    )  # fmt: skip
+    pointwise = keras.layers.Conv2D(layer.filters, 1, data_format=layer.data_format, name=f"{layer.name}__pointwise")
+    bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
+    kernel, bias = _fold(pointwise, ops.convert_to_tensor(layer.pointwise_kernel), bias, bn)
+    return [(depthwise, ops.convert_to_tensor(layer.depthwise_kernel), None), (pointwise, kernel, bias)]
+
+
 def _stabilised_ratio(r, z, eps: float):
     """``r / (z + ε·sign(z))``, and 0 where ``z`` is exactly 0 (its relevance is 0 there too)."""
     return ops.divide_no_nan(r, z + eps * ops.sign(z))
 
 
-def _weighted_rule(layer, rule: str, epsilon: float, bn, bounds=None, non_negative: bool = False, pads=None):
-    """The layer's linear map with an LRP backward rule (upstream and result are relevances).
+def _weighted_rule(layer, rule: str, epsilon: float, kernel, bias, bounds=None, non_negative=False, pads=None):
+    """The layer's linear map (``kernel``, ``bias``) with an LRP backward rule (upstream and result are
+    relevances).
 
     ``bounds``: the z^B rule's ``x -> (low, high)``. ``non_negative``: the layer's input is known to be
     >= 0 (it comes from a ReLU, possibly through pooling or padding), so the z⁺ / αβ rules skip the half of
     their sums that only negative inputs feed.
     """
-    kernel, bias = _kernel_and_bias(layer, bn)
     full = _linear(layer, kernel, bias, pads)
     plain = _linear(layer, kernel, None, pads)
     kpos, kneg = ops.maximum(kernel, 0.0), ops.minimum(kernel, 0.0)
@@ -337,6 +384,101 @@ def _plain_linear_rule(op, epsilon: float):
         return with_backward(forward, backward)(*tensors)
 
     return call
+
+
+def _chain(maps: list):
+    """``x -> maps[-1](... maps[0](x))``."""
+
+    def run(x):
+        for m in maps:
+            x = m(x)
+        return x
+
+    return run
+
+
+def _pass_through_rule(op):
+    """An element-wise layer whose relevance passes unchanged (``R_in = R_out``): per-element scaling such as
+    ``Rescaling``, ``Normalization``, ConvNeXt's layer scale."""
+
+    def identity_backward(inputs, z, r):
+        return [r]
+
+    rule = with_backward(lambda x: op(x), identity_backward)
+    return lambda x, *a, **k: rule(x)
+
+
+def _signal_input(ref) -> int:
+    """Which input of a ``Multiply`` layer is the signal, the others being gates.
+
+    A gate is an input the layer broadcasts (squeeze-and-excitation's ``(N, 1, 1, C)`` channel weights) or,
+    among inputs as large as the output, one a sigmoid produced. Raises when one signal cannot be told
+    apart: a product of two signals has no rule here.
+    """
+    layer = ref.layer
+    try:
+        inputs = list(layer.input)
+        out_size = int(np.prod(layer.output.shape[1:]))
+    except (AttributeError, ValueError, TypeError):  # a shared layer has no single input
+        inputs, out_size = [], 0
+    full = [i for i, t in enumerate(inputs) if int(np.prod(t.shape[1:])) == out_size]
+    if len(full) > 1:
+        gates = set()
+        for i in full:
+            try:
+                source = producer(inputs[i])
+            except AttributeError:
+                continue
+            if _activation_name(source) in ("sigmoid", "hard_sigmoid"):
+                gates.add(i)
+        full = [i for i in full if i not in gates]
+    if len(full) != 1:
+        raise UnsupportedLayerError(
+            f"LRP treats Multiply layers as gates (squeeze-and-excitation: a signal times sigmoid weights), "
+            f"but cannot tell which input of {ref.path!r} is the signal. Explain this model with a gradient "
+            "method (saliency, integrated_gradients, gradcam) or guided backprop."
+        )
+    return full[0]
+
+
+def _gate_rule(op, signal: int):
+    """``Multiply`` as a gate: the gates are constant weights, all the relevance flows to input ``signal``
+    (the signal and the output have the same shape)."""
+
+    def call(inputs, *args, **kwargs):
+        inputs = list(inputs)
+
+        def forward(*ts):
+            return op(list(ts), **kwargs)
+
+        def backward(ins, z, r):
+            return [r if i == signal else ops.zeros_like(t) for i, t in enumerate(ins)]
+
+        return with_backward(forward, backward)(*inputs)
+
+    return call
+
+
+def _layer_norm_rule(op, epsilon: float):
+    """``LayerNormalization`` with its standard deviation held constant (Ali et al. 2022): then a linear map of
+    its input (centring, a per-sample constant scale, ``gamma``), the ε-rule through it; the forward pass is the
+    layer's own."""
+    axes = tuple(op.axis) if isinstance(op.axis, (list, tuple)) else (op.axis,)
+    rms = bool(getattr(op, "rms_scaling", False))
+
+    def linear(x):  # the layer without its bias, its scale held constant: linear in x
+        centred = x if rms else x - ops.mean(x, axis=axes, keepdims=True)
+        spread = ops.mean(ops.square(x), axis=axes, keepdims=True) if rms else ops.var(x, axis=axes, keepdims=True)
+        y = centred * ops.stop_gradient(ops.rsqrt(spread + op.epsilon))
+        return y * ops.cast(op.gamma, y.dtype) if getattr(op, "gamma", None) is not None else y
+
+    def backward(inputs, z, r):
+        x = inputs[0]
+        (c,) = vjp(linear, [x], _stabilised_ratio(r, z, epsilon))
+        return [x * c]
+
+    rule = with_backward(lambda x: op(x), backward)
+    return lambda x, *a, **k: rule(x)
 
 
 def _activation_rule(fn, mode: str, name: str):
@@ -525,8 +667,11 @@ class RuleSet:
             r = unsupported[0]
             raise UnsupportedLayerError(
                 f"LRP cannot propagate relevance through layer {r.path!r} of type {type(r.layer).__name__}. "
-                "Supported: Dense, Conv1D/2D/3D, DepthwiseConv2D, BatchNormalization, pooling, Add, "
-                "Concatenate, padding, reshaping, dropout and element-wise activations."
+                "Supported: Dense, Conv1D/2D/3D, DepthwiseConv2D, SeparableConv2D, BatchNormalization, "
+                "LayerNormalization, pooling, Add, Concatenate, Multiply gates, padding, reshaping, dropout, "
+                "augmentation layers, Rescaling / Normalization and element-wise activations. Wrap a custom "
+                "layer's computation in these, or explain it with a gradient method (saliency, "
+                "integrated_gradients, gradcam)."
             )
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
         folds = {k: bn for k, bn in _fold_pairs(model).items() if k not in kept}
@@ -539,43 +684,98 @@ class RuleSet:
             k: pad for k, pad in _pad_pairs(model).items() if id(pad) not in kept and not (zb_first and k == first_id)
         }
         padding_layers = {id(pad) for pad in pads.values()}
+        zb_bounds = self._bounds
         if zb_first and weighted:
             first = weighted[0]
             before = refs[: refs.index(first)]
-            if any(_kind(r.layer) not in ("routing", "model") for r in before):
-                odd = next(r for r in before if _kind(r.layer) not in ("routing", "model"))
+            odd = next((r for r in before if _kind(r.layer) not in ("routing", "model", "elementwise")), None)
+            if odd is not None:
                 raise UnsupportedLayerError(
                     f"The z^B rule needs the first weighted layer ({first.path!r}) to see the model input, "
                     f"but {odd.path!r} ({type(odd.layer).__name__}) transforms it first. Use "
                     "rule={'first': 'zplus', ...} or 'epsilon' for the first layer."
                 )
+            # A model that scales or normalises its own input: the bounds are mapped through that scaling.
+            zb_bounds = self._bounds_after([r.layer for r in before if _kind(r.layer) == "elementwise"], first.layer)
         out = {}
         for r in refs:
             layer, kind = r.layer, _kind(r.layer)
             if kind == "weighted":
                 pad = pads.get(id(layer))
-                factory = self._weighted_factory(layer, folds.get(id(layer)), id(layer) == first_id, pad)
+                factory = self._weighted_factory(layer, folds.get(id(layer)), id(layer) == first_id, pad, zb_bounds)
                 out[id(layer)] = factory
             elif kind == "activation" and self.mode != "gradient":
                 out[id(layer)] = self._activation_factory(layer)
             elif id(layer) in folded_bns or id(layer) in padding_layers:
                 out[id(layer)] = lambda op, final: lambda x, *a, **k: x
-            elif kind == "linear" and self.mode == "lrp":
+            elif self.mode != "lrp":
+                continue  # below: LRP's rules; the other modes take these layers' own gradient
+            elif kind == "linear":
                 out[id(layer)] = lambda op, final: _plain_linear_rule(op, self.epsilon)
+            elif kind == "elementwise":
+                out[id(layer)] = lambda op, final: _pass_through_rule(op)
+            elif kind == "gate":
+                signal = _signal_input(r)  # decided now, so an ambiguous product fails before any tracing
+                out[id(layer)] = lambda op, final, signal=signal: _gate_rule(op, signal)
+            elif kind == "layernorm":
+                out[id(layer)] = lambda op, final: _layer_norm_rule(op, self.epsilon)
         return out
 
-    def _weighted_factory(self, layer, bn, is_first: bool, pad):
+    def _bounds_after(self, layers: list, first):
+        """The z^B bounds for the first weighted layer when ``layers`` (per-element affine maps such as
+        ``Rescaling`` and ``Normalization``) come between it and the model input.
+
+        Without given bounds, each image's own minimum and maximum are read at the first layer's input, which
+        already includes the scaling. Given bounds are in model-input units: mapped through ``x -> a x + b``
+        (``a`` and ``b`` measured by running the layers on zeros and ones), low and high swapped where ``a < 0``.
+        """
+        if self.bounds is None or not layers:
+            return self._bounds
+        channels = int(first.input.shape[-1])
+        zeros, ones = np.zeros((1, 1, 1, channels), np.float32), np.ones((1, 1, 1, channels), np.float32)
+        for layer in layers:
+            if type(layer).__name__ not in ("Rescaling", "Normalization"):
+                raise UnsupportedLayerError(
+                    f"The z^B rule with given bounds cannot map them through {layer.name!r} "
+                    f"({type(layer).__name__}); leave bounds=None (each image's own range)."
+                )
+            zeros, ones = np.asarray(layer(zeros)), np.asarray(layer(ones))
+        a, b = (ones - zeros).reshape(-1), zeros.reshape(-1)
+        low, high = (np.asarray(v, np.float32) for v in self.bounds)
+        mapped_low, mapped_high = a * low + b, a * high + b
+        low, high = np.minimum(mapped_low, mapped_high), np.maximum(mapped_low, mapped_high)
+
+        def bounds(x):
+            return ops.ones_like(x) * low, ops.ones_like(x) * high
+
+        return bounds
+
+    def _weighted_factory(self, layer, bn, is_first: bool, pad, bounds=None):
+        bounds = bounds or self._bounds
         kind = "dense" if isinstance(layer, keras.layers.Dense) else "conv"
         rule = self.composite["first"] if is_first else self.composite[kind]
         pads = None if pad is None else tuple(tuple(int(p) for p in side) for side in pad.padding)
 
         def factory(op, final: bool):
-            if self.mode == "lrp":
-                non_negative = _input_non_negative(op)
-                linear = _weighted_rule(op, rule, self.epsilon, bn, self._bounds, non_negative, pads)
-            else:
-                kernel, bias = _kernel_and_bias(op, bn)
-                linear = _linear(op, kernel, bias, pads)
+            maps = []
+            for i, (stage, kernel, bias) in enumerate(_stages(op, bn)):
+                if self.mode == "lrp":  # later stages of a separable convolution: the conv rule, signed input
+                    first = i == 0
+                    maps.append(
+                        _weighted_rule(
+                            stage,
+                            rule if first else self.composite["conv"],
+                            self.epsilon,
+                            kernel,
+                            bias,
+                            bounds if first else None,
+                            first and _input_non_negative(op),
+                            pads if first else None,
+                        )  # fmt: skip
+                    )
+                else:
+                    maps.append(_linear(stage, kernel, bias, pads if i == 0 else None))
+            linear = maps[0] if len(maps) == 1 else _chain(maps)
             act = None if final or _is_linear_activation(op.activation) else op.activation
             if act is None:
                 return lambda x, *a, **k: linear(x)
