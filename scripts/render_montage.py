@@ -52,14 +52,18 @@ def main(argv=None) -> int:
         axes[r, 0].imshow(images[r])
         axes[r, 0].set_title(f"{demo.class_names[pred]} {first.probabilities[r, pred]:.2f}", fontsize=7)
         for c, m in enumerate(METHODS, start=1):
-            axes[r, c].imshow(ce.overlay_heatmap(images[r], exps[m].maps[r]))
+            axes[r, c].imshow(ce.draw_map(exps[m], r))  # signed methods: red for, blue against the class
             if rails[r].any():
-                axes[r, c].contour(rails[r], levels=[0.5], colors="white", linewidths=0.5)
+                axes[r, c].contour(rails[r], levels=[0.5], colors="lime", linewidths=0.5)
             if r == 0:
                 axes[r, c].set_title(m, fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle("cnn-exposed demo: every method on trap pools (rails outlined) and clean images", fontsize=9)
+    fig.suptitle(
+        "cnn-exposed demo: every method on trap pools (rails outlined) and clean images; LRP, gradient x input and "
+        "integrated gradients signed (red: for the class, blue: against)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     print(f"montage: {args.out}")

@@ -35,11 +35,11 @@ from .errors import (
     NoSpatialLayerError,
     TargetError,
 )
-from .explanation import Explanation, normalize_maps
+from .explanation import Explanation, normalize_maps, signed_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
 from .metrics import pointing_game
 from .models import LoadedModel, load_model
-from .plotting import colorize, overlay_heatmap, plot_explanations, save_png, to_uint8
+from .plotting import colorize, draw_map, overlay_heatmap, overlay_signed, plot_explanations, save_png, to_uint8
 from .visualisation import (
     Visualisation,
     network_walk,
@@ -80,6 +80,7 @@ __all__ = [
     "bundled",
     "colorize",
     "demo",
+    "draw_map",
     "explain",
     "find_last_spatial_layer",
     "images",
@@ -89,12 +90,14 @@ __all__ = [
     "network_walk",
     "normalize_maps",
     "overlay_heatmap",
+    "overlay_signed",
     "plot_activation_maps",
     "plot_explanations",
     "pointing_game",
     "render",
     "resolve_layer",
     "save_png",
+    "signed_maps",
     "to_uint8",
     "visualise_classes",
     "visualisation",

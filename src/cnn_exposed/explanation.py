@@ -25,6 +25,21 @@ def channel_max_abs(attributions: np.ndarray) -> np.ndarray:
     return np.abs(attributions).max(axis=-1)
 
 
+def signed_maps(attributions: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """``(N, H, W, C)`` signed attributions to ``(N, H, W)`` maps in [-1, 1] that keep the sign.
+
+    Channels are summed (LRP's relevance and gradient × input add up over a pixel's channels), then each map
+    is divided by its ``percentile``-th largest ``|value|`` and clipped: a sparse map, whose maximum is a few
+    hot pixels, then still shows its weaker evidence (with the plain maximum, LRP maps look almost blank).
+    0 stays 0, so a diverging colormap centred there reads as "for" (positive) and "against" (negative).
+    """
+    summed = np.asarray(attributions, dtype=np.float32).sum(axis=-1)
+    flat = np.abs(summed.reshape(len(summed), -1))
+    scale = np.percentile(flat, percentile, axis=1) if flat.shape[1] else np.zeros(len(summed))
+    scale = np.where(scale > 0, scale, np.maximum(flat.max(axis=1, initial=0.0), 1e-30))
+    return np.clip(summed / scale.reshape((-1,) + (1,) * (summed.ndim - 1)), -1.0, 1.0).astype(np.float32)
+
+
 @dataclass
 class Explanation:
     """What an attribution method found for a batch of images.
@@ -59,6 +74,9 @@ class Explanation:
         CAM methods: the map at the layer's resolution before ReLU and upsampling.
     completeness_error : (M,) float32 or None
         Integrated gradients: ``|Σ attributions − (f(x) − f(x'))| / |f(x) − f(x')|``.
+    signed : bool
+        Whether the method's attributions carry a meaningful sign (LRP, gradient × input, integrated
+        gradients): plots then draw :attr:`signed_maps` with a diverging colormap centred at zero.
     """
 
     maps: np.ndarray
@@ -75,6 +93,13 @@ class Explanation:
     layer_maps: np.ndarray | None = None
     completeness_error: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+    signed: bool = False
+
+    @property
+    def signed_maps(self) -> np.ndarray | None:
+        """``(M, H, W)`` in [-1, 1]: the attributions summed over channels, sign kept (:func:`signed_maps`);
+        None for methods without input-space attributions (CAMs, occlusion)."""
+        return None if self.attributions is None else signed_maps(self.attributions)
 
     @property
     def predictions(self) -> np.ndarray:

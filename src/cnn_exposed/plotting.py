@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
-from .explanation import Explanation
+from .explanation import Explanation, signed_maps
 
 _COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -64,6 +64,34 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, 
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def overlay_signed(image: np.ndarray, signed_map: np.ndarray, alpha: float = 0.85) -> np.ndarray:
+    """Draw a ``(h, w)`` map in [-1, 1] over an image with a diverging colormap centred at 0: red where the
+    evidence is for the class, blue where it is against, the photo (in gray) where it is near 0.
+
+    The colour's opacity grows with ``|value|`` (up to ``alpha``), so the photo stays readable under weak
+    evidence. Returns ``(H, W, 3)`` uint8 RGB.
+    """
+    import matplotlib
+
+    img = to_uint8(image).astype(np.float32)
+    value = np.asarray(signed_map, dtype=np.float32)
+    if value.shape != img.shape[:2]:
+        value = cv2.resize(value, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    value = np.clip(value, -1.0, 1.0)
+    gray = np.repeat(img @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(img.shape)
+    colour = matplotlib.colormaps["bwr"]((value + 1.0) / 2.0)[..., :3] * 255.0
+    weight = (alpha * np.abs(value))[..., None]
+    return np.clip(np.rint((1.0 - weight) * gray + weight * colour), 0, 255).astype(np.uint8)
+
+
+def draw_map(exp: Explanation, index: int, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """The overlay of map ``index`` of ``exp`` as cnn-exposed draws it: signed methods (LRP, gradient × input,
+    integrated gradients) with :func:`overlay_signed`, the others with :func:`overlay_heatmap`."""
+    if exp.signed and exp.attributions is not None:
+        return overlay_signed(exp.images[index], signed_maps(exp.attributions[index : index + 1])[0])
+    return overlay_heatmap(exp.images[index], exp.maps[index], alpha, colormap)
+
+
 def _label(index: int, class_names: Sequence[str] | None) -> str:
     if class_names is not None and 0 <= index < len(class_names):
         return str(class_names[index])
@@ -83,7 +111,8 @@ def plot_explanations(
     """A grid: one row per image, the original then one overlay per method.
 
     Titles give the predicted class and its probability (and the true class when known) on the
-    original, and the explained class and its score on each overlay.
+    original, and the explained class and its score on each overlay. Signed methods (LRP, gradient ×
+    input, integrated gradients) are drawn red for and blue against the class (:func:`overlay_signed`).
 
     Parameters
     ----------
@@ -119,7 +148,7 @@ def plot_explanations(
         axes[r, 0].imshow(to_uint8(first.images[r]))
         axes[r, 0].set_title(title, fontsize=8)
         for c, (name, exp) in enumerate(zip(titles, items), start=1):
-            axes[r, c].imshow(overlay_heatmap(exp.images[r], exp.maps[r], alpha, colormap))
+            axes[r, c].imshow(draw_map(exp, r, alpha, colormap))
             score_kind = exp.params.get("score", "")
             axes[r, c].set_title(
                 f"{name}\n{_label(int(exp.targets[r]), class_names)} {score_kind} {exp.scores[r]:.2f}",

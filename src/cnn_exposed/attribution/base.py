@@ -50,6 +50,7 @@ class AttributionMethod:
     """
 
     name = ""
+    signed = False  # whether the attributions' sign means "for" / "against" (drawn with a diverging colormap)
     uses_layer = False
     default_score = "logit"
 
@@ -145,6 +146,7 @@ class AttributionMethod:
             layer_maps=result.layer_maps,
             completeness_error=result.completeness_error,
             extras=result.extras,
+            signed=self.signed and result.attributions is not None,
         )
 
     __call__ = explain

@@ -39,6 +39,7 @@ class GradientXInput(Saliency):
     """Gradient × input: ``x ⊙ ∂score/∂x`` (equals ε-LRP with ε → 0 on bias-free ReLU networks)."""
 
     name = "gradient_x_input"
+    signed = True
 
     def from_gradients(self, gradients, x):
         return gradients * x

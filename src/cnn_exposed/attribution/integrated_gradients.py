@@ -63,6 +63,7 @@ class IntegratedGradients(GradientMethod):
     """
 
     name = "integrated_gradients"
+    signed = True
 
     def __init__(
         self,

@@ -55,6 +55,7 @@ class LRP(RuleMethod):
     """
 
     name = "lrp"
+    signed = True
 
     def __init__(self, model, *, rule="composite", epsilon: float = 1e-2, bounds=None, **kwargs) -> None:
         self.rule_set = RuleSet("lrp", rule, epsilon, bounds)
