@@ -123,3 +123,41 @@ def test_apply_adam_matches_kingma_and_ba():
         ref = ref - alpha * ref_m / (np.sqrt(ref_v) + eps)  # TensorFlow's form: epsilon not bias-corrected
     np.testing.assert_allclose(var.numpy(), ref, rtol=1e-5, atol=1e-6)
     assert np.abs(var.numpy() - init).max() > 0.05  # it moved
+
+
+class Sub(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(2, 3, name="conv")
+
+    def call(self, x):
+        return self.conv(x)
+
+
+def test_built_input_shape_of_every_kind_of_model():
+    assert compat.built_input_shape(functional()) == (None, 6, 6, 2)
+    called = Sub()
+    called(np.zeros((1, 9, 7, 3), np.float32))
+    assert compat.built_input_shape(called)[1:] == (9, 7, 3)
+    built = Sub()
+    built.build((None, 5, 5, 3))
+    assert compat.built_input_shape(built) == (None, 5, 5, 3)
+    assert compat.built_input_shape(Sub()) is None  # never built or called
+
+
+def test_patched_calls_replace_a_layers_call_and_restore_it():
+    model = Sub()
+    x = np.random.default_rng(4).normal(size=(1, 5, 5, 3)).astype("float32")
+    before = np.asarray(model(x))
+    seen = []
+
+    def doubled(inputs, *args, **kwargs):
+        out = compat.unpatched_call(model.conv)(inputs, *args, **kwargs)
+        seen.append(out)
+        return out * 2.0
+
+    with compat.patched_calls([(model.conv, doubled)]):
+        np.testing.assert_allclose(np.asarray(model(x)), 2 * before, rtol=1e-6)
+    assert len(seen) == 1
+    np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-6)  # restored
+    assert "call" not in model.conv.__dict__

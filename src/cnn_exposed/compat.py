@@ -10,11 +10,59 @@ Supported: Keras 3.10 to 3.15 on TensorFlow 2.19 to 2.21 (the stacks CI tests; s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
 from keras import ops
+
+_MISSING = object()
+
+
+def built_input_shape(model) -> tuple | None:
+    """The input shape, batch axis first, that ``model`` takes: ``model.inputs`` for functional and Sequential
+    models; for a subclassed model, the shape it was built or first called with (``get_build_config()``, public
+    since Keras 3.0, the record Keras saves with the model); None when unknown."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return tuple(inputs[0].shape)
+    try:
+        shape = (model.get_build_config() or {}).get("input_shape")
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    if isinstance(shape, dict) and len(shape) == 1:  # a shapes dict: {"<argument>_shape": shape}
+        shape = next(iter(shape.values()))
+    if isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape):
+        return tuple(shape)
+    return None
+
+
+@contextlib.contextmanager
+def patched_calls(calls: Sequence[tuple]) -> Iterator[None]:
+    """Run with each ``layer.call`` replaced by ``fn``, for the ``(layer, fn)`` pairs given, and restored after.
+
+    How cnn-exposed records or changes a layer inside a subclassed model, whose ``call`` is opaque Python:
+    ``Layer.__call__`` runs ``self.call``, so an instance attribute takes the method's place (as xplique
+    records layers). ``fn`` gets the arguments the original ``call`` would get.
+    """
+    saved = []
+    try:
+        for layer, fn in calls:
+            saved.append((layer, layer.__dict__.get("call", _MISSING)))
+            object.__setattr__(layer, "call", fn)  # past Keras' attribute tracking
+        yield
+    finally:
+        for layer, old in reversed(saved):
+            if old is _MISSING:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", old)
+
+
+def unpatched_call(layer) -> Callable:
+    """``layer``'s own ``call`` method (its class's), whatever :func:`patched_calls` put in its place."""
+    return type(layer).call.__get__(layer)
 
 
 def functional_graph(model):

@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from .compat import apply_adam  # noqa: E402
+from .compat import apply_adam, built_input_shape  # noqa: E402
 from .errors import ModelError  # noqa: E402
 from .graph import Plan, classifier_head, run_model  # noqa: E402
 from .layers import LayerRef, resolve_layer  # noqa: E402
@@ -101,14 +101,15 @@ class Engine:
     def input_shape(self) -> tuple:
         """The model's input shape without the batch axis, ``(H, W, C)`` (entries may be None)."""
         inputs = getattr(self.model, "inputs", None)
-        if not inputs:
-            raise ModelError(f"Model {self.model.name!r} is not built: call it on data once first.")
-        if len(inputs) != 1:
+        if inputs and len(inputs) != 1:
             raise ModelError(
                 f"Model {self.model.name!r} has {len(inputs)} inputs; cnn-exposed explains "
                 "single-input image classifiers."
             )
-        return tuple(inputs[0].shape[1:])
+        shape = built_input_shape(self.model)  # a subclassed model: the shape it was built with
+        if shape is None:
+            raise ModelError(f"Model {self.model.name!r} is not built: call it on data once first.")
+        return tuple(shape[1:])
 
     # ------------------------------------------------------------ in-graph parts
     def _forward(self, x, record: bool = False):

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import keras
 from keras import ops
 
-from .compat import functional_graph, inbound_nodes, producer, run_through_graph
+from .compat import functional_graph, inbound_nodes, patched_calls, producer, run_through_graph, unpatched_call
 from .errors import ModelError
-from .layers import LayerRef, is_nested_model
+from .layers import LayerRef, is_nested_model, is_subclassed, iter_layers, layer_output_shape, probe_subclassed
 
 _SQUASHING = ("softmax", "sigmoid")
 
@@ -106,14 +106,14 @@ class Head:
 
 
 def classifier_head(model: keras.Model) -> Head:
-    """Inspect how ``model`` turns features into class scores (through nested models)."""
+    """Inspect how ``model`` turns features into class scores (through nested models).
+
+    A subclassed model is run once on zeros to see which of its layers it calls last (:func:`probe_subclassed`).
+    """
+    if is_subclassed(model):
+        return _subclassed_head(model)
     shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
-    if shape is None or len(shape) != 2 or shape[-1] is None:
-        raise ModelError(
-            f"Model {model.name!r} has output shape {shape}; cnn-exposed explains classifiers whose "
-            "output is (N, classes) (or (N, 1) for a binary sigmoid model). Make sure the model is "
-            "built (call it once, or give it an Input) and ends in a Dense layer."
-        )
+    _check_output(model, shape)
     chain = []
     current = model
     while True:
@@ -125,6 +125,29 @@ def classifier_head(model: keras.Model) -> Head:
             current = op
             continue
         break
+    return _head_of(model, chain, shape)
+
+
+def _check_output(model, shape) -> None:
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        raise ModelError(
+            f"Model {model.name!r} has output shape {shape}; cnn-exposed explains classifiers whose "
+            "output is (N, classes) (or (N, 1) for a binary sigmoid model). Make sure the model is "
+            "built (call it once, or give it an Input) and ends in a Dense layer."
+        )
+
+
+def _subclassed_head(model) -> Head:
+    calls, shape = probe_subclassed(model)
+    _check_output(model, shape)
+    direct = [layer for layer, _ in calls if any(layer is own for own in model.layers)]
+    # Its last call, when that produced the model's output (a call may also compute the output itself).
+    last = direct[-1] if direct else None
+    chain = [(model, last)] if last is not None and layer_output_shape(last) == shape else []
+    return _head_of(model, chain, shape)
+
+
+def _head_of(model, chain: list, shape: tuple) -> Head:
     act = _activation_name(chain[-1][1]) if chain else None
     if act not in _SQUASHING:
         return Head("linear", chain, None, shape[-1])
@@ -199,17 +222,37 @@ class Plan:
 
         else:
             fn = _in_inference_mode(op)
-        if id(op) in self._records:
-            inner, path = fn, self._records[id(op)]
+        return self._recording(op, fn, recorded)
 
-            def fn(*args, **kwargs):
-                out = inner(*args, **kwargs)
-                recorded.setdefault(path, []).append(out)
-                if self.stop_when_recorded and all(len(recorded.get(p, ())) >= k for p, k in self._needed.items()):
-                    raise StopForward
-                return out
+    def _recording(self, op, fn: Callable, recorded: dict) -> Callable:
+        """``fn``, appending its output to ``recorded`` when ``op`` is a recorded layer."""
+        if id(op) not in self._records:
+            return fn
+        path = self._records[id(op)]
 
-        return fn
+        def recording(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            recorded.setdefault(path, []).append(out)
+            if self.stop_when_recorded and all(len(recorded.get(p, ())) >= k for p, k in self._needed.items()):
+                raise StopForward
+            return out
+
+        return recording
+
+    def patches_for(self, model: keras.Model, recorded: dict) -> list:
+        """``(layer, call)`` pairs that record or change the layers of a subclassed ``model`` while it runs
+        (:func:`~cnn_exposed.compat.patched_calls`): its ``call`` is Python we cannot walk, only watch."""
+        patches = []
+        for ref in iter_layers(model):
+            layer = ref.layer
+            if id(layer) == self._final:
+                fn = self.logits.pre_activation
+            elif id(layer) in self._records:
+                fn = unpatched_call(layer)
+            else:
+                continue
+            patches.append((layer, self._recording(layer, fn, recorded)))
+        return patches
 
 
 def _in_inference_mode(op):
@@ -245,7 +288,8 @@ def run_model(model: keras.Model, x, plan: Plan, recorded: dict):
         return x
     graph = functional_graph(model)
     if graph is None:
-        # A subclassed model is opaque: we can only call it.
-        return model(x, training=False)
+        # A subclassed model is Python we cannot walk: we call it, with its recorded layers watched.
+        with patched_calls(plan.patches_for(model, recorded)):
+            return model(x, training=False)
     outputs = run_through_graph(graph, x, lambda op: plan.callable_for(op, recorded))
     return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs

@@ -8,12 +8,14 @@ joined by ``/`` (``"mobilenetv2_1.00_224/Conv_1"``). The root model's name is no
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
-from .compat import inbound_nodes, node_outputs
+from .compat import built_input_shape, functional_graph, inbound_nodes, node_outputs, patched_calls, unpatched_call
 from .errors import LayerNotFoundError, NoSpatialLayerError
 
 
@@ -45,11 +47,60 @@ def is_nested_model(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.Model) and len(getattr(layer, "layers", [])) > 0
 
 
+def is_subclassed(model) -> bool:
+    """Whether ``model`` is a subclassed Keras model (its own ``call``, no graph of layers to walk)."""
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return False
+    return functional_graph(model) is None
+
+
+# id(layer) -> (weak reference, output shape seen when its subclassed model was probed)
+_PROBED: dict[int, tuple] = {}
+
+
+def probe_subclassed(model: keras.Model) -> tuple[list, tuple]:
+    """Run a built subclassed ``model`` once on zeros and see what it calls.
+
+    Returns the ``(layer, output shape)`` of every call of its layers (at any depth) in call order, and the
+    model's output shape; the layers' shapes are kept, so that :func:`layer_output_shape` knows them (a layer
+    of a subclassed model has no symbolic output to read them from).
+    """
+    shape = built_input_shape(model)
+    if shape is None or any(d is None for d in shape[1:]):
+        from .errors import ModelError
+
+        raise ModelError(
+            f"Subclassed model {model.name!r} has not been built with a known input shape. Call it once on a "
+            "batch of images (model(images)) or build it (model.build((None, height, width, channels)))."
+        )
+    calls: list = []
+
+    def watch(layer):
+        own = unpatched_call(layer)
+
+        def call(*args, **kwargs):
+            out = own(*args, **kwargs)
+            calls.append((layer, tuple(getattr(out, "shape", ()))))
+            return out
+
+        return call
+
+    layers = [ref.layer for ref in iter_layers(model)]
+    with patched_calls([(layer, watch(layer)) for layer in layers]):
+        out = model(np.zeros((1, *shape[1:]), np.float32), training=False)
+    for layer, out_shape in calls:
+        _PROBED[id(layer)] = (weakref.ref(layer), (None, *out_shape[1:]))
+    return calls, (None, *tuple(out.shape)[1:])
+
+
 def layer_output_shape(layer: keras.layers.Layer) -> tuple | None:
     """The symbolic output shape of a layer, or None when it is unknown (never called, or several outputs).
 
     A layer that was called more than once reports the shape of its last call.
     """
+    probed = _PROBED.get(id(layer))
+    if probed is not None and probed[0]() is layer:
+        return probed[1]
     try:
         out = layer.output
     except (AttributeError, ValueError, RuntimeError):
@@ -93,7 +144,10 @@ def iter_layers(model: keras.Model) -> Iterator[LayerRef]:
 
 
 def list_layers(model: keras.Model, spatial_only: bool = False) -> list[str]:
-    """Paths of the model's layers (``spatial_only``: only those with a 4-D output), in graph order."""
+    """Paths of the model's layers (``spatial_only``: only those with a 4-D output), in graph order (for a
+    subclassed model: the order its constructor created them)."""
+    if spatial_only and is_subclassed(model):
+        probe_subclassed(model)
     return [ref.path for ref in iter_layers(model) if not spatial_only or is_spatial(ref.layer)]
 
 
@@ -105,6 +159,8 @@ def find_last_spatial_layer(model: keras.Model) -> LayerRef:
     NoSpatialLayerError
         When no layer of the model (nested ones included) has a 4-D output.
     """
+    if is_subclassed(model):
+        probe_subclassed(model)  # learns its layers' output shapes
     spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer)]
     # A nested model whose output is spatial comes before its own layers; its last inner layer is the
     # same tensor or closer to it, and naming it is more useful, so prefer non-model layers.
