@@ -28,7 +28,7 @@ from ..compat import causal_padding, flip, producer
 from ..engine import fused, padded_conv, vjp, with_backward
 from ..errors import CnnExposedError
 from ..graph import call_count
-from ..layers import is_nested_model, iter_layers
+from ..layers import is_nested_model, is_subclassed, iter_layers
 
 LRP_RULES = ("epsilon", "zplus", "alpha1beta0", "alpha2beta1", "zb")
 DEFAULT_COMPOSITE = {"first": "zb", "conv": "zplus", "dense": "epsilon"}
@@ -412,8 +412,9 @@ def _signal_input(ref) -> int:
     """Which input of a ``Multiply`` layer is the signal, the others being gates.
 
     A gate is an input the layer broadcasts (squeeze-and-excitation's ``(N, 1, 1, C)`` channel weights) or,
-    among inputs as large as the output, one a sigmoid produced. Raises when one signal cannot be told
-    apart: a product of two signals has no rule here.
+    among inputs as large as the output (a 1 x 1 feature map late in a small-input network), one computed
+    from a global pooling of the features (the squeeze) or by a sigmoid. Raises when one signal cannot be
+    told apart: a product of two signals has no rule here.
     """
     layer = ref.layer
     try:
@@ -423,14 +424,7 @@ def _signal_input(ref) -> int:
         inputs, out_size = [], 0
     full = [i for i, t in enumerate(inputs) if int(np.prod(t.shape[1:])) == out_size]
     if len(full) > 1:
-        gates = set()
-        for i in full:
-            try:
-                source = producer(inputs[i])
-            except AttributeError:
-                continue
-            if _activation_name(source) in ("sigmoid", "hard_sigmoid"):
-                gates.add(i)
+        gates = {i for i in full if _squeezed(inputs[i]) or _sigmoid_output(inputs[i])}
         full = [i for i in full if i not in gates]
     if len(full) != 1:
         raise UnsupportedLayerError(
@@ -439,6 +433,38 @@ def _signal_input(ref) -> int:
             "method (saliency, integrated_gradients, gradcam) or guided backprop."
         )
     return full[0]
+
+
+_GLOBAL_POOLS = {
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+}  # fmt: skip
+
+
+def _squeezed(tensor, depth: int = 12) -> bool:
+    """Whether ``tensor`` comes from a global pooling through a chain of one-input operations (the excitation
+    branch of a squeeze-and-excitation block: pool, 1 x 1 convolutions, activations, ``+ 3`` and ``/ 6``)."""
+    for _ in range(depth):
+        try:
+            op = producer(tensor)
+            inputs = op.input
+        except (AttributeError, ValueError):
+            return False
+        if type(op).__name__ in _GLOBAL_POOLS:
+            return True
+        tensors = [t for t in (inputs if isinstance(inputs, (list, tuple)) else [inputs]) if hasattr(t, "shape")]
+        tensors = [t for t in tensors if hasattr(t, "_keras_history")]
+        if len(tensors) != 1:  # a merge (or the model input): the chain ends without a pooling
+            return False
+        tensor = tensors[0]
+    return False
+
+
+def _sigmoid_output(tensor) -> bool:
+    try:
+        return _activation_name(producer(tensor)) in ("sigmoid", "hard_sigmoid")
+    except (AttributeError, ValueError):
+        return False
 
 
 def _gate_rule(op, signal: int):
@@ -661,6 +687,15 @@ class RuleSet:
         (or :class:`LayerRef`) whose own output is read, so that no batch normalisation is folded into them
         (LRP folds regardless: the relevance at a convolution and at its normalisation is the same).
         """
+        if any(is_subclassed(m) for m in [model] + [r.layer for r in iter_layers(model) if is_nested_model(r.layer)]):
+            if self.mode in ("gradient", "redirect"):
+                return {}  # the model's own gradient (feature visualisation of a subclassed model)
+            raise UnsupportedLayerError(
+                f"Model {model.name!r} is (or contains) a subclassed model, whose call() is Python that "
+                "cnn-exposed cannot walk, so rule-based methods (LRP, guided backprop, deconvnet) cannot swap "
+                "its layers' backward passes. Rebuild it from the same layers as a functional model "
+                "(keras.Model(inputs, outputs)) or a Sequential, or use a gradient method or a CAM."
+            )
         refs = list(iter_layers(model))
         unsupported = [r for r in refs if _kind(r.layer) == "unsupported"]
         if unsupported and self.mode == "lrp":
