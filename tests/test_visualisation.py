@@ -423,3 +423,19 @@ def test_optimisation_steps_compute_the_models_own_objective_and_gradient(object
     np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(redirected, exact, rtol=1e-5, atol=1e-6)  # same forward pass
     np.testing.assert_allclose(fast_grad, grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max())
+
+
+def test_non_square_models_everywhere():
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((24, 40, 3))
+    h = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation=ACT, name="c1")(inp)
+    h = keras.layers.Conv2D(6, 3, padding="same", activation=ACT, name="c2")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(0, 1, (2, 24, 40, 3)).astype("float32")
+    for method in ("gradcam", "integrated_gradients", "lrp", "occlusion"):
+        exp = ce.explain(model, x, method)
+        assert exp.maps.shape == (2, 24, 40), method
+        assert ce.draw_map(exp, 0).shape == (24, 40, 3)
+    # Feature visualisation renders square images and resizes them to the model's input on the way in.
+    vis = visualise_filters(model, "c2", [0, 1], **FAST)
+    assert vis.images.shape == (2, 32, 32, 3) and np.all(vis.objective > vis.start_objective)

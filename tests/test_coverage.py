@@ -1,0 +1,177 @@
+"""The support matrix: every keras.applications family × every attribution method × feature visualisation.
+
+Each family is built with random weights (no download), nested in a Sequential head as users build
+transfer-learning models, at its smallest accepted input and at an odd size; plus a model as Keras'
+tutorials build it (augmentation, rescaling, separable convolutions, dropout inside the model) and a
+subclassed model. Every cell must give finite maps of the image's shape: no refusals. The cells' own
+numbers are checked elsewhere (tests/test_rules.py, test_subclassed.py, ...); this is the breadth.
+
+One test per model, its cells run in a loop so the model is built once; a failure lists every failing cell.
+Fast settings (2 images, few steps); the whole matrix takes a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import cnn_exposed as ce
+from cnn_exposed.visualisation import channel, class_logit, render
+
+# family -> (constructor name, smallest input side); constructors the installed Keras lacks are skipped
+FAMILIES = {
+    "MobileNetV2": ("MobileNetV2", 32),
+    "MobileNetV3Small": ("MobileNetV3Small", 32),
+    "MobileNetV3Large": ("MobileNetV3Large", 32),
+    "ResNet50": ("ResNet50", 32),
+    "ResNet50V2": ("ResNet50V2", 32),
+    "EfficientNetB0": ("EfficientNetB0", 32),
+    "EfficientNetV2B0": ("EfficientNetV2B0", 32),
+    "DenseNet121": ("DenseNet121", 32),
+    "VGG16": ("VGG16", 32),
+    "Xception": ("Xception", 71),
+    "InceptionV3": ("InceptionV3", 75),
+    "ConvNeXtTiny": ("ConvNeXtTiny", 32),
+}
+# an odd side for each: a shape no network's strides divide evenly
+ODD = {name: size + (3 if size % 2 == 0 else 4) for name, (_, size) in FAMILIES.items()}
+
+OPTIONS = {
+    "smoothgrad": {"samples": 2},
+    "integrated_gradients": {"steps": 4},
+    "scorecam": {"batch_size": 64, "channels": 16},  # the 16 most varied channels, not all 2048 of ResNet50
+}
+
+
+def nested(base: keras.Model, size: int, classes: int = 3) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            base,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+
+
+def tutorial_model(size: int) -> keras.Model:
+    """As Keras' image-classification tutorial builds it: augmentation and rescaling inside the model."""
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.1),
+            keras.layers.RandomZoom(0.1),
+            keras.layers.Rescaling(1.0 / 255),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+            keras.layers.SeparableConv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Dropout(0.25),
+            keras.layers.SeparableConv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.c1 = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")
+        self.c2 = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")
+        self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+        self.head = keras.layers.Dense(3, activation="softmax", name="head")
+
+    def call(self, x):
+        return self.head(self.gap(self.c2(self.c1(x))))
+
+
+# rule-based methods need a graph of layers: a subclassed model's call() cannot be walked (clear error instead)
+RULE_BASED = ("lrp", "guided_backprop", "deconvnet", "guided_gradcam")
+
+
+def check_cells(model: keras.Model, size: int, skip=()) -> dict:
+    """Run every method and feature visualisation; return ``{cell: what went wrong}``."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    problems = {}
+    for method in ce.METHODS:
+        if method in skip:
+            continue
+        options = dict(OPTIONS.get(method, {}))
+        if method == "occlusion":
+            options.update(patch=max(size // 4, 1), stride=max(size // 4, 1))
+        try:
+            exp = ce.explain(model, x, method, progress=False, **options)
+            if exp.maps.shape != (2, size, size):
+                problems[method] = f"maps of shape {exp.maps.shape}"
+            elif not np.isfinite(exp.maps).all():
+                problems[method] = "non-finite maps"
+        except Exception as err:  # every refusal or crash is a hole in the matrix
+            problems[method] = f"{type(err).__name__}: {str(err)[:300]}"
+    try:
+        layer = ce.find_last_spatial_layer(model).path
+        # filters of the last spatial layer plus class logits (both paths of the objective), one batch
+        objective = channel(layer, [0, 1, 0]) + class_logit([1, 1, 2])
+        vis = render(model, objective, 3, steps=2, size=size, progress=False)
+        if vis.images.shape != (3, size, size, 3) or not np.isfinite(vis.objective).all():
+            problems["visualisation"] = f"images {vis.images.shape}, objective {vis.objective}"
+    except Exception as err:
+        problems["visualisation"] = f"{type(err).__name__}: {str(err)[:300]}"
+    return problems
+
+
+def cases(names):
+    return [(name, size) for name in names for size in (FAMILIES[name][1], ODD[name])]
+
+
+def run_family(family, size):
+    ctor = getattr(keras.applications, FAMILIES[family][0], None)
+    if ctor is None:
+        pytest.skip(f"keras {keras.__version__} has no keras.applications.{FAMILIES[family][0]}")
+    keras.utils.set_random_seed(0)
+    model = nested(ctor(include_top=False, weights=None, input_shape=(size, size, 3)), size)
+    problems = check_cells(model, size)
+    assert not problems, "\n".join(f"{family} {size}px {cell}: {why}" for cell, why in problems.items())
+
+
+# Two classes of about equal cost: pytest-xdist (--dist loadscope) runs each on its own worker.
+HALF_A = ["DenseNet121", "ConvNeXtTiny", "EfficientNetB0", "MobileNetV2", "MobileNetV3Small", "VGG16"]
+HALF_B = ["InceptionV3", "Xception", "ResNet50", "ResNet50V2", "EfficientNetV2B0", "MobileNetV3Large"]
+assert sorted(HALF_A + HALF_B) == sorted(FAMILIES)
+
+
+@pytest.mark.coverage
+class TestFamiliesA:
+    @pytest.mark.parametrize(("family", "size"), cases(HALF_A), ids=[f"{n}-{s}" for n, s in cases(HALF_A)])
+    def test_every_method(self, family, size):
+        run_family(family, size)
+
+
+@pytest.mark.coverage
+class TestFamiliesB:
+    @pytest.mark.parametrize(("family", "size"), cases(HALF_B), ids=[f"{n}-{s}" for n, s in cases(HALF_B)])
+    def test_every_method(self, family, size):
+        run_family(family, size)
+
+
+@pytest.mark.coverage
+@pytest.mark.parametrize("size", [64, 45])
+def test_every_method_on_a_tutorial_model_with_augmentation_inside(size):
+    keras.utils.set_random_seed(0)
+    problems = check_cells(tutorial_model(size), size)
+    assert not problems, "\n".join(f"tutorial {size}px {cell}: {why}" for cell, why in problems.items())
+
+
+@pytest.mark.coverage
+def test_every_method_on_a_subclassed_model():
+    keras.utils.set_random_seed(0)
+    model = Subclassed()
+    model(np.zeros((1, 33, 33, 3), np.float32))
+    problems = check_cells(model, 33, skip=RULE_BASED)
+    assert not problems, "\n".join(f"subclassed {cell}: {why}" for cell, why in problems.items())
+    for method in RULE_BASED:
+        with pytest.raises(ce.CnnExposedError, match="subclassed model"):
+            ce.explain(model, np.zeros((1, 33, 33, 3), np.float32), method)
