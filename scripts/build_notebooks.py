@@ -365,7 +365,7 @@ the same filters, the same steps, and the share of image power above 0.25 cycles
     f = np.fft.fftfreq(imgs.shape[1]); r = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     return power[:, r > cutoff].sum() / power.sum()
 
-compare = {p: ce.visualise_filters(model, layers[1], FILTERS, steps=STEPS, size=SIZE, preprocess=prep,
+compare = {p: ce.visualise_filters(model, layers[len(layers) // 2], FILTERS, steps=STEPS, size=SIZE, preprocess=prep,
                                    parameterisation=p, progress=False) for p in ("pixels", "fourier")}
 for p, v in compare.items():
     v.plot(title=f"{p}: high-frequency share {high_frequency_share(v.images):.2f}"); plt.show()"""

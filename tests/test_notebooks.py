@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
@@ -43,3 +44,51 @@ def test_colab_badge_setup_and_one_configuration_cell(path):
     assert "sys.path" not in sources[0] and " -e" not in sources[0]
     assert sum("CONFIGURATION" in s for s in sources) == 1
     assert any("# NBVAL_CHECK_OUTPUT" in s for s in sources)
+
+
+def gray_model(path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((40, 40, 1))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    h = keras.layers.SeparableConv2D(6, 3, activation="relu", name="s1")(h)
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))).save(path)
+    return "['a', 'b', 'c']"
+
+
+def binary_model(path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((40, 40, 3))
+    h = keras.layers.Conv2D(6, 3, activation="relu", name="c1")(inp)
+    keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(h))).save(path)
+    return "['no', 'yes']"
+
+
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [("attribution.ipynb", gray_model), ("visualisation.ipynb", binary_model)],
+    ids=["gray", "binary"],
+)
+def test_the_configuration_cell_takes_the_users_own_model(name, build, tmp_path, monkeypatch, capsys):
+    """The promise of the configuration cell: set MODEL (and CLASS_NAMES) and every cell runs, here with a
+    grayscale model (RGB photos converted) and a one-unit sigmoid model (two classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.setenv("CNN_EXPOSED_MAX_STEPS", "8")
+    monkeypatch.chdir(tmp_path)
+    model_path = str(tmp_path / "mine.keras")
+    class_names = build(model_path)
+    nb = json.loads((NOTEBOOKS[0].parent / name).read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    config = [i for i, s in enumerate(cells) if "CONFIGURATION" in s]
+    assert len(config) == 1
+    cells[config[0]] = cells[config[0]].replace('MODEL = "demo"', f"MODEL = {model_path!r}", 1)
+    cells[config[0]] = cells[config[0]].replace("CLASS_NAMES = None", f"CLASS_NAMES = {class_names}", 1)
+    assert model_path in cells[config[0]]
+    namespace: dict = {}
+    for i, source in enumerate(cells):
+        try:
+            exec(compile(source, f"{name} cell {i}", "exec"), namespace)
+        except Exception as err:
+            raise AssertionError(f"{name} cell {i} failed with the user's model: {err!r}\n{source[:400]}") from err
+    assert namespace["MODEL"] == model_path
