@@ -93,6 +93,12 @@ def probe_subclassed(model: keras.Model) -> tuple[list, tuple]:
     return calls, (None, *tuple(out.shape)[1:])
 
 
+def _probe_if_needed(model) -> None:
+    """Probe a subclassed model (:func:`probe_subclassed`) unless every layer's output shape is already known."""
+    if is_subclassed(model) and any(layer_output_shape(ref.layer) is None for ref in iter_layers(model)):
+        probe_subclassed(model)
+
+
 def layer_output_shape(layer: keras.layers.Layer) -> tuple | None:
     """The symbolic output shape of a layer, or None when it is unknown (never called, or several outputs).
 
@@ -146,8 +152,8 @@ def iter_layers(model: keras.Model) -> Iterator[LayerRef]:
 def list_layers(model: keras.Model, spatial_only: bool = False) -> list[str]:
     """Paths of the model's layers (``spatial_only``: only those with a 4-D output), in graph order (for a
     subclassed model: the order its constructor created them)."""
-    if spatial_only and is_subclassed(model):
-        probe_subclassed(model)
+    if spatial_only:
+        _probe_if_needed(model)
     return [ref.path for ref in iter_layers(model) if not spatial_only or is_spatial(ref.layer)]
 
 
@@ -159,8 +165,7 @@ def find_last_spatial_layer(model: keras.Model) -> LayerRef:
     NoSpatialLayerError
         When no layer of the model (nested ones included) has a 4-D output.
     """
-    if is_subclassed(model):
-        probe_subclassed(model)  # learns its layers' output shapes
+    _probe_if_needed(model)
     spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer)]
     # A nested model whose output is spatial comes before its own layers; its last inner layer is the
     # same tensor or closer to it, and naming it is more useful, so prefer non-model layers.

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .explanation import Explanation, signed_maps
+from .inputs import LUMA
 
 _COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -78,7 +79,7 @@ def overlay_signed(image: np.ndarray, signed_map: np.ndarray, alpha: float = 0.8
     if value.shape != img.shape[:2]:
         value = cv2.resize(value, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     value = np.clip(value, -1.0, 1.0)
-    gray = np.repeat(img @ np.array([0.299, 0.587, 0.114], np.float32), 3).reshape(img.shape)
+    gray = np.repeat(img @ LUMA, 3).reshape(img.shape)
     colour = matplotlib.colormaps["bwr"]((value + 1.0) / 2.0)[..., :3] * 255.0
     weight = (alpha * np.abs(value))[..., None]
     return np.clip(np.rint((1.0 - weight) * gray + weight * colour), 0, 255).astype(np.uint8)
