@@ -161,3 +161,15 @@ def test_patched_calls_replace_a_layers_call_and_restore_it():
     assert len(seen) == 1
     np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-6)  # restored
     assert "call" not in model.conv.__dict__
+
+
+def test_graph_operations_include_the_keras_ops_between_layers():
+    inp = keras.Input((4, 4, 2))
+    h = keras.layers.Conv2D(2, 1, name="conv")(inp)
+    out = keras.layers.Flatten(name="flat")(ops.relu(h / 2.0) + h)
+    model = keras.Model(inp, out)
+    names = [type(op).__name__ for op in compat.graph_operations(model)]
+    assert names == ["InputLayer", "Conv2D", "TrueDivide", "Relu", "Add", "Flatten"]
+    assert len(model.layers) == 3  # the layers alone leave the three operations out
+    seq = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Flatten()])
+    assert [type(op).__name__ for op in compat.graph_operations(compat.functional_graph(seq))][-1] == "Flatten"

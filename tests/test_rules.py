@@ -519,3 +519,49 @@ def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule, monkeyp
     padded = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
     np.testing.assert_allclose(fused, padded, rtol=1e-4, atol=1e-5 * np.abs(padded).max())
     assert np.abs(padded).max() > 0
+
+
+# ------------------------------------------------------------------ keras.ops operations between the layers
+def ops_and_layers():
+    """The same functional network twice: with keras.ops between its layers, and with a layer for each."""
+    keras.utils.set_random_seed(27)
+
+    def build(with_ops: bool) -> keras.Model:
+        conv = [keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name=f"c{i}") for i in (1, 2)]
+        head = keras.layers.Dense(3, use_bias=False, name="head")
+        inp = keras.Input((SIZE, SIZE, 3))
+        if with_ops:
+            h = keras.ops.relu(conv[0](inp * 2.0))
+            h = keras.ops.relu(h + conv[1](h))
+            return keras.Model(inp, head(keras.ops.mean(h, axis=(1, 2))))
+        h = keras.layers.ReLU()(conv[0](keras.layers.Rescaling(2.0)(inp)))
+        h = keras.layers.ReLU()(keras.layers.Add()([h, conv[1](h)]))
+        return keras.Model(inp, head(keras.layers.GlobalAveragePooling2D()(h)))
+
+    with_ops, with_layers = build(True), build(False)
+    for name in ("c1", "c2", "head"):
+        with_layers.get_layer(name).set_weights(with_ops.get_layer(name).get_weights())
+    return with_ops, with_layers
+
+
+@pytest.mark.parametrize("method, options", [("lrp", {"rule": "epsilon", "epsilon": 1e-9}), ("lrp", {}),
+                                             ("guided_backprop", {}), ("deconvnet", {})])  # fmt: skip
+def test_keras_ops_between_layers_get_the_rules_of_the_layers_that_do_the_same(method, options):
+    with_ops, with_layers = ops_and_layers()
+    x = images(3, SIZE)
+    ours = ce.explain(with_ops, x, method, target=1, **options)
+    ref = ce.explain(with_layers, x, method, target=1, **options)
+    np.testing.assert_allclose(
+        ours.attributions, ref.attributions, rtol=1e-4, atol=1e-6 * np.abs(ref.attributions).max()
+    )
+    if options.get("rule") == "epsilon":
+        conserved(with_ops, x, target=1)  # the residual sum splits it, the scaling and ReLUs pass it on
+
+
+def test_an_operation_without_a_rule_is_named():
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(4, 3, name="c1")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(keras.ops.exp(h))))
+    with pytest.raises(ce.CnnExposedError, match="keras.ops operation 'exp' \\(Exp\\).*gradient method"):
+        ce.explain(model, images(1, SIZE), "lrp")
+    assert np.isfinite(ce.explain(model, images(1, SIZE), "guided_backprop").maps).all()

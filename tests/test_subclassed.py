@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from keras import ops
 
 import cnn_exposed as ce
 from cnn_exposed.visualisation import visualise_classes, visualise_filters
@@ -27,11 +31,25 @@ class Classifier(keras.Model):
         return self.head(self.gap(h))
 
 
+def copy_of(model: keras.Model, build) -> keras.Model:
+    """``build(layers)``: a functional model of fresh copies of ``model``'s layers (``layers.c1`` ...), with
+    its weights. Fresh, so that the user's layers stay out of any graph but the one their model traces."""
+    layers = {name: type(getattr(model, name)).from_config(getattr(model, name).get_config()) for name in vars(model)
+              if isinstance(getattr(model, name, None), keras.layers.Layer)}  # fmt: skip
+    twin = build(types.SimpleNamespace(**layers))
+    for name, layer in layers.items():
+        layer.set_weights(getattr(model, name).get_weights())
+    return twin
+
+
 def functional_twin(model: Classifier) -> keras.Model:
-    inp = keras.Input((16, 16, 3))
-    h = model.c1(inp)
-    h = keras.layers.Add()([h, model.c2(h)])
-    return keras.Model(inp, model.head(model.gap(h)))
+    def build(own):
+        inp = keras.Input((16, 16, 3))
+        h = own.c1(inp)
+        h = keras.layers.Add()([h, own.c2(h)])
+        return keras.Model(inp, own.head(own.gap(h)))
+
+    return copy_of(model, build)
 
 
 @pytest.fixture
@@ -68,11 +86,146 @@ def test_layers_of_a_subclassed_model_are_found_with_their_shapes(pair):
         ce.explain(model, images(1), "gradcam", layer="c3")
 
 
-def test_rule_based_methods_say_how_to_rebuild_the_model(pair):
-    model, _ = pair
+RULE_BASED = [
+    ("lrp", {}), ("lrp", {"rule": "epsilon"}), ("lrp", {"rule": "alpha2beta1"}), ("guided_backprop", {}),
+    ("deconvnet", {}), ("guided_gradcam", {"layer": "c2"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, options", RULE_BASED)
+def test_rule_based_methods_walk_the_traced_call_as_its_functional_twin(pair, method, options):
+    model, twin = pair
+    x = images(3)
+    ours = ce.explain(model, x, method, target=1, **options)
+    ref = ce.explain(twin, x, method, target=1, **options)
+    np.testing.assert_allclose(ours.scores, ref.scores, rtol=1e-5)
+    np.testing.assert_allclose(
+        ours.attributions, ref.attributions, rtol=1e-4, atol=1e-6 * np.abs(ref.attributions).max()
+    )
+    assert np.abs(ours.attributions).max() > 0
+
+
+class Ops(keras.Model):
+    """keras.ops between the layers: input scaling, a ReLU, a residual sum, a squeeze-and-excitation gate and
+    global pooling, all written as operations; the head is created first (its constructor order is not the
+    order call() uses the layers in)."""
+
+    def __init__(self):
+        super().__init__(name="ops_model")
+        self.head = keras.layers.Dense(3, use_bias=False, name="head")
+        self.c1 = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="c1")
+        self.c2 = keras.layers.Conv2D(6, 3, padding="same", activation="relu", use_bias=False, name="c2")
+        self.excite = keras.layers.Dense(6, activation="sigmoid", name="excite")
+
+    def call(self, x):
+        h = ops.relu(self.c1(x / 255.0 - 0.5))
+        h = h + self.c2(h)
+        h = h * ops.expand_dims(ops.expand_dims(self.excite(ops.mean(h, axis=(1, 2))), 1), 1)
+        return self.head(ops.mean(h, axis=(1, 2)))
+
+
+def ops_twin(model: Ops) -> keras.Model:
+    """The same network with a layer for every operation."""
+
+    def build(own):
+        inp = keras.Input((16, 16, 3))
+        h = keras.layers.Rescaling(1 / 255.0, offset=-0.5)(inp)
+        h = keras.layers.ReLU()(own.c1(h))
+        h = keras.layers.Add()([h, own.c2(h)])
+        gate = keras.layers.Reshape((1, 1, 6))(own.excite(keras.layers.GlobalAveragePooling2D()(h)))
+        h = keras.layers.Multiply()([h, gate])
+        return keras.Model(inp, own.head(keras.layers.GlobalAveragePooling2D()(h)))
+
+    return copy_of(model, build)
+
+
+@pytest.fixture
+def ops_pair():
+    keras.utils.set_random_seed(23)
+    model = Ops()
+    model(np.zeros((1, 16, 16, 3), np.float32))
+    return model, ops_twin(model)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("lrp", {}), ("lrp", {"rule": "zplus"}), ("guided_backprop", {}), ("deconvnet", {})],
+)
+def test_keras_ops_in_call_get_the_rules_of_the_layers_that_do_the_same(ops_pair, method, options):
+    model, twin = ops_pair
+    x = images(3) * 255.0
+    ours = ce.explain(model, x, method, target=2, **options).attributions
+    ref = ce.explain(twin, x, method, target=2, **options).attributions
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    assert np.abs(ours).max() > 0
+
+
+def test_lrp_through_keras_ops_conserves_relevance(ops_pair):
+    model, _ = ops_pair
+    x = images(3) * 255.0
+    exp = ce.explain(model, x, "lrp", rule="epsilon", epsilon=1e-9, target=0)
+    np.testing.assert_allclose(exp.attributions.reshape(3, -1).sum(1), exp.scores, rtol=2e-3)
+    with pytest.raises(ce.CnnExposedError, match="bounds.*TrueDivide|bounds.*truediv"):
+        ce.explain(model, x, "lrp", bounds=(0.0, 255.0))  # z^B cannot map given bounds through x / 255
+
+
+class Features(keras.Model):
+    def __init__(self):
+        super().__init__(name="features")
+        self.c1 = keras.layers.Conv2D(6, 3, activation="relu", name="c1")
+        self.c2 = keras.layers.Conv2D(5, 3, activation="relu", name="c2")
+
+    def call(self, x):
+        return self.c2(self.c1(x))
+
+
+def test_a_subclassed_base_nested_in_a_sequential_head():
+    keras.utils.set_random_seed(24)
+    base = Features()
+    model = keras.Sequential([keras.Input((16, 16, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax", name="head")])  # fmt: skip
+    flat = copy_of(base, lambda own: keras.Sequential([keras.Input((16, 16, 3)), own.c1, own.c2]))
+    flat = keras.Sequential([flat, keras.layers.GlobalAveragePooling2D(), model.get_layer("head")])
+    x = images(2)
+    for method in ("lrp", "guided_backprop"):
+        ours = ce.explain(model, x, method, target=0).attributions
+        ref = ce.explain(flat, x, method, target=0).attributions
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+
+
+class TensorFlowInside(Classifier):
+    def call(self, x):
+        return self.head(self.gap(tf.nn.relu(self.c2(self.c1(x)))))  # a tf function: no symbolic tracing
+
+
+class Stateful(Classifier):
+    calls = 0
+
+    def call(self, x):
+        self.calls += 1
+        return self.head(self.gap(self.c2(self.c1(x)))) * (1.0 if self.calls % 2 else 0.5)
+
+
+@pytest.mark.parametrize("cls, why", [(TensorFlowInside, "could not be traced"), (Stateful, "something else")])
+def test_a_call_that_cannot_be_traced_is_refused_by_rule_based_methods_only(cls, why):
+    keras.utils.set_random_seed(25)
+    model = cls()
+    model(np.zeros((1, 16, 16, 3), np.float32))
     for method in ("lrp", "guided_backprop", "deconvnet"):
-        with pytest.raises(ce.CnnExposedError, match="subclassed model.*functional model"):
+        with pytest.raises(ce.ModelError, match=f"{why}.*functional model.*keras.ops"):
             ce.explain(model, images(1), method)
+    assert np.isfinite(ce.explain(model, images(2), "saliency").maps).all()
+
+
+def test_layers_shared_with_a_functional_model_are_refused_with_the_way_out():
+    keras.utils.set_random_seed(26)
+    model = Classifier()
+    model(np.zeros((1, 16, 16, 3), np.float32))
+    inp = keras.Input((16, 16, 3))
+    functional = keras.Model(inp, model.head(model.gap(model.c2(model.c1(inp)))))
+    with pytest.raises(ce.ModelError, match="already called in another functional model. Explain that"):
+        ce.explain(model, images(1), "lrp")
+    assert ce.explain(functional, images(1), "lrp").maps.shape == (1, 16, 16)
 
 
 def test_an_unbuilt_subclassed_model_is_refused_clearly():

@@ -132,3 +132,10 @@ def apply_adam(var, m, v, grad, *, step, learning_rate: float, beta1: float, bet
         var=var.handle, m=m.handle, v=v.handle, beta1_power=beta1**step, beta2_power=beta2**step,
         lr=learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon, grad=grad,
     )  # fmt: skip
+
+
+def graph_operations(graph) -> list:
+    """Every operation of a functional ``graph`` in topological order: its layers and the ``keras.ops``
+    operations applied between them (``x + y`` on symbolic tensors is an ``Add`` operation node), which
+    ``graph.layers`` leaves out (``Function.operations``, since Keras 3.0)."""
+    return list(graph.operations)

@@ -23,7 +23,15 @@ from keras import ops
 
 from .compat import functional_graph, inbound_nodes, patched_calls, producer, run_through_graph, unpatched_call
 from .errors import ModelError
-from .layers import LayerRef, is_nested_model, is_subclassed, iter_layers, layer_output_shape, probe_subclassed
+from .layers import (
+    LayerRef,
+    is_nested_model,
+    is_subclassed,
+    iter_layers,
+    layer_output_shape,
+    probe_subclassed,
+    traced,
+)
 
 _SQUASHING = ("softmax", "sigmoid")
 
@@ -287,6 +295,9 @@ def run_model(model: keras.Model, x, plan: Plan, recorded: dict):
             x = plan.callable_for(layer, recorded)(x)
         return x
     graph = functional_graph(model)
+    twin = traced(model) if graph is None and plan.replace else None
+    if twin is not None:  # a subclassed model whose layers a method swaps: we walk its traced twin
+        return run_model(twin, x, plan, recorded)
     if graph is None:
         # A subclassed model is Python we cannot walk: we call it, with its recorded layers watched.
         with patched_calls(plan.patches_for(model, recorded)):

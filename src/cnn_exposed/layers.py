@@ -8,6 +8,7 @@ joined by ``/`` (``"mobilenetv2_1.00_224/Conv_1"``). The root model's name is no
 from __future__ import annotations
 
 import difflib
+import inspect
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,32 @@ def is_subclassed(model) -> bool:
 
 # id(layer) -> (weak reference, output shape seen when its subclassed model was probed)
 _PROBED: dict[int, tuple] = {}
+# id(subclassed model) -> (weak reference, its functional twin): see trace_subclassed
+_TWINS: dict[int, tuple] = {}
+
+
+def _remember(table: dict, obj, value) -> None:
+    """``table[id(obj)] = (weakref(obj), value)``, first dropping the entries whose object is gone."""
+    for key in [k for k, (ref, _) in table.items() if ref() is None]:
+        del table[key]
+    table[id(obj)] = (weakref.ref(obj), value)
+
+
+def _recalled(table: dict, obj):
+    entry = table.get(id(obj))
+    return entry[1] if entry is not None and entry[0]() is obj else None
+
+
+def _built_shape(model) -> tuple:
+    shape = built_input_shape(model)
+    if shape is None or any(d is None for d in shape[1:]):
+        from .errors import ModelError
+
+        raise ModelError(
+            f"Subclassed model {model.name!r} has not been built with a known input shape. Call it once on a "
+            "batch of images (model(images)) or build it (model.build((None, height, width, channels)))."
+        )
+    return shape
 
 
 def probe_subclassed(model: keras.Model) -> tuple[list, tuple]:
@@ -65,14 +92,7 @@ def probe_subclassed(model: keras.Model) -> tuple[list, tuple]:
     model's output shape; the layers' shapes are kept, so that :func:`layer_output_shape` knows them (a layer
     of a subclassed model has no symbolic output to read them from).
     """
-    shape = built_input_shape(model)
-    if shape is None or any(d is None for d in shape[1:]):
-        from .errors import ModelError
-
-        raise ModelError(
-            f"Subclassed model {model.name!r} has not been built with a known input shape. Call it once on a "
-            "batch of images (model(images)) or build it (model.build((None, height, width, channels)))."
-        )
+    shape = _built_shape(model)
     calls: list = []
 
     def watch(layer):
@@ -89,11 +109,97 @@ def probe_subclassed(model: keras.Model) -> tuple[list, tuple]:
     with patched_calls([(layer, watch(layer)) for layer in layers]):
         out = model(np.zeros((1, *shape[1:]), np.float32), training=False)
     for layer, out_shape in calls:
-        _PROBED[id(layer)] = (weakref.ref(layer), (None, *out_shape[1:]))
+        _remember(_PROBED, layer, (None, *out_shape[1:]))
     return calls, (None, *tuple(out.shape)[1:])
 
 
-def _probe_if_needed(model) -> None:
+def trace_subclassed(model: keras.Model) -> keras.Model:
+    """The functional twin of a built subclassed ``model``: its ``call`` run once on a symbolic
+    ``keras.Input``, which records every layer it calls and every ``keras.ops`` operation it applies (``h +
+    self.conv(h)``, ``ops.relu``) as a graph node, like a model written with the functional API. The twin
+    shares the model's layers and weights; rule-based methods walk it (:func:`cnn_exposed.graph.run_model`).
+
+    Its outputs are checked against the model's own on random inputs. The twin, or the reason there is
+    none, is kept for the model's lifetime.
+
+    Side effect: the model's layers get the twin's graph nodes (``layer.input``, ``layer.output``), as if
+    they had been called once in a functional model (a call() that fails half-way leaves the nodes of the
+    layers it reached).
+
+    Raises
+    ------
+    ModelError
+        When ``call`` cannot run on symbolic inputs (TensorFlow functions such as ``tf.nn.relu``, Python
+        decisions on tensor values) or computes something its twin does not (state kept between calls).
+    """
+    twin = _recalled(_TWINS, model)
+    if isinstance(twin, Exception):  # refused before: the same answer, without tracing again
+        raise twin
+    if twin is not None:
+        return twin
+    from .errors import ModelError
+
+    try:
+        twin = _trace(model)
+    except ModelError as err:
+        _remember(_TWINS, model, err)
+        raise
+    _remember(_TWINS, model, twin)
+    return twin
+
+
+def _trace(model: keras.Model) -> keras.Model:
+    from .errors import ModelError
+
+    shape = _built_shape(model)
+    how = (
+        "Rebuild it from the same layers as a functional model (keras.Model(inputs, outputs)) or a Sequential, "
+        "write call() with keras.layers and keras.ops only (no tf.* functions, no Python branches on tensor "
+        "values), or use a gradient method (saliency, integrated_gradients) or a CAM, which run the model as it is."
+    )
+    try:
+        takes_training = "training" in inspect.signature(model.call).parameters
+    except (TypeError, ValueError):
+        takes_training = False
+    shared = [layer.name for layer in model.layers if inbound_nodes(layer)]
+    if shared:  # their graph position (layer.input, layer.output) would be the other model's
+        raise ModelError(
+            f"Subclassed model {model.name!r}: rule-based methods (LRP, guided backprop, deconvnet) trace its "
+            f"call() into a graph of its layers, but layers {shared[:5]} are already called in another "
+            "functional model. Explain that functional model, or give the subclassed model layers of its own."
+        )
+    try:
+        inp = keras.Input(shape[1:], name=f"{model.name}_input")
+        out = model.call(inp, training=False) if takes_training else model.call(inp)
+        twin = keras.Model(inp, out, name=f"{model.name}_traced")
+    except Exception as err:  # whatever the user's call() raises on symbolic tensors
+        raise ModelError(
+            f"Subclassed model {model.name!r}: rule-based methods (LRP, guided backprop, deconvnet) need its "
+            f"layers as a graph, and its call() could not be traced on a symbolic keras.Input "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). {how}"
+        ) from err
+    if len(twin.outputs) != 1:
+        raise ModelError(f"Subclassed model {model.name!r} has {len(twin.outputs)} outputs; {how}")
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (2, *shape[1:])).astype(np.float32)
+    ours, theirs = np.asarray(twin(x, training=False)), np.asarray(model(x, training=False))
+    gap = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("inf")
+    if not gap <= 1e-4 * max(1.0, float(np.abs(theirs).max())):
+        raise ModelError(
+            f"Subclassed model {model.name!r}: its call() traced on a symbolic keras.Input computes something "
+            f"else than the model itself (largest difference {gap:.3g}), e.g. it keeps state between calls or "
+            f"branches on values. {how}"
+        )
+    return twin
+
+
+def traced(model) -> keras.Model | None:
+    """The functional twin :func:`trace_subclassed` made of ``model``, or None (not traced, not traceable, or
+    not subclassed)."""
+    twin = _recalled(_TWINS, model)
+    return None if isinstance(twin, Exception) else twin
+
+
+def probe_if_needed(model) -> None:
     """Probe a subclassed model (:func:`probe_subclassed`) unless every layer's output shape is already known."""
     if is_subclassed(model) and any(layer_output_shape(ref.layer) is None for ref in iter_layers(model)):
         probe_subclassed(model)
@@ -104,9 +210,9 @@ def layer_output_shape(layer: keras.layers.Layer) -> tuple | None:
 
     A layer that was called more than once reports the shape of its last call.
     """
-    probed = _PROBED.get(id(layer))
-    if probed is not None and probed[0]() is layer:
-        return probed[1]
+    probed = _recalled(_PROBED, layer)
+    if probed is not None:
+        return probed
     try:
         out = layer.output
     except (AttributeError, ValueError, RuntimeError):
@@ -131,14 +237,23 @@ def is_spatial(layer: keras.layers.Layer) -> bool:
     return shape is not None and len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer)
 
 
-def iter_layers(model: keras.Model) -> Iterator[LayerRef]:
+def iter_layers(model: keras.Model, graph_order: bool = False) -> Iterator[LayerRef]:
     """Every layer of ``model`` depth first in graph order, entering nested models.
 
-    A nested model is yielded before its own layers.
+    A nested model is yielded before its own layers. A subclassed model's layers come in the order its
+    constructor created them; with ``graph_order``, once it is traced (:func:`trace_subclassed`), in the
+    order its ``call`` uses them.
     """
 
+    def ordered(holder) -> list:
+        twin = traced(holder) if graph_order else None
+        if twin is None:
+            return list(holder.layers)
+        place = {id(layer): i for i, layer in enumerate(twin.layers)}
+        return sorted(holder.layers, key=lambda layer: place.get(id(layer), len(place)))
+
     def walk(chain: tuple, prefix: str) -> Iterator[LayerRef]:
-        for layer in chain[-1].layers:
+        for layer in ordered(chain[-1]):
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             path = prefix + layer.name
@@ -153,7 +268,7 @@ def list_layers(model: keras.Model, spatial_only: bool = False) -> list[str]:
     """Paths of the model's layers (``spatial_only``: only those with a 4-D output), in graph order (for a
     subclassed model: the order its constructor created them)."""
     if spatial_only:
-        _probe_if_needed(model)
+        probe_if_needed(model)
     return [ref.path for ref in iter_layers(model) if not spatial_only or is_spatial(ref.layer)]
 
 
@@ -165,7 +280,7 @@ def find_last_spatial_layer(model: keras.Model) -> LayerRef:
     NoSpatialLayerError
         When no layer of the model (nested ones included) has a 4-D output.
     """
-    _probe_if_needed(model)
+    probe_if_needed(model)
     spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer)]
     # A nested model whose output is spatial comes before its own layers; its last inner layer is the
     # same tensor or closer to it, and naming it is more useful, so prefer non-model layers.
@@ -219,6 +334,7 @@ def resolve_layer(model: keras.Model, layer: str | keras.layers.Layer | LayerRef
     """
     if isinstance(layer, LayerRef):
         return layer
+    probe_if_needed(model)  # a subclassed model's layers: their output shapes
     refs = list(iter_layers(model))
     if isinstance(layer, keras.layers.Layer):
         for ref in refs:

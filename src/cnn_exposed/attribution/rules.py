@@ -24,11 +24,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..compat import causal_padding, flip, producer
+from ..compat import causal_padding, flip, functional_graph, graph_operations, producer
 from ..engine import fused, padded_conv, vjp, with_backward
 from ..errors import CnnExposedError
 from ..graph import call_count
-from ..layers import is_nested_model, is_subclassed, iter_layers
+from ..layers import LayerRef, is_nested_model, is_subclassed, iter_layers, trace_subclassed, traced
 
 LRP_RULES = ("epsilon", "zplus", "alpha1beta0", "alpha2beta1", "zb")
 DEFAULT_COMPOSITE = {"first": "zb", "conv": "zplus", "dense": "epsilon"}
@@ -367,8 +367,34 @@ def _weighted_rule(layer, rule: str, epsilon: float, kernel, bias, bounds=None, 
     raise ValueError(f"Unknown LRP rule {rule!r}; choose from {LRP_RULES}.")
 
 
-def _plain_linear_rule(op, epsilon: float):
-    """The ε-rule for a weight-free linear operation (one or several inputs)."""
+def _identity_backward(inputs, z, r):
+    """Relevance passes unchanged: ``R_in = R_out``."""
+    return [r]
+
+
+def _epsilon_backward(forward, epsilon: float):
+    """The ε-rule through a weight-free linear ``forward`` of one or several inputs: each input gets
+    ``x ⊙ ∂(z · s)/∂x`` with ``s = R / (z + ε sign z)``, its share of each output's relevance."""
+
+    def backward(inputs, z, r):
+        cs = vjp(forward, list(inputs), _stabilised_ratio(r, z, epsilon))
+        return [t * c for t, c in zip(inputs, cs, strict=True)]
+
+    return backward
+
+
+def _gate_backward(signal: int):
+    """All the relevance to input ``signal``; the gates, held as constant weights, get none."""
+
+    def backward(inputs, z, r):
+        return [r if i == signal else ops.zeros_like(t) for i, t in enumerate(inputs)]
+
+    return backward
+
+
+def _layer_input_rule(op, make_backward):
+    """``op``'s call with the backward pass ``make_backward(forward)``, for a layer called on one tensor or
+    on a list of tensors (``Add``, ``Multiply``)."""
 
     def call(*args, **kwargs):
         several = isinstance(args[0], (list, tuple))
@@ -377,13 +403,14 @@ def _plain_linear_rule(op, epsilon: float):
         def forward(*ts):
             return op(list(ts), **kwargs) if several else op(ts[0], **kwargs)
 
-        def backward(inputs, z, r):
-            cs = vjp(forward, list(inputs), _stabilised_ratio(r, z, epsilon))
-            return [t * c for t, c in zip(inputs, cs, strict=True)]
-
-        return with_backward(forward, backward)(*tensors)
+        return with_backward(forward, make_backward(forward))(*tensors)
 
     return call
+
+
+def _plain_linear_rule(op, epsilon: float):
+    """The ε-rule for a weight-free linear layer (one or several inputs)."""
+    return _layer_input_rule(op, lambda forward: _epsilon_backward(forward, epsilon))
 
 
 def _chain(maps: list):
@@ -401,10 +428,7 @@ def _pass_through_rule(op):
     """An element-wise layer whose relevance passes unchanged (``R_in = R_out``): per-element scaling such as
     ``Rescaling``, ``Normalization``, ConvNeXt's layer scale."""
 
-    def identity_backward(inputs, z, r):
-        return [r]
-
-    rule = with_backward(lambda x: op(x), identity_backward)
+    rule = with_backward(lambda x: op(x), _identity_backward)
     return lambda x, *a, **k: rule(x)
 
 
@@ -470,19 +494,105 @@ def _sigmoid_output(tensor) -> bool:
 def _gate_rule(op, signal: int):
     """``Multiply`` as a gate: the gates are constant weights, all the relevance flows to input ``signal``
     (the signal and the output have the same shape)."""
+    return _layer_input_rule(op, lambda forward: _gate_backward(signal))
 
-    def call(inputs, *args, **kwargs):
-        inputs = list(inputs)
+
+# ------------------------------------------------------------------- keras.ops operations between layers
+# ``x + y``, ``ops.relu(x)`` or ``x / 255.0`` on symbolic tensors are graph nodes of their own, in a functional
+# model and in a traced subclassed model (cnn_exposed.layers.trace_subclassed). They get the rule of the layer
+# that does the same: element-wise with one tensor input (activations; arithmetic with constants, as Rescaling):
+# relevance passes; a sum of tensors (Add, Subtract, mean or sum over axes): the ε-rule; a product of tensors:
+# a gate; routing (reshaping, slicing, joining, max): their gradient. LRP refuses any other.
+_OP_ELEMENTWISE = {
+    "Relu", "Relu6", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Silu", "Swish", "HardSilu", "HardSwish",
+    "Sigmoid", "HardSigmoid", "LogSigmoid", "Softplus", "Softsign", "Tanh", "Mish", "SparsePlus", "Squareplus",
+    "Softmax", "LogSoftmax", "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Clip",
+    "Maximum", "Minimum", "Cast", "Identity",
+}  # fmt: skip
+_OP_SUMS = {"Add", "Subtract", "Mean", "Sum", "Average"}
+_OP_ROUTING = {
+    "Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze", "GetItem", "Stack", "Pad", "Max", "Tile",
+    "Repeat", "Slice", "Take", "Flip", "Roll", "Ravel", "Copy", "Swapaxes", "Moveaxis",
+}  # fmt: skip
+_OP_RELU = {"Relu": "relu", "Relu6": "relu6", "LeakyRelu": "leaky_relu"}
+
+
+def _operation_inputs(op) -> list:
+    """The symbolic tensors an operation node was called on (constants such as the ``255.0`` of ``x / 255.0``
+    are not among them)."""
+    try:
+        inputs = op.input
+    except (AttributeError, ValueError):
+        return []
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+def _operation_kind(op) -> str:
+    name, n = type(op).__name__, len(_operation_inputs(op))
+    if name == "Multiply" and n > 1:
+        return "gate"
+    if name in _OP_ELEMENTWISE and n == 1:
+        return "elementwise"
+    if name in _OP_SUMS:
+        return "linear"
+    if name in _OP_ROUTING:
+        return "routing"
+    return "unsupported"
+
+
+def _operation_rule(op, make_backward=None, wrap=None):
+    """A ``keras.ops`` operation node's call (tensors and constants among its positional arguments, as the
+    graph stores them) with the backward pass ``make_backward(forward)``, or as ``wrap(forward)``; ``forward``
+    is the operation as a function of its tensors alone."""
+
+    def call(*args, **kwargs):
+        where = [i for i, a in enumerate(args) if ops.is_tensor(a)]
 
         def forward(*ts):
-            return op(list(ts), **kwargs)
+            full = list(args)
+            for i, t in zip(where, ts, strict=True):
+                full[i] = t
+            return op(*full, **kwargs)
 
-        def backward(ins, z, r):
-            return [r if i == signal else ops.zeros_like(t) for i, t in enumerate(ins)]
-
-        return with_backward(forward, backward)(*inputs)
+        fn = wrap(forward) if wrap is not None else with_backward(forward, make_backward(forward))
+        return fn(*[args[i] for i in where])
 
     return call
+
+
+def _passes(forward):
+    return _identity_backward
+
+
+def _operations_before(layer) -> list:
+    """The ``keras.ops`` operations (not layers) on the chain of one-input nodes that leads to ``layer``'s
+    input, nearest the model input first."""
+    found, tensors = [], _operation_inputs(layer)
+    while len(tensors) == 1:
+        try:
+            op = producer(tensors[0])
+        except AttributeError:
+            break
+        if isinstance(op, keras.layers.InputLayer):
+            break
+        if not isinstance(op, keras.layers.Layer):
+            found.append(op)
+        tensors = _operation_inputs(op)
+    return found[::-1]
+
+
+def _graph_operations(model):
+    """A :class:`LayerRef` for every ``keras.ops`` operation (not a layer) in the graphs of ``model`` and of
+    the models nested in it (a subclassed model's: its traced twin's)."""
+    chains = [(model,)] + [r.models + (r.layer,) for r in iter_layers(model) if is_nested_model(r.layer)]
+    for chain in chains:
+        graph = functional_graph(chain[-1]) or traced(chain[-1])
+        if graph is None:
+            continue
+        prefix = "".join(m.name + "/" for m in chain[1:])
+        for op in graph_operations(graph):
+            if not isinstance(op, keras.layers.Layer):
+                yield LayerRef(chain, op, prefix + op.name)
 
 
 def _layer_norm_rule(op, epsilon: float):
@@ -510,11 +620,7 @@ def _layer_norm_rule(op, epsilon: float):
 def _activation_rule(fn, mode: str, name: str):
     """Element-wise activation ``fn`` with the backward pass of ``mode``."""
     if mode == "lrp":  # relevance passes unchanged: R_z = R_a
-
-        def identity_backward(inputs, a, r):
-            return [r]
-
-        return with_backward(fn, identity_backward)
+        return with_backward(fn, _identity_backward)
     if name not in _RELU_FAMILY or mode == "gradient":
         return fn  # guided backprop and deconvnet only change the ReLU family
     if mode == "guided":
@@ -687,16 +793,13 @@ class RuleSet:
         (or :class:`LayerRef`) whose own output is read, so that no batch normalisation is folded into them
         (LRP folds regardless: the relevance at a convolution and at its normalisation is the same).
         """
-        if any(is_subclassed(m) for m in [model] + [r.layer for r in iter_layers(model) if is_nested_model(r.layer)]):
-            if self.mode in ("gradient", "redirect"):
-                return {}  # the model's own gradient (feature visualisation of a subclassed model)
-            raise UnsupportedLayerError(
-                f"Model {model.name!r} is (or contains) a subclassed model, whose call() is Python that "
-                "cnn-exposed cannot walk, so rule-based methods (LRP, guided backprop, deconvnet) cannot swap "
-                "its layers' backward passes. Rebuild it from the same layers as a functional model "
-                "(keras.Model(inputs, outputs)) or a Sequential, or use a gradient method or a CAM."
-            )
-        refs = list(iter_layers(model))
+        subclassed = [m for m in [model] + [r.layer for r in iter_layers(model)] if is_subclassed(m)]
+        if subclassed and self.mode in ("gradient", "redirect"):
+            return {}  # the model's own gradient (feature visualisation of a subclassed model)
+        for m in subclassed:  # walked through their functional twins (run_model)
+            trace_subclassed(m)
+        refs = list(iter_layers(model, graph_order=True))
+        operations = list(_graph_operations(model))
         unsupported = [r for r in refs if _kind(r.layer) == "unsupported"]
         if unsupported and self.mode == "lrp":
             r = unsupported[0]
@@ -707,6 +810,16 @@ class RuleSet:
                 "augmentation layers, Rescaling / Normalization and element-wise activations. Wrap a custom "
                 "layer's computation in these, or explain it with a gradient method (saliency, "
                 "integrated_gradients, gradcam)."
+            )
+        odd_ops = [r for r in operations if _operation_kind(r.layer) == "unsupported"]
+        if odd_ops and self.mode == "lrp":
+            r = odd_ops[0]
+            raise UnsupportedLayerError(
+                f"LRP has no rule for the keras.ops operation {r.path!r} ({type(r.layer).__name__}) that the "
+                "model applies between its layers. Supported between layers: element-wise activations and "
+                "arithmetic with constants, sums of tensors (x + y, ops.mean), products that gate a signal, "
+                "and reshaping, slicing or joining. Write it as a layer of those kinds, or explain the model "
+                "with a gradient method (saliency, integrated_gradients, gradcam)."
             )
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
         folds = {k: bn for k, bn in _fold_pairs(model).items() if k not in kept}
@@ -730,8 +843,20 @@ class RuleSet:
                     f"but {odd.path!r} ({type(odd.layer).__name__}) transforms it first. Use "
                     "rule={'first': 'zplus', ...} or 'epsilon' for the first layer."
                 )
+            # keras.ops between the input and the first layer (x / 255.0 in a call()): element-wise only
+            upstream = _operations_before(first.layer)
+            odd = next((op for op in upstream if _operation_kind(op) not in ("elementwise", "routing")), None)
+            if odd is not None:
+                raise UnsupportedLayerError(
+                    f"The z^B rule needs the first weighted layer ({first.path!r}) to see the model input, "
+                    f"but the keras.ops operation {odd.name!r} ({type(odd).__name__}) transforms it first. Use "
+                    "rule={'first': 'zplus', ...} or 'epsilon' for the first layer."
+                )
             # A model that scales or normalises its own input: the bounds are mapped through that scaling.
-            zb_bounds = self._bounds_after([r.layer for r in before if _kind(r.layer) == "elementwise"], first.layer)
+            scaling = [r.layer for r in before if _kind(r.layer) == "elementwise"]
+            zb_bounds = self._bounds_after(
+                scaling + [op for op in upstream if _operation_kind(op) == "elementwise"], first.layer
+            )
         out = {}
         for r in refs:
             layer, kind = r.layer, _kind(r.layer)
@@ -754,7 +879,31 @@ class RuleSet:
                 out[id(layer)] = lambda op, final, signal=signal: _gate_rule(op, signal)
             elif kind == "layernorm":
                 out[id(layer)] = lambda op, final: _layer_norm_rule(op, self.epsilon)
+        for r in operations:
+            factory = self._operation_factory(r)
+            if factory is not None:
+                out[id(r.layer)] = factory
         return out
+
+    def _operation_factory(self, ref):
+        """The rule of a ``keras.ops`` operation between layers, or None for its own gradient."""
+        name, kind = type(ref.layer).__name__, _operation_kind(ref.layer)
+        if self.mode != "lrp":
+            if name not in _OP_RELU or self.mode == "gradient":
+                return None  # guided backprop, deconvnet and redirection change only the ReLU family
+            return lambda op, final: _operation_rule(
+                op, wrap=lambda forward: _activation_rule(forward, self.mode, _OP_RELU[name])
+            )
+        if kind == "elementwise":
+            if name in ("Softmax", "Sigmoid"):  # the model's last operation: the logit is explained
+                return lambda op, final: (lambda x, *a, **k: x) if final else _operation_rule(op, _passes)
+            return lambda op, final: _operation_rule(op, _passes)
+        if kind == "linear":
+            return lambda op, final: _operation_rule(op, lambda forward: _epsilon_backward(forward, self.epsilon))
+        if kind == "gate":
+            signal = _signal_input(ref)
+            return lambda op, final: _operation_rule(op, lambda forward: _gate_backward(signal))
+        return None  # routing
 
     def _bounds_after(self, layers: list, first):
         """The z^B bounds for the first weighted layer when ``layers`` (per-element affine maps such as
@@ -769,7 +918,7 @@ class RuleSet:
         channels = int(first.input.shape[-1])
         zeros, ones = np.zeros((1, 1, 1, channels), np.float32), np.ones((1, 1, 1, channels), np.float32)
         for layer in layers:
-            if type(layer).__name__ not in ("Rescaling", "Normalization"):
+            if type(layer).__name__ not in ("Rescaling", "Normalization"):  # a keras.ops operation too
                 raise UnsupportedLayerError(
                     f"The z^B rule with given bounds cannot map them through {layer.name!r} "
                     f"({type(layer).__name__}); leave bounds=None (each image's own range)."

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from ..layers import is_nested_model, iter_layers, layer_output_shape
+from ..layers import is_nested_model, iter_layers, layer_output_shape, probe_if_needed
 from ..plotting import to_uint8
 from .render import Visualisation, visualise_filters
 
@@ -41,6 +41,7 @@ def pick_layers(model: keras.Model, count: int = 3) -> list[str]:
     Prefers layers that end a block (activations and convolutions) over padding, pooling and merges.
     """
     spatial = []
+    probe_if_needed(model)
     for ref in iter_layers(model):
         shape = layer_output_shape(ref.layer)
         if is_nested_model(ref.layer) or shape is None or len(shape) != 4:
