@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cnn_exposed as ce
 from cnn_exposed.cli import main
 
 
@@ -145,6 +146,8 @@ def test_help_reads_like_documentation(capsys):
     text = capsys.readouterr().out
     for needle in ("image_dataset_from_directory", "confusion pair", "--method", "--layer", "examples:"):
         assert needle in text
+    listed = text.split("methods:")[1].split("examples:")[0]
+    assert [m.strip() for m in listed.replace("\n", " ").split(",")] == list(ce.METHODS)  # every one, from the registry
 
 
 def _chromium():

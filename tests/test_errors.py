@@ -130,3 +130,27 @@ def test_gray_images_for_an_rgb_model_are_repeated_into_rgb(cnn):
     rgba = np.concatenate([images(2), np.ones((2, 16, 16, 1), np.float32)], axis=-1)
     with pytest.warns(UserWarning, match="converted to RGB"):
         ce.explain(cnn, rgba, "saliency")
+
+
+def test_every_exception_the_package_defines_lives_in_errors_and_is_a_cnn_exposed_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cnn_exposed
+    from cnn_exposed import errors
+
+    defined = {}
+    for info in pkgutil.walk_packages(cnn_exposed.__path__, "cnn_exposed."):
+        if info.name.startswith("cnn_exposed.data"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__.startswith("cnn_exposed"):
+                defined[name] = obj.__module__
+    assert set(defined.values()) == {"cnn_exposed.errors"}, defined
+    signals = {"StopForward"}  # raised and caught inside the package, deliberately not a ValueError
+    for name in set(defined) - signals:
+        assert issubclass(getattr(errors, name), ce.CnnExposedError), name
+        assert name in ce.__all__ or name == "UsageError", f"{name} is not exported from the package root"
+    assert not issubclass(errors.StopForward, ValueError)

@@ -25,3 +25,12 @@ def test_every_bundled_file_is_covered_by_the_package_data_globs():
     files = {p for p in data.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"}
     covered = {p for g in globs for p in data.glob(g)}
     assert files and files == covered, sorted(str(p.relative_to(data)) for p in files ^ covered)
+
+
+def test_the_readme_api_table_lists_every_registered_method_in_order():
+
+    import cnn_exposed as ce
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| method | what it computes | options (defaults) |")[1].split("\n\n")[0]
+    assert re.findall(r"^\| `([^`]+)` \|", table, flags=re.M) == list(ce.METHODS)

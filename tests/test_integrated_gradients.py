@@ -24,21 +24,21 @@ def test_completeness_error_under_one_percent_with_64_steps(cnn, x):
 
 def test_completeness_error_shrinks_with_steps(cnn, x):
     errors = [
-        ce.explain(cnn, x, "integrated_gradients", steps=s, rule="riemann_right").completeness_error.mean()
+        ce.explain(cnn, x, "integrated_gradients", steps=s, quadrature="riemann_right").completeness_error.mean()
         for s in (2, 8, 64)
     ]
     assert errors[0] > errors[1] > errors[2]
 
 
 def test_linear_model_is_exact_with_one_step():
-    """For a linear score, IG = (x - x') * w with any rule and any number of steps."""
+    """For a linear score, IG = (x - x') * w with any quadrature and any number of steps."""
     from test_gradients import linear_model
 
     model = linear_model()
     x = images(2, 8)
     w = model.get_layer("lin").kernel.numpy()[:, 1].reshape(8, 8, 3)
-    for rule in ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"):
-        exp = ce.explain(model, x, "integrated_gradients", target=1, steps=1, rule=rule)
+    for quadrature in ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"):
+        exp = ce.explain(model, x, "integrated_gradients", target=1, steps=1, quadrature=quadrature)
         np.testing.assert_allclose(exp.attributions, x * w, rtol=1e-5, atol=1e-7)
         assert exp.completeness_error.max() < 1e-4
 
@@ -83,3 +83,12 @@ def test_batch_size_invariance(cnn, x):
     a = ce.explain(cnn, x, "integrated_gradients", steps=10, batch_size=3)
     b = ce.explain(cnn, x, "integrated_gradients", steps=10, batch_size=64)
     np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-8)
+
+
+def test_the_old_keyword_rule_still_chooses_the_quadrature_with_a_deprecation_warning(cnn, x):
+    with pytest.warns(DeprecationWarning, match="quadrature="):
+        old = ce.explain(cnn, x, "integrated_gradients", steps=4, rule="riemann_left")
+    new = ce.explain(cnn, x, "integrated_gradients", steps=4, quadrature="riemann_left")
+    np.testing.assert_array_equal(old.attributions, new.attributions)
+    assert old.params["quadrature"] == "riemann_left"
+    assert not np.array_equal(new.attributions, ce.explain(cnn, x, "integrated_gradients", steps=4).attributions)

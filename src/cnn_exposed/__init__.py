@@ -29,11 +29,14 @@ from .attribution import (
 from .engine import Engine
 from .errors import (
     CnnExposedError,
+    ImageReadError,
     InputError,
     LayerNotFoundError,
     ModelError,
     NoSpatialLayerError,
+    OfflineError,
     TargetError,
+    UnsupportedLayerError,
 )
 from .explanation import Explanation, normalize_maps, signed_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
@@ -55,6 +58,7 @@ __all__ = [
     "METHODS",
     "AttributionMethod",
     "CnnExposedError",
+    "ImageReadError",
     "Deconvnet",
     "Engine",
     "Explanation",
@@ -71,11 +75,13 @@ __all__ = [
     "LoadedModel",
     "ModelError",
     "NoSpatialLayerError",
+    "OfflineError",
     "Occlusion",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "TargetError",
+    "UnsupportedLayerError",
     "Visualisation",
     "bundled",
     "colorize",

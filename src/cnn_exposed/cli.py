@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from .errors import ImageReadError, UsageError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_METHODS = "gradcam,integrated_gradients,smoothgrad,occlusion"
@@ -36,14 +38,20 @@ which is how a shortcut such as "metal rails mean bathroom" shows up. Any format
 is accepted (grayscale, RGBA, palette, 16-bit, CMYK, huge); broken files are listed with the reason
 and skipped, and everything else is still written.
 
-methods: saliency, gradient_x_input, smoothgrad, integrated_gradients, gradcam, gradcam++, layercam,
-         scorecam, occlusion
+methods: {methods}
 
 examples:
   cnn-exposed explain model.keras photos/ --class-names classes.txt
   cnn-exposed explain model.keras data/val/ --method gradcam,integrated_gradients --target true
   cnn-exposed explain mobilenet_v2 cat.jpg dog.png --method gradcam --layer Conv_1 --out report/
 """
+
+
+def _method_list() -> str:
+    """The registry's method names (``cnn_exposed.METHODS``), wrapped for the help text."""
+    from .attribution import METHODS
+
+    return "\n         ".join(textwrap.wrap(", ".join(METHODS), 90))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "explain",
         help="explain images with a model",
         description="Explain a model's decisions on image files and folders.",
-        epilog=EXPLAIN_EPILOG,
+        epilog=EXPLAIN_EPILOG.format(methods=_method_list()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("model", help="'demo', a keras.applications name, or a .keras/.h5 file")
@@ -90,10 +98,6 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("model")
     layers.add_argument("--all", action="store_true", help="all layers, not only those with a spatial output")
     return parser
-
-
-class UsageError(Exception):
-    """A problem with the command line; printed without a traceback."""
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -127,7 +131,7 @@ def run_explain(
 
     from .attribution import method_class
     from .errors import CnnExposedError
-    from .images import ImageReadError, collect_images, read_image, resize_image
+    from .images import collect_images, read_image, resize_image
     from .report import Report
 
     files, folder_classes = collect_images(sources)

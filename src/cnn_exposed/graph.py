@@ -22,7 +22,7 @@ import keras
 from keras import ops
 
 from .compat import functional_graph, inbound_nodes, patched_calls, producer, run_through_graph, unpatched_call
-from .errors import ModelError
+from .errors import ModelError, StopForward
 from .layers import (
     LayerRef,
     is_nested_model,
@@ -167,11 +167,6 @@ def _head_of(model, chain: list, shape: tuple) -> Head:
             stacklevel=3,
         )
     return Head(act, chain, pre, shape[-1])
-
-
-class StopForward(Exception):
-    """Raised by a :class:`Plan` with ``stop_when_recorded`` once every recorded layer has run: the rest of
-    the model is then neither run nor traced (feature visualisation needs only the layers it reads)."""
 
 
 def call_count(layer) -> int:

@@ -14,14 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import ImageReadError
+
 IMAGE_EXTENSIONS = {
     ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".ico", ".tga", ".sr", ".ras",
 }  # fmt: skip
-
-
-class ImageReadError(Exception):
-    """A file that is not a readable image; the message says why."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from .bundled import demo_metadata, demo_model
-from .errors import CnnExposedError, ModelError
+from .errors import CnnExposedError, ModelError, OfflineError
 
 # name -> (keras.applications constructor, preprocessing module, input size)
 APPLICATIONS = {
@@ -31,10 +31,6 @@ APPLICATIONS = {
 }
 
 PREPROCESSING = ("scale_0_1", "scale_-1_1", "none")
-
-
-class OfflineError(CnnExposedError):
-    """Weights that have to be downloaded, asked for without a network."""
 
 
 def preprocessing_function(kind: str | Callable | None) -> Callable[[np.ndarray], np.ndarray]:

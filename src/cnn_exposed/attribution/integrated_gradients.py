@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..engine import batch_slices
 from ..errors import InputError
 from .base import GradientMethod, Result, gradient_result
 
-RULES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
+QUADRATURES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
+RULES = QUADRATURES  # the old name
 BASELINES = ("black", "blur", "noise")
 
 
-def path_nodes(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+def path_nodes(steps: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
     """Points ``alpha`` in [0, 1] on the straight path and their quadrature weights (summing to 1).
 
     ``trapezoid`` evaluates ``steps + 1`` points (both ends); ``riemann`` (the midpoint rule),
@@ -20,6 +23,7 @@ def path_nodes(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
+    rule = quadrature
     if rule == "trapezoid":
         alphas = np.linspace(0.0, 1.0, steps + 1)
         weights = np.full(steps + 1, 1.0 / steps)
@@ -37,7 +41,7 @@ def path_nodes(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
         nodes, w = np.polynomial.legendre.leggauss(steps)
         alphas, weights = (nodes + 1.0) / 2.0, w / 2.0
     else:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+        raise ValueError(f"quadrature must be one of {QUADRATURES}, got {rule!r}.")
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
@@ -55,7 +59,9 @@ class IntegratedGradients(GradientMethod):
         ``"black"``: a black image (through ``preprocess`` when given, else zeros); ``"blur"``: the
         image blurred with a Gaussian of σ = ``blur_sigma`` × its size; ``"noise"``: uniform noise over
         the image's value range (seeded); an array: model-input values broadcastable to the images.
-    rule : {"trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"}
+    quadrature : {"trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre"}
+        How the path integral is summed (:func:`path_nodes`). ``rule=`` is its old name (deprecated: in LRP,
+        ``rule`` is the propagation rule).
     blur_sigma : float
         Blur σ as a fraction of max(height, width).
     seed : int
@@ -71,7 +77,8 @@ class IntegratedGradients(GradientMethod):
         *,
         steps: int = 50,
         baseline="black",
-        rule: str = "trapezoid",
+        quadrature: str = "trapezoid",
+        rule: str | None = None,
         blur_sigma: float = 0.05,
         seed: int = 0,
         score=None,
@@ -80,15 +87,23 @@ class IntegratedGradients(GradientMethod):
         progress: bool = True,
     ) -> None:
         super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress)
-        self.alphas, self.weights = path_nodes(int(steps), rule)
+        if rule is not None:
+            warnings.warn(
+                "integrated_gradients(rule=...) is deprecated: the quadrature is now quadrature=... ('rule' is "
+                "LRP's propagation rule).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            quadrature = rule
+        self.alphas, self.weights = path_nodes(int(steps), quadrature)
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
-        self.steps, self.rule, self.baseline = int(steps), rule, baseline
+        self.steps, self.quadrature, self.baseline = int(steps), quadrature, baseline
         self.blur_sigma, self.seed = float(blur_sigma), seed
 
     def options(self):
         base = self.baseline if isinstance(self.baseline, str) else "array"
-        return {"steps": self.steps, "baseline": base, "rule": self.rule, "seed": self.seed}
+        return {"steps": self.steps, "baseline": base, "quadrature": self.quadrature, "seed": self.seed}
 
     def baselines(self, x: np.ndarray) -> np.ndarray:
         """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space."""

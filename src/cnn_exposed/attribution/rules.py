@@ -26,7 +26,7 @@ from keras import ops
 
 from ..compat import causal_padding, flip, functional_graph, graph_operations, producer
 from ..engine import fused, padded_conv, vjp, with_backward
-from ..errors import CnnExposedError
+from ..errors import UnsupportedLayerError
 from ..graph import call_count
 from ..layers import LayerRef, is_nested_model, is_subclassed, iter_layers, trace_subclassed, traced
 
@@ -71,10 +71,6 @@ _ELEMENTWISE = {"Rescaling", "Normalization", "LayerScale", "PReLU"}
 # - layer norm: LayerNormalization with its standard deviation treated as constant (Ali et al. 2022, "XAI for
 #   transformers"): a linear map of its input, the ε-rule.
 _RELU_FAMILY = {"relu", "relu6", "leaky_relu"}
-
-
-class UnsupportedLayerError(CnnExposedError):
-    """A layer type a rule-based backward pass cannot propagate through."""
 
 
 def _is_linear_activation(fn) -> bool:

@@ -14,8 +14,8 @@ from keras import ops
 from tqdm.auto import tqdm
 
 from ..engine import GradientAscent, compiled
-from ..errors import CnnExposedError, ModelError
-from ..graph import Plan, StopForward, classifier_head, run_model
+from ..errors import CnnExposedError, ModelError, StopForward
+from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, layer_output_shape, resolve_layer
 from .objectives import Objective, channel, class_logit
 from .param import make_parameterisation
