@@ -137,3 +137,15 @@ def test_random_target_check_and_comparison_table(cnn, x):
 def test_bad_maps_shape(cnn, x):
     with pytest.raises(ValueError, match="must be \\(N, H, W\\)"):
         metrics.deletion_curve(cnn, x, np.zeros((4, 8, 8)))
+
+
+def test_metrics_validate_targets_as_explain_does(cnn, x):
+    maps = np.random.default_rng(0).random(x.shape[:3]).astype("float32")
+    with pytest.raises(ce.TargetError, match="out of range"):
+        metrics.deletion_curve(cnn, x, maps, target=7, steps=4)
+    with pytest.raises(ce.TargetError, match="several classes per image"):
+        metrics.insertion_curve(cnn, x, maps, target="top2", steps=4)
+    with pytest.raises(ce.TargetError, match="out of range"):
+        metrics.randomisation_check(cnn, x, "saliency", target=-3)
+    per_image = metrics.deletion_curve(cnn, x, maps, target=[1] * len(x), steps=4)
+    np.testing.assert_allclose(per_image.auc, metrics.deletion_curve(cnn, x, maps, target=1, steps=4).auc)

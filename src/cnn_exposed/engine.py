@@ -27,6 +27,7 @@ from .compat import apply_adam, built_input_shape  # noqa: E402
 from .errors import ModelError  # noqa: E402
 from .graph import Plan, classifier_head, run_model  # noqa: E402
 from .layers import LayerRef, resolve_layer  # noqa: E402
+from .targets import class_count  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
 SCORES = ("logit", "probability")
@@ -90,7 +91,7 @@ class Engine:
         self.head = classifier_head(model)
         self.layer = resolve_layer(model, layer) if layer is not None else None
         self.binary = self.head.units == 1
-        self.num_classes = 2 if self.binary else self.head.units
+        self.num_classes = class_count(self.head.units)
         self.rules = rules
         replace = rules.replacements(model, self.head, keep=[self.layer] if self.layer else ()) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import prepare_images
+from .targets import one_per_image
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) -> np.ndarray:
@@ -121,10 +122,7 @@ def _curves(
     n, h, w = maps.shape
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     outputs, _ = engine.predict_all(x, batch_size)
-    if isinstance(target, str) and target == "predicted":
-        targets = outputs.argmax(1)
-    else:
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
+    targets = one_per_image(target, outputs)
     # rank patches by their mean attribution (ties broken by position: reproducible)
     gh, gw = -(-h // patch), -(-w // patch)
     padded = np.zeros((n, gh * patch, gw * patch), np.float32)
@@ -309,10 +307,7 @@ def randomisation_check(
     engine = engine_for(model)
     _, model_input = prepare_images(x, engine.input_shape, preprocess)
     outputs, _ = engine.predict_all(model_input)
-    if isinstance(target, str) and target == "predicted":
-        targets = outputs.argmax(axis=1)
-    else:
-        targets = np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),))
+    targets = one_per_image(target, outputs)
     original = run(model, targets)
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

@@ -11,6 +11,7 @@ import numpy as np
 
 from .bundled import demo_metadata, demo_model
 from .errors import CnnExposedError, ModelError, OfflineError
+from .targets import class_count
 
 # name -> (keras.applications constructor, preprocessing module, input size)
 APPLICATIONS = {
@@ -112,8 +113,7 @@ def read_class_names(source: str | Path | Sequence[str] | None, count: int) -> l
 
 
 def _output_classes(model: keras.Model) -> int:
-    units = int(model.outputs[0].shape[-1])
-    return 2 if units == 1 else units
+    return class_count(model.outputs[0].shape[-1])
 
 
 def _load_demo() -> LoadedModel:

@@ -73,3 +73,31 @@ def resolve_targets(
             f"(valid indices 0 to {k - 1})" + (", a binary sigmoid model has classes 0 and 1." if k == 2 else ".")
         )
     return arr.astype(np.int32), np.arange(n)
+
+
+def class_count(units: int) -> int:
+    """K, the classes of a model with ``units`` outputs: 2 for one sigmoid unit (class 1's logit is z, class
+    0's is -z), else one per unit."""
+    return 2 if int(units) == 1 else int(units)
+
+
+def resolve_predicted(targets: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """``targets`` with each :data:`PREDICTED` replaced by its row's top class in ``outputs`` ``(M, K)``.
+
+    The host-side twin of the resolution the explaining pass does in-graph (:meth:`Engine._select`)."""
+    targets = np.asarray(targets)
+    return np.where(targets < 0, np.asarray(outputs).argmax(axis=1), targets).astype(np.int32)
+
+
+def one_per_image(target, outputs: np.ndarray) -> np.ndarray:
+    """One class index per image, for callers that have the model's ``(N, K)`` outputs at hand: ``target`` as
+    :func:`resolve_targets` takes it (validated the same way), ``"predicted"`` resolved. ``"top-k"`` asks
+    for several classes per image and is refused."""
+    n, k = outputs.shape
+    targets, index = resolve_targets(target, k, n, lambda: outputs)
+    if len(index) != n:
+        raise TargetError(
+            f"target {target!r} gives several classes per image; this takes one: 'predicted', a class index "
+            "or one index per image."
+        )
+    return resolve_predicted(targets, outputs)

@@ -12,7 +12,7 @@ from ..engine import DEFAULT_BATCH_SIZE, engine_for
 from ..explanation import Explanation, channel_max_abs, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
-from ..targets import resolve_targets
+from ..targets import resolve_predicted, resolve_targets
 
 
 @dataclass
@@ -110,7 +110,7 @@ class AttributionMethod:
         """One forward pass: resolved targets, their scores and the probabilities, for methods that need
         the target before they can start (their own passes are not on ``x`` itself)."""
         outputs, probs = self.engine.predict_all(x, self.batch_size)
-        resolved = np.where(targets < 0, outputs.argmax(axis=1), targets).astype(np.int32)
+        resolved = resolve_predicted(targets, outputs)
         return resolved, outputs[np.arange(len(x)), resolved], probs
 
     def explain(self, images, target="predicted") -> Explanation:

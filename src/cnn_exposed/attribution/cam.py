@@ -10,6 +10,7 @@ import numpy as np
 
 from ..engine import batch_slices
 from ..explanation import normalize_maps, upsample_maps
+from ..targets import resolve_predicted
 from .base import AttributionMethod, Result
 
 
@@ -123,7 +124,7 @@ class ScoreCAM(CAMMethod):
 
     def compute(self, x, targets, images) -> Result:
         acts, outputs, probs = self.engine.map_batches(self.engine.activations, (x,), self.batch_size)
-        targets = np.where(targets < 0, outputs.argmax(axis=1), targets).astype(np.int32)
+        targets = resolve_predicted(targets, outputs)
         scores = outputs[np.arange(len(x)), targets]
         chosen = self._selected(acts)
         n_ch = chosen.shape[1]

@@ -17,6 +17,7 @@ from ..engine import GradientAscent, compiled
 from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, layer_output_shape, resolve_layer
+from ..targets import class_count
 from .objectives import Objective, channel, class_logit
 from .param import make_parameterisation
 from .transforms import REGULARISERS, Transforms
@@ -465,7 +466,7 @@ def visualise_classes(
     """Render an image per class that maximises its pre-softmax score; titles are the class names."""
     classes = [int(c) for c in classes]
     head = classifier_head(model)
-    count = 2 if head.units == 1 else head.units
+    count = class_count(head.units)
     bad = [c for c in classes if not 0 <= c < count]
     if bad:
         raise ModelError(f"Class {bad[0]} is out of range: the model has {count} classes.")
