@@ -8,4 +8,3 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["CNN_EXPOSED_FAST"] = "1"
-os.environ.setdefault("CNN_EXPOSED_MAX_STEPS", "40")

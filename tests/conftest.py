@@ -15,10 +15,8 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _seed(monkeypatch):
+def _seed():
     keras.utils.set_random_seed(1234)
-    # the root conftest caps optimisation steps for the notebooks; tests choose their own steps
-    monkeypatch.delenv("CNN_EXPOSED_MAX_STEPS", raising=False)
 
 
 def conv_block(size: int = 16, name: str = "base", filters=(6, 5)) -> keras.Model:

@@ -16,6 +16,9 @@ def listed_packages() -> list[str]:
 def test_every_package_under_src_is_listed_for_installation():
     found = sorted(".".join(p.parent.relative_to(ROOT / "src").parts) for p in (ROOT / "src").rglob("__init__.py"))
     assert sorted(p for p in listed_packages() if p != "cnn_exposed.data") == found
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    modules = re.findall(r'"([\w.]+)"', re.search(r"^py-modules = \[(.*?)\]", text, re.M).group(1))
+    assert modules == sorted(p.stem for p in (ROOT / "src").glob("*.py"))  # the console script's module
 
 
 def test_every_bundled_file_is_covered_by_the_package_data_globs():

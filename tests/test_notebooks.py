@@ -74,7 +74,6 @@ def test_the_configuration_cell_takes_the_users_own_model(name, build, tmp_path,
     import matplotlib
 
     matplotlib.use("Agg")
-    monkeypatch.setenv("CNN_EXPOSED_MAX_STEPS", "8")
     monkeypatch.chdir(tmp_path)
     model_path = str(tmp_path / "mine.keras")
     class_names = build(model_path)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import bundled, demo, images, metrics, visualisation  # submodules as attributes: ce.demo, ce.metrics, ...
+from . import bundled, images, metrics, visualisation  # submodules as attributes: ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -109,3 +109,12 @@ __all__ = [
     "visualisation",
     "visualise_filters",
 ]
+
+
+def __getattr__(name: str):
+    """``cnn_exposed.demo``, the scene generator, is imported when first used, not by ``import cnn_exposed``."""
+    if name == "demo":
+        import importlib
+
+        return importlib.import_module(".demo", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

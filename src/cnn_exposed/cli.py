@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 from .errors import ImageReadError, UsageError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_METHODS = "gradcam,integrated_gradients,smoothgrad,occlusion"
 DEMO_METHODS = "gradcam,layercam,integrated_gradients,smoothgrad,occlusion"

@@ -11,23 +11,20 @@ a smaller last batch does not retrace, and calling a method in a loop reuses the
 from __future__ import annotations
 
 import functools
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from tqdm.auto import tqdm
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from .compat import apply_adam, built_input_shape  # noqa: E402
-from .errors import ModelError  # noqa: E402
-from .graph import Plan, classifier_head, run_model  # noqa: E402
-from .layers import LayerRef, resolve_layer  # noqa: E402
-from .targets import class_count  # noqa: E402
+from .compat import apply_adam, built_input_shape
+from .errors import ModelError
+from .graph import Plan, classifier_head, run_model
+from .layers import LayerRef, resolve_layer
+from .targets import class_count
 
 DEFAULT_BATCH_SIZE = 32
 SCORES = ("logit", "probability")

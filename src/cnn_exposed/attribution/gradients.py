@@ -55,6 +55,18 @@ _REDUCTIONS = {
 }
 
 
+def _gradient_methods() -> dict:
+    """``name -> class`` of every gradient method (the subclasses of :class:`GradientMethod`, at any depth):
+    what SmoothGrad can wrap, found without importing the registry that imports this module."""
+    found, todo = {}, list(GradientMethod.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if isinstance(getattr(cls, "name", None), str) and cls.name:
+            found.setdefault(cls.name, cls)
+    return found
+
+
 class SmoothGrad(GradientMethod):
     """SmoothGrad (Smilkov et al. 2017) around any gradient method, with VarGrad and SquareGrad.
 
@@ -97,11 +109,10 @@ class SmoothGrad(GradientMethod):
         **base_options,
     ) -> None:
         super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress)
-        from . import METHODS  # the registry, to accept a name
-
-        base_cls = METHODS.get(base, base) if isinstance(base, str) else base
+        wrappable = _gradient_methods()
+        base_cls = wrappable.get(base, base) if isinstance(base, str) else base
         if not (isinstance(base_cls, type) and issubclass(base_cls, GradientMethod)):
-            valid = sorted(k for k, v in METHODS.items() if issubclass(v, GradientMethod) and v is not SmoothGrad)
+            valid = sorted(k for k, v in wrappable.items() if v is not SmoothGrad)
             raise ValueError(f"SmoothGrad wraps a gradient method; base={base!r} is not one of {valid}.")
         if base_cls is SmoothGrad:
             raise ValueError("SmoothGrad cannot wrap itself.")

@@ -8,9 +8,10 @@ of objectives in one compiled step).
 
 from __future__ import annotations
 
+from .grid import plot_grid
 from .objectives import Objective, channel, class_logit, diversity, layer_objective, neuron
 from .param import FourierImage, PixelImage
-from .plots import network_walk, pick_layers, plot_activation_maps, plot_grid
+from .plots import network_walk, pick_layers, plot_activation_maps
 from .render import (
     Visualisation,
     affine_colour_map,

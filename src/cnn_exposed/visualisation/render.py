@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, field
@@ -18,18 +17,12 @@ from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, layer_output_shape, resolve_layer
 from ..targets import class_count
+from .grid import plot_grid
 from .objectives import Objective, channel, class_logit
 from .param import make_parameterisation
 from .transforms import REGULARISERS, Transforms
 
-MAX_STEPS_ENV = "CNN_EXPOSED_MAX_STEPS"
 REDIRECT_STEPS = 16
-
-
-def capped_steps(steps: int) -> int:
-    """``steps``, capped by the ``CNN_EXPOSED_MAX_STEPS`` environment variable when it is set (CI, tests)."""
-    cap = os.environ.get(MAX_STEPS_ENV)
-    return min(int(steps), int(cap)) if cap else int(steps)
 
 
 @dataclass
@@ -65,8 +58,6 @@ class Visualisation:
 
     def plot(self, ncols: int | None = None, title: str | None = None, cell_size: float = 1.8):
         """A labelled grid figure (matplotlib); see :func:`~cnn_exposed.visualisation.plot_grid`."""
-        from .plots import plot_grid
-
         return plot_grid(self, ncols=ncols, title=title, cell_size=cell_size)
 
     def save_grid(self, path, ncols: int | None = None, title: str | None = None) -> None:
@@ -265,7 +256,7 @@ def render(
     objective : Objective
         E.g. ``channel("conv2", [0, 1, 2])``, ``class_logit(3) + 0.5 * diversity("conv2")``.
     steps : int
-        Adam steps (capped by the ``CNN_EXPOSED_MAX_STEPS`` environment variable when set).
+        Adam steps.
     size : int
         Side of the square images; default: the model's input size, else 128.
     seed : int
@@ -287,7 +278,7 @@ def render(
         (48 filters, 100 steps) 8, 16 and all 100 redirected steps gave identical final objectives, and with
         none 8 of the 48 filters never rose above their random start.
     """
-    steps = capped_steps(steps)
+    steps = int(steps)
     size = _default_size(model, size)
     rng = np.random.default_rng(seed)
     if transforms == "standard":
