@@ -122,9 +122,21 @@ def test_randomisation_check_flags_a_model_independent_method_and_passes_model_d
     assert all(np.array_equal(a, b) for a, b in zip(weights, demo.model.get_weights()))  # the model is untouched
 
 
-def test_random_target_check_and_comparison_table(cnn, x):
-    corr = metrics.random_target_check(cnn, x, "gradcam")
-    assert corr.shape == (4,) and np.all(corr <= 1.0)
+def test_random_target_check_correlates_each_map_with_one_for_a_random_other_class(cnn, x):
+    from scipy.stats import spearmanr
+
+    corr = metrics.random_target_check(cnn, x, "saliency", seed=3)
+    pred = ce.explain(cnn, x, "saliency")
+    k = pred.probabilities.shape[1]
+    other = (pred.targets + np.random.default_rng(3).integers(1, k, len(x))) % k
+    assert np.all(other != pred.targets)
+    rand = ce.explain(cnn, x, "saliency", target=other)
+    expected = [spearmanr(a.ravel(), b.ravel()).statistic for a, b in zip(pred.maps, rand.maps)]
+    np.testing.assert_allclose(corr, expected, rtol=1e-5, atol=1e-6)
+    assert corr.max() < 0.999  # the maps do depend on the class
+
+
+def test_comparison_table(cnn, x):
     masks = np.zeros((4, 16, 16), bool)
     masks[:, 4:12, 4:12] = True
     rows = metrics.compare_methods(cnn, x, ["gradcam", "saliency"], masks=masks, curve_options={"steps": 4})

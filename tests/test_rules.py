@@ -130,6 +130,56 @@ def test_guided_backprop_matches_tf_keras_vis():
     assert not np.allclose(ours.attributions, plain.attributions)  # the rule changed something
 
 
+def modified_relu_gradient(model, x, target: int, mode: str) -> np.ndarray:
+    """Guided backprop or deconvnet written out for a chain model: a GradientTape over the model's own layers,
+    every ReLU (ReLU6 included) with its backward pass replaced, the logit of ``target`` differentiated."""
+    import tensorflow as tf
+
+    def modified(fn, low, high):
+        @tf.custom_gradient
+        def relu(z):
+            def grad(g):
+                if mode == "deconv":
+                    return tf.maximum(g, 0.0)
+                inside = tf.cast((z > low) & (z < high), g.dtype)
+                return g * inside * tf.cast(g > 0, g.dtype)
+
+            return fn(z), grad
+
+        return relu
+
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        h = xt
+        for layer in model.layers[1:]:
+            if isinstance(layer, keras.layers.ReLU):
+                h = modified(layer, 0.0, float(layer.max_value or np.inf))(h)
+                continue
+            if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                h = layer(h, training=False) if isinstance(layer, keras.layers.Dropout) else layer(h)
+                continue
+            act, layer.activation = layer.activation, keras.activations.linear
+            try:
+                h = layer(h)
+            finally:
+                layer.activation = act
+            if act is keras.activations.relu:
+                h = modified(tf.nn.relu, 0.0, np.inf)(h)
+        logit = h[:, target]  # the head's softmax left out
+    return tape.gradient(logit, xt).numpy()
+
+
+@pytest.mark.parametrize("method, mode", [("guided_backprop", "guided"), ("deconvnet", "deconv")])
+def test_guided_backprop_and_deconvnet_equal_their_definitions_with_signs(method, mode):
+    model = relu_cnn(bias=True)
+    x = images(2, SIZE)
+    ours = ce.explain(model, x, method, target=1).attributions
+    ref = modified_relu_gradient(model, x, 1, mode)
+    assert (ref > 0).any() and (ref < 0).any()  # signed: a sign flip would fail
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+
+
 def test_deconvnet_and_guided_gradcam():
     model = relu_cnn(bias=True)
     x = images(2, SIZE)
