@@ -1,8 +1,9 @@
 """The computational core: run the model, record a layer, take gradients, chunk a batch.
 
-Every attribution method is a thin layer on :class:`Engine`. All backend-specific calls (TensorFlow's
-``GradientTape`` and ``tf.function``) live in this module and nowhere else, so a JAX or PyTorch engine for
-Keras 3 can be added here without touching the methods.
+Every attribution method is a thin layer on :class:`Engine`. The backend-specific calls live here (the
+Engine's tapes and ``tf.function``) and in :mod:`cnn_exposed.backend` (the helpers rules and feature
+visualisation use), and nowhere else, so a JAX or PyTorch engine for Keras 3 can be added in these two
+modules without touching the methods.
 
 Compiled functions are traced once per input shape: their signature leaves the batch dimension free, so
 a smaller last batch does not retrace, and calling a method in a loop reuses the same graphs.
@@ -10,7 +11,6 @@ a smaller last batch does not retrace, and calling a method in a loop reuses the
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -20,7 +20,8 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .compat import apply_adam, built_input_shape
+from .backend import own_key
+from .compat import built_input_shape
 from .errors import ModelError
 from .graph import Plan, classifier_head, run_model
 from .layers import LayerRef, resolve_layer
@@ -38,17 +39,6 @@ def batch_slices(n: int, batch_size: int, *, progress: bool = True, desc: str | 
     bar = progress and len(starts) > 1
     for start in tqdm(starts, desc=desc, unit="batch", disable=not bar, leave=False):
         yield slice(start, min(start + batch_size, n))
-
-
-def _own_key(fn: Callable) -> Callable:
-    """``fn`` wrapped so that TensorFlow's retracing detector counts this compiled function on its own.
-
-    The detector keys its statistics by code object, so the same method compiled for ten different models
-    or layers (ten engines, each traced once per input shape, as designed) looks like one function traced
-    ten times and triggers a false "frequent retracing" warning. A ``partial`` has no code object and is
-    keyed by identity: a function that really does retrace still warns.
-    """
-    return functools.partial(fn)
 
 
 class Engine:
@@ -212,7 +202,7 @@ class Engine:
             sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
-            fn = tf.function(_own_key(getattr(self, "_fn_" + name)), input_signature=sig)
+            fn = tf.function(own_key(getattr(self, "_fn_" + name)), input_signature=sig)
             self._compiled[key] = fn
         return fn
 
@@ -288,58 +278,6 @@ _ENGINES: OrderedDict = OrderedDict()
 _ENGINE_CACHE_SIZE = 8
 
 
-def with_backward(forward: Callable, backward: Callable) -> Callable:
-    """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
-
-    The backend-specific half of a rule-based backward pass (LRP, guided backprop); the rules themselves
-    are written with ``keras.ops`` in :mod:`cnn_exposed.attribution.rules`.
-    """
-
-    @tf.custom_gradient
-    def op(*inputs):
-        out = forward(*inputs)
-
-        def grad(upstream, variables=None):
-            grads = backward(inputs, out, upstream)
-            grads = grads if len(inputs) > 1 else grads[0]
-            if variables:  # the layer's weights are read inside forward; they get no gradient here
-                return grads, [tf.zeros_like(v) for v in variables]
-            return grads
-
-        return out, grad
-
-    return op
-
-
-def padded_conv(x, kernel, strides, pads):
-    """2-D convolution of channels-last ``x`` zero-padded by ``pads`` ``((top, bottom), (left, right))``,
-    the padding done inside the convolution (TensorFlow's explicit padding) rather than by a padded copy of
-    ``x``: no copy forward, no slice backward."""
-    return tf.nn.conv2d(x, kernel, [1, *strides, 1], [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-
-
-def fused(fn: Callable) -> Callable:
-    """``fn`` compiled by XLA: a chain of element-wise operations becomes one or two fused passes over
-    memory instead of one per operation (TensorFlow's default), traced once per input shape."""
-    return tf.function(fn, jit_compile=True)
-
-
-def vjp(fn: Callable, inputs: list, cotangent) -> list:
-    """Vector-Jacobian product: the gradient of ``<fn(*inputs), cotangent>`` with respect to ``inputs``.
-
-    ``cotangent`` may be a callable of ``fn``'s output, so a rule that divides by the output (z⁺, z^B)
-    runs ``fn`` once, not once for the value and again for the gradient.
-    """
-    inputs = [tf.convert_to_tensor(i) for i in inputs]
-    with tf.GradientTape() as tape:
-        for i in inputs:
-            tape.watch(i)
-        out = fn(*inputs)
-    if callable(cotangent):
-        cotangent = cotangent(out)
-    return tape.gradient(out, inputs, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-
 def engine_for(
     model: keras.Model,
     layer: str | keras.layers.Layer | LayerRef | None = None,
@@ -362,75 +300,3 @@ def engine_for(
     while len(_ENGINES) > _ENGINE_CACHE_SIZE:
         _ENGINES.popitem(last=False)
     return engine
-
-
-class GradientAscent:
-    """Adam on one tensor of parameters, maximising a batch of objectives in one compiled step.
-
-    Parameters
-    ----------
-    init : array
-        Initial parameters (e.g. an image batch's Fourier coefficients).
-    loss_fn : callable
-        ``loss_fn(params, *inputs, **options) -> (loss, values)``: a scalar to minimise and a per-item
-        ``(B,)`` objective that is reported. Built from ``keras.ops`` only. ``options`` are Python values
-        fixed per phase of the optimisation (each distinct set is traced once).
-    learning_rate : float
-        Adam's step size (Lucid's default: 0.05).
-
-    Notes
-    -----
-    The step is traced once per set of ``options``: ``inputs`` (the random transformation parameters of
-    each step) have fixed shapes. Adam's state lives in this object; :meth:`reset` starts a fresh
-    optimisation with the compiled steps kept, so a later call with the same set-up does not trace again.
-    """
-
-    def __init__(self, init: np.ndarray, loss_fn: Callable, learning_rate: float = 0.05) -> None:
-        self.params = tf.Variable(np.asarray(init, dtype=np.float32))
-        self._m = tf.Variable(tf.zeros_like(self.params))
-        self._v = tf.Variable(tf.zeros_like(self.params))
-        self._t = tf.Variable(0.0)
-        self._loss_fn = loss_fn
-        self._lr = float(learning_rate)
-        self._steps: dict = {}
-
-    def reset(self, init: np.ndarray) -> None:
-        """Start again from ``init`` (same shape) with fresh Adam moments."""
-        self.params.assign(np.asarray(init, dtype=np.float32))
-        self._m.assign(tf.zeros_like(self._m))
-        self._v.assign(tf.zeros_like(self._v))
-        self._t.assign(0.0)
-
-    def _step_impl(self, *inputs, **options):
-        with tf.GradientTape() as tape:
-            loss, values = self._loss_fn(self.params, *inputs, **options)
-        grad = tape.gradient(loss, self.params)
-        t = self._t.assign_add(1.0)
-        apply_adam(
-            self.params, self._m, self._v, grad, step=t, learning_rate=self._lr, beta1=0.9, beta2=0.999,
-            epsilon=1e-8,
-        )  # fmt: skip
-        return values
-
-    def step(self, *inputs, **options) -> np.ndarray:
-        """One Adam step; returns the per-item objective values before the step."""
-        key = tuple(sorted(options.items()))
-        fn = self._steps.get(key)
-        if fn is None:
-            fn = self._steps[key] = tf.function(_own_key(functools.partial(self._step_impl, **options)))
-        return np.asarray(fn(*[np.asarray(i, dtype=np.float32) for i in inputs]))
-
-    def value(self) -> np.ndarray:
-        return self.params.numpy()
-
-
-def irfft2(real, imag, shape: tuple[int, int]):
-    """The real ``shape = (h, w)`` image of a half spectrum ``(..., h, w // 2 + 1)`` given as real and imaginary
-    parts: the inverse of a 2-D real FFT over the last two axes (``keras.ops`` has the 1-D one only). The
-    shape must be given: an odd width and the even width below it have half spectra of the same size."""
-    return tf.signal.irfft2d(tf.complex(real, imag), fft_length=list(shape))
-
-
-def compiled(fn: Callable) -> Callable:
-    """``fn`` compiled into a graph (a plain ``tf.function``): for forward-only helpers outside Engine."""
-    return tf.function(_own_key(fn))

@@ -24,8 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..backend import fused, padded_conv, vjp, with_backward
 from ..compat import causal_padding, flip, functional_graph, graph_operations, producer
-from ..engine import fused, padded_conv, vjp, with_backward
 from ..errors import UnsupportedLayerError
 from ..graph import call_count
 from ..layers import LayerRef, is_nested_model, is_subclassed, iter_layers, trace_subclassed, traced

@@ -56,7 +56,7 @@ class FourierImage:
         return rng.normal(0.0, self.sd, (2, n, self.channels) + self.scale.shape).astype(np.float32)
 
     def to_image(self, params):
-        from ..engine import irfft2
+        from ..backend import irfft2
 
         real, imag = ops.unstack(params * self.scale, num=2, axis=0)
         image = irfft2(real, imag, (self.size, self.size))  # (n, C, size, size)

@@ -12,13 +12,14 @@ import numpy as np
 from keras import ops
 from tqdm.auto import tqdm
 
-from ..engine import GradientAscent, compiled
+from ..backend import compiled
 from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, layer_output_shape, resolve_layer
 from ..targets import class_count
 from .grid import plot_grid
 from .objectives import Objective, channel, class_logit
+from .optimiser import GradientAscent
 from .param import make_parameterisation
 from .transforms import REGULARISERS, Transforms
 

@@ -1,0 +1,90 @@
+"""The backend-specific helpers: what a rule-based backward pass, a compiled step and feature
+visualisation need from TensorFlow, and nothing else.
+
+The rules (:mod:`cnn_exposed.rules`) and the optimiser are written with ``keras.ops``; these few functions are
+the TensorFlow half (custom gradients, vector-Jacobian products, fused XLA kernels, explicit padding, the
+2-D inverse real FFT, ``tf.function``). A JAX or PyTorch backend for Keras 3 would reimplement this module
+and :class:`cnn_exposed.engine.Engine`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import tensorflow as tf
+
+
+def own_key(fn: Callable) -> Callable:
+    """``fn`` wrapped so that TensorFlow's retracing detector counts this compiled function on its own.
+
+    The detector keys its statistics by code object, so the same method compiled for ten different models
+    or layers (ten engines, each traced once per input shape, as designed) looks like one function traced
+    ten times and triggers a false "frequent retracing" warning. A ``partial`` has no code object and is
+    keyed by identity: a function that really does retrace still warns.
+    """
+    return functools.partial(fn)
+
+
+def with_backward(forward: Callable, backward: Callable) -> Callable:
+    """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
+
+    The backend-specific half of a rule-based backward pass (LRP, guided backprop); the rules themselves
+    are written with ``keras.ops`` in :mod:`cnn_exposed.rules`.
+    """
+
+    @tf.custom_gradient
+    def op(*inputs):
+        out = forward(*inputs)
+
+        def grad(upstream, variables=None):
+            grads = backward(inputs, out, upstream)
+            grads = grads if len(inputs) > 1 else grads[0]
+            if variables:  # the layer's weights are read inside forward; they get no gradient here
+                return grads, [tf.zeros_like(v) for v in variables]
+            return grads
+
+        return out, grad
+
+    return op
+
+
+def padded_conv(x, kernel, strides, pads):
+    """2-D convolution of channels-last ``x`` zero-padded by ``pads`` ``((top, bottom), (left, right))``,
+    the padding done inside the convolution (TensorFlow's explicit padding) rather than by a padded copy of
+    ``x``: no copy forward, no slice backward."""
+    return tf.nn.conv2d(x, kernel, [1, *strides, 1], [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+
+
+def fused(fn: Callable) -> Callable:
+    """``fn`` compiled by XLA: a chain of element-wise operations becomes one or two fused passes over
+    memory instead of one per operation (TensorFlow's default), traced once per input shape."""
+    return tf.function(fn, jit_compile=True)
+
+
+def vjp(fn: Callable, inputs: list, cotangent) -> list:
+    """Vector-Jacobian product: the gradient of ``<fn(*inputs), cotangent>`` with respect to ``inputs``.
+
+    ``cotangent`` may be a callable of ``fn``'s output, so a rule that divides by the output (z⁺, z^B)
+    runs ``fn`` once, not once for the value and again for the gradient.
+    """
+    inputs = [tf.convert_to_tensor(i) for i in inputs]
+    with tf.GradientTape() as tape:
+        for i in inputs:
+            tape.watch(i)
+        out = fn(*inputs)
+    if callable(cotangent):
+        cotangent = cotangent(out)
+    return tape.gradient(out, inputs, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def irfft2(real, imag, shape: tuple[int, int]):
+    """The real ``shape = (h, w)`` image of a half spectrum ``(..., h, w // 2 + 1)`` given as real and imaginary
+    parts: the inverse of a 2-D real FFT over the last two axes (``keras.ops`` has the 1-D one only). The
+    shape must be given: an odd width and the even width below it have half spectra of the same size."""
+    return tf.signal.irfft2d(tf.complex(real, imag), fft_length=list(shape))
+
+
+def compiled(fn: Callable) -> Callable:
+    """``fn`` compiled into a graph (a plain ``tf.function``): for forward-only helpers outside Engine."""
+    return tf.function(own_key(fn))
