@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def listed_packages() -> list[str]:
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    return re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*?)\]", text, re.M).group(1))
+    return re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1))
 
 
 def test_every_package_under_src_is_listed_for_installation():

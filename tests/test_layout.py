@@ -104,3 +104,22 @@ def test_import_cnn_exposed_is_light_and_leaves_the_environment_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {"changed": [], "demo": False}
+
+
+def reachable(graph: dict, start: str) -> set:
+    seen, todo = set(), [m for m in graph if m == start or m.startswith(start + ".")]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m])
+    return seen
+
+
+def test_the_rules_serve_attribution_and_visualisation_and_depend_on_neither():
+    graph = import_graph()
+    rules = reachable(graph, "cnn_exposed.rules")
+    assert "cnn_exposed.rules.ruleset" in rules and "cnn_exposed.backend" in rules
+    assert not {m for m in rules if m.startswith(("cnn_exposed.attribution", "cnn_exposed.visualisation"))}
+    assert not {m for m in reachable(graph, "cnn_exposed.visualisation") if m.startswith("cnn_exposed.attribution")}
+    assert "cnn_exposed.rules" in graph["cnn_exposed.attribution.rule_based"]

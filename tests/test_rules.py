@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import cnn_exposed as ce
-from cnn_exposed.attribution.rules import RuleSet
 from cnn_exposed.engine import Engine
+from cnn_exposed.rules import RuleSet
 from conftest import images
 
 SIZE = 12
@@ -392,14 +392,14 @@ def test_models_that_scale_and_normalise_their_own_input():
 
 
 def test_layer_norm_rule_is_the_layer_with_its_scale_held_constant():
-    from cnn_exposed.attribution.rules import _layer_norm_rule
+    from cnn_exposed.rules.lrp import layer_norm_rule
 
     layer = keras.layers.LayerNormalization(epsilon=1e-3)
     x = keras.ops.convert_to_tensor(np.random.default_rng(1).normal(size=(2, 5, 5, 6)).astype("float32"))
     layer.build(x.shape)
     rng = np.random.default_rng(2)
     layer.set_weights([rng.uniform(0.5, 1.5, 6), np.zeros(6)])
-    np.testing.assert_allclose(np.asarray(_layer_norm_rule(layer, 1e-9)(x)), np.asarray(layer(x)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer_norm_rule(layer, 1e-9)(x)), np.asarray(layer(x)), rtol=1e-6)
 
 
 AUGMENTATION = [
@@ -487,18 +487,17 @@ def test_first_layer_rules_on_signed_inputs_match_their_definitions(rule):
 
 
 @pytest.mark.parametrize("rule", ["zplus", "alpha2beta1"])
-def test_non_negative_input_shortcut_equals_the_general_rule(rule, monkeypatch):
+def test_non_negative_input_shortcut_equals_the_general_rule(rule):
     """Layers fed by a ReLU take a one-convolution path for z⁺ / αβ; it must equal the general formula."""
-    from cnn_exposed.attribution import rules as rules_module
+    from cnn_exposed.rules.kinds import input_non_negative
 
     model = relu_cnn(bias=True)
-    shortcut = {name: rules_module._input_non_negative(model.get_layer(name)) for name in ("c1", "c2", "d1", "head")}
+    shortcut = {name: input_non_negative(model.get_layer(name)) for name in ("c1", "c2", "d1", "head")}
     assert shortcut == {"c1": False, "c2": True, "d1": True, "head": True}
     x = images(3, SIZE) - 0.5
     t = np.ones(3, np.int32)
     fast = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
-    monkeypatch.setattr(rules_module, "_input_non_negative", lambda layer: False)
-    general = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
+    general = Engine(model, rules=RuleSet("lrp", rule, shortcuts=False)).relevance(x, t)[1]
     np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-6 * np.abs(general).max())
 
 
@@ -522,17 +521,17 @@ def test_convolution_backward_as_a_transposed_forward_convolution(layer, shape, 
     where that is exact; the input gradient equals TensorFlow's own, and other convolutions keep it."""
     import tensorflow as tf
 
-    from cnn_exposed.attribution.rules import _linear, _transposed_conv
+    from cnn_exposed.rules.rewrite import linear_map, transposed_conv
 
     keras.utils.set_random_seed(3)
     x = tf.constant(np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32))
     layer.build((None, *shape))
     layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
     kernel = keras.ops.convert_to_tensor(layer.kernel)
-    assert (_transposed_conv(layer, kernel) is not None) == fast
+    assert (transposed_conv(layer, kernel) is not None) == fast
     w = tf.constant(np.random.default_rng(1).normal(size=layer(x).shape).astype(np.float32))
     grads = []
-    for fn in (_linear(layer, kernel, None), layer):  # the bias is 0, and _linear gets none
+    for fn in (linear_map(layer, kernel, None), layer):  # the bias is 0, and linear_map gets none
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = tf.reduce_sum(fn(x) * w)
@@ -556,17 +555,16 @@ def padded_cnn():
 @pytest.mark.parametrize(
     "mode, rule", [("lrp", "composite"), ("lrp", "epsilon"), ("lrp", "alpha2beta1"), ("guided", "composite")]
 )
-def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule, monkeypatch):
+def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule):
     """A ZeroPadding2D before a "valid" convolution is done inside the convolution (explicit padding)."""
-    import cnn_exposed.attribution.rules as rules
+    from cnn_exposed.rules.rewrite import pad_pairs
 
     model = padded_cnn()
     # The depthwise convolution keeps its padding layer (explicit padding there crashes TensorFlow).
-    assert sorted(p.name for p in rules._pad_pairs(model).values()) == ["pad2"]
+    assert sorted(p.name for p in pad_pairs(model).values()) == ["pad2"]
     x, t = images(3, SIZE), np.array([0, 1, 2], np.int32)
     fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
-    monkeypatch.setattr(rules, "_pad_pairs", lambda model: {})
-    padded = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
+    padded = Engine(model, rules=RuleSet(mode, rule, shortcuts=False)).relevance(x, t)[1]
     np.testing.assert_allclose(fused, padded, rtol=1e-4, atol=1e-5 * np.abs(padded).max())
     assert np.abs(padded).max() > 0
 

@@ -6,9 +6,9 @@ import numpy as np
 
 from ..engine import engine_for
 from ..explanation import channel_max_abs, normalize_maps
+from ..rules import RuleSet
 from .base import GradientMethod, Result
 from .cam import GradCAM
-from .rules import RuleSet
 
 
 class RuleMethod(GradientMethod):

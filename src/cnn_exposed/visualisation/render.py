@@ -131,7 +131,7 @@ class _ObjectiveRunner:
         redirect_relu: bool = True,
         colour: tuple | None = None,
     ) -> None:
-        from ..attribution.rules import RuleSet
+        from ..rules import RuleSet
 
         self.model, self.objective, self.preprocess = model, objective, preprocess
         self.channels = input_channels(model)

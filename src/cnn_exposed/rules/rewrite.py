@@ -1,0 +1,252 @@
+"""Graph rewriting, zennit's "canonizers": the same function computed in fewer or cheaper passes.
+
+Batch normalisation folded into the linear layer before it, zero padding done inside the convolution after
+it, a separable convolution as its two stages, and stride-1 convolutions differentiated by a transposed
+forward convolution. Every rule set uses them, in every mode; none changes a result.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from ..backend import fused, padded_conv, vjp, with_backward
+from ..compat import causal_padding, flip, producer
+from ..graph import call_count
+from ..layers import iter_layers
+from .kinds import WEIGHTED, is_linear_activation
+
+
+# ------------------------------------------------------------------------------------------ linear maps
+def kernel_and_bias(layer, bn=None):
+    """The layer's kernel and bias as tensors, with a following batch normalisation folded in."""
+    kernel = ops.convert_to_tensor(layer.kernel)
+    bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
+    return fold_bn(layer, kernel, bias, bn)
+
+
+def fold_bn(layer, kernel, bias, bn):
+    """``kernel`` and ``bias`` of ``layer`` with the batch normalisation ``bn`` (or None) that follows it folded in."""
+    if bn is None:
+        return kernel, bias
+    scale = ops.rsqrt(ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+    if bn.gamma is not None:
+        scale = scale * ops.convert_to_tensor(bn.gamma)
+    shift = -ops.convert_to_tensor(bn.moving_mean) * scale
+    if bn.beta is not None:
+        shift = shift + ops.convert_to_tensor(bn.beta)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kernel = kernel * ops.reshape(scale, (kernel.shape[2], kernel.shape[3]))
+    else:
+        kernel = kernel * scale
+    bias = shift if bias is None else bias * scale + shift
+    return kernel, bias
+
+
+def transposed_conv(layer, kernel):
+    """``g -> the convolution's input gradient``, written as a forward convolution, or None where that is
+    not exact.
+
+    For a stride-1, undilated, ungrouped convolution whose kernel is 1 wide (any padding) or odd-sized
+    with ``"same"`` padding, the transpose is the same convolution of ``g`` with the kernel flipped in
+    space and its two channel axes swapped. On a 2-core CPU, TensorFlow's own ``Conv2DBackpropInput``
+    measured up to 2.3x slower than this forward convolution (1x1 kernels of MobileNetV2: 1.1-2.3x; 3x3
+    and 5x5 kernels: 1.1-1.6x), so the rule-based passes use it for their backward passes.
+    """
+    if type(layer) not in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+        return None
+    rank = len(kernel.shape) - 2
+    sizes = tuple(kernel.shape[:rank])
+    pointwise = all(k == 1 for k in sizes)
+    if (
+        getattr(layer, "groups", 1) != 1
+        or any(s != 1 for s in layer.strides)
+        or any(d != 1 for d in layer.dilation_rate)
+        or layer.padding not in ("valid", "same")
+        or not (pointwise or (layer.padding == "same" and all(k % 2 for k in sizes)))
+    ):
+        return None
+    flipped = kernel if pointwise else flip(kernel, tuple(range(rank)))
+    transposed = ops.swapaxes(flipped, -1, -2)
+
+    def transpose(g):
+        return ops.conv(g, transposed, strides=1, padding=layer.padding, data_format=layer.data_format)
+
+    return transpose
+
+
+def linear_map(layer, kernel, bias, pads=None):
+    """``x -> layer's linear map with this kernel and bias`` (no activation).
+
+    ``pads``: the ``((top, bottom), (left, right))`` zeros of a ``ZeroPadding2D`` layer just before this
+    one, added inside the convolution instead (:func:`pad_pairs`).
+    """
+    transpose = None if pads is not None else transposed_conv(layer, kernel)
+
+    def conv(x):
+        if pads is not None:
+            return padded_conv(x, kernel, layer.strides, pads)
+        padding = layer.padding
+        if padding == "causal":  # Conv1D pads on the left in call(), not in convolution_op()
+            x, padding = ops.pad(x, causal_padding(layer)), "valid"
+        return ops.conv(
+            x, kernel, strides=layer.strides, padding=padding, data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )  # fmt: skip
+
+    if transpose is not None:
+        conv = with_backward(conv, lambda inputs, z, g: [transpose(g)])
+
+    def apply(x):
+        if isinstance(layer, keras.layers.Dense):
+            z = ops.matmul(x, kernel)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            z = ops.depthwise_conv(
+                x, kernel, strides=layer.strides, padding=layer.padding, data_format=layer.data_format,
+                dilation_rate=layer.dilation_rate,
+            )  # fmt: skip
+        else:
+            z = conv(x)
+        return z if bias is None else z + bias
+
+    return apply
+
+
+class Stack:
+    """``(x_1, ..., x_k) -> Σ_k layer(x_k; W_k)``: one layer's linear map of k inputs, one kernel each, summed.
+
+    Where the layer allows it (channels last, not depthwise or grouped), this is one convolution (or
+    matrix product) of the inputs stacked along the channel axis with the kernels stacked along their input
+    axis: one call each way instead of k, and no sum of k full-size outputs.
+    """
+
+    def __init__(self, layer, kernels: list, pads=None) -> None:
+        self.k = len(kernels)
+        grouped = isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) != 1
+        channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
+        self.fused = self.k > 1 and not grouped and channels_last
+        if self.fused:
+            self.maps = [linear_map(layer, ops.concatenate(kernels, axis=-2), None, pads)]
+            self._combine = fused(self._weighted_sum)  # one pass instead of a product, then a sum
+        else:
+            self.maps = [linear_map(layer, kernel, None, pads) for kernel in kernels]
+
+    def inputs(self, xs: list) -> list:
+        return [ops.concatenate(xs, axis=-1)] if self.fused else list(xs)
+
+    def __call__(self, *inputs):
+        out = self.maps[0](inputs[0])
+        for m, x in zip(self.maps[1:], inputs[1:], strict=True):
+            out = out + m(x)
+        return out
+
+    def relevance(self, inputs: list, ratio) -> object:
+        """``Σ_k x_k ⊙ (W_kᵀ s)`` with ``s = ratio(output)``: the relevance the k inputs together receive."""
+        cs = vjp(self, inputs, ratio)
+        if not self.fused:
+            total = inputs[0] * cs[0]
+            for x, c in zip(inputs[1:], cs[1:], strict=True):
+                total = total + x * c
+            return total
+        return self._combine(inputs[0], cs[0])
+
+    def _weighted_sum(self, x, c):
+        prod = x * c
+        shape = (-1,) + tuple(prod.shape[1:-1]) + (self.k, prod.shape[-1] // self.k)
+        return ops.sum(ops.reshape(prod, shape), axis=-2)
+
+
+def stages(layer, bn=None) -> list:
+    """The linear map of a weighted layer as a chain of ``(layer-like, kernel, bias)``: one stage for dense and
+    convolution layers; for a separable convolution its depthwise convolution then its pointwise (1 x 1) one,
+    a following batch normalisation folded into the latter. The stand-in layers carry only the configuration
+    :func:`linear_map` reads (named, so they take no automatic layer name from the user's session)."""
+    if not isinstance(layer, keras.layers.SeparableConv2D):
+        return [(layer, *kernel_and_bias(layer, bn))]
+    depthwise = keras.layers.DepthwiseConv2D(
+        layer.kernel_size, strides=layer.strides, padding=layer.padding, depth_multiplier=layer.depth_multiplier,
+        data_format=layer.data_format, dilation_rate=layer.dilation_rate, use_bias=False,
+        name=f"{layer.name}__depthwise",
+    )  # fmt: skip
+    pointwise = keras.layers.Conv2D(layer.filters, 1, data_format=layer.data_format, name=f"{layer.name}__pointwise")
+    bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
+    kernel, bias = fold_bn(pointwise, ops.convert_to_tensor(layer.pointwise_kernel), bias, bn)
+    return [(depthwise, ops.convert_to_tensor(layer.depthwise_kernel), None), (pointwise, kernel, bias)]
+
+
+def chain_maps(maps: list):
+    """``x -> maps[-1](... maps[0](x))``."""
+
+    def run(x):
+        for m in maps:
+            x = m(x)
+        return x
+
+    return run
+
+
+def only_consumer(layer, models) -> object | None:
+    """The one layer that reads ``layer``'s output in its model, or None (several, none, or unknown)."""
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):  # a shared layer has no single output
+        return None
+    consumers = []
+    for other in models[-1].layers:
+        try:
+            inputs = other.input if isinstance(other.input, (list, tuple)) else [other.input]
+        except (AttributeError, ValueError):
+            continue
+        consumers.extend(other for t in inputs if t is output)
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def fold_pairs(model) -> dict:
+    """``id(linear layer) -> BatchNormalization`` for every BN that directly follows a linear layer with no
+    activation and is that layer's only consumer."""
+    pairs = {}
+    for ref in iter_layers(model):
+        bn = ref.layer
+        if not isinstance(bn, keras.layers.BatchNormalization) or bn.axis not in (-1, len(bn.input.shape) - 1):
+            continue
+        try:
+            linear = producer(bn.input)
+        except (AttributeError, ValueError):
+            continue
+        if not isinstance(linear, WEIGHTED) or not is_linear_activation(linear.activation):
+            continue
+        if only_consumer(linear, ref.models) is bn:
+            pairs[id(linear)] = bn
+    return pairs
+
+
+def pad_pairs(model) -> dict:
+    """``id(convolution) -> ZeroPadding2D`` for every zero padding whose only consumer is a 2-D convolution
+    with ``"valid"`` padding, stride any, no dilation, channels last.
+
+    The convolution then pads inside itself (explicit padding) and the padding layer passes its input
+    through: no padded copy forward and no slice backward (ResNet pads this way before its 7x7 stem).
+
+    Depthwise convolutions keep their padding layer, although padding inside them measured faster (MobileNetV2's
+    stride-2 blocks, 8 images at 112x112x96: 95 ms padded then convolved, 50 ms inside): in TensorFlow 2.19,
+    2.20 and 2.21 a graph with an explicitly padded ``DepthwiseConv2dNative`` followed by a bias add aborts
+    the whole process (grappler fuses the two, then "Check failed: ... Invalid index from the dimension:
+    1, 0, H" in ``tensor_format.h``); ``padded_cnn`` in ``tests/test_rules.py`` has that pattern.
+    """
+    pairs = {}
+    for ref in iter_layers(model):
+        pad = ref.layer
+        if type(pad) is not keras.layers.ZeroPadding2D or pad.data_format != "channels_last":
+            continue
+        conv = only_consumer(pad, ref.models)
+        if (
+            type(conv) is keras.layers.Conv2D
+            and conv.padding == "valid"
+            and conv.data_format == "channels_last"
+            and all(d == 1 for d in conv.dilation_rate)
+            and getattr(conv, "groups", 1) == 1
+            and call_count(conv) == 1
+            and call_count(pad) == 1
+        ):
+            pairs[id(conv)] = pad
+    return pairs
