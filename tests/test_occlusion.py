@@ -44,3 +44,24 @@ def test_occlusion_is_batch_size_invariant(cnn, x):
     a = ce.explain(cnn, x, "occlusion", patch=4, stride=4, batch_size=1)
     b = ce.explain(cnn, x, "occlusion", patch=4, stride=4, batch_size=100)
     np.testing.assert_allclose(a.raw_maps, b.raw_maps, rtol=1e-5, atol=1e-6)
+
+
+def test_one_blur_serves_occlusion_the_curves_and_the_integrated_gradients_baseline(cnn, x):
+    """Every "blur" of the package is fill_images': a Gaussian of σ = 1/16 of the longer side."""
+    import cv2
+
+    from cnn_exposed.inputs import fill_images
+
+    blurred = fill_images(x, "blur")
+    sigma = max(x.shape[1:3]) / 16
+    np.testing.assert_allclose(blurred[0], cv2.GaussianBlur(x[0], (0, 0), sigma), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(ce.IntegratedGradients(cnn, baseline="blur").baselines(x), blurred)
+    # everything deleted: the deletion curve ends at the blurred images' score
+    maps = np.random.default_rng(0).random(x.shape[:3]).astype("float32")
+    curve = ce.metrics.deletion_curve(cnn, x, maps, target=1, steps=4, fill="blur")
+    ends = ce.explain(cnn, blurred, "saliency", target=1, score="probability").scores
+    np.testing.assert_allclose(curve.scores[:, -1], ends, rtol=1e-5, atol=1e-7)
+    # a patch as large as the image, hidden by the blur: the score drop is the blurred image's
+    occ = ce.explain(cnn, x, "occlusion", target=1, patch=x.shape[1], stride=x.shape[1], fill="blur")
+    full = ce.explain(cnn, x, "saliency", target=1).scores - ce.explain(cnn, blurred, "saliency", target=1).scores
+    np.testing.assert_allclose(occ.raw_maps.max(axis=(1, 2)), full, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .engine import DEFAULT_BATCH_SIZE, engine_for
-from .inputs import prepare_images
+from .inputs import fill_images, prepare_images
 from .targets import one_per_image
 
 
@@ -97,19 +97,6 @@ class Curves:
         return ax
 
 
-def _fill_images(x: np.ndarray, fill) -> np.ndarray:
-    if isinstance(fill, str):
-        if fill == "blur":
-            sigma = max(x.shape[1:3]) / 16.0
-            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(np.float32)
-        if fill == "mean":
-            return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
-        if fill == "zeros":
-            return np.zeros_like(x)
-        raise ValueError(f"fill must be 'blur', 'mean', 'zeros' or a number, got {fill!r}.")
-    return np.full(x.shape, float(fill), dtype=np.float32)
-
-
 def _curves(
     model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
     patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None,
@@ -130,7 +117,7 @@ def _curves(
     cell = padded.reshape(n, gh, patch, gw, patch).mean(axis=(2, 4)).reshape(n, -1)
     order = np.argsort(-cell, axis=1, kind="stable")
     counts = np.round(np.linspace(0, gh * gw, steps + 1)).astype(int)
-    fills = _fill_images(x, fill)
+    fills = fill_images(x, fill)
     start, end = (x, fills) if mode == "deletion" else (fills, x)
     variants = np.empty((n * (steps + 1),) + x.shape[1:], dtype=np.float32)
     for i in range(n):

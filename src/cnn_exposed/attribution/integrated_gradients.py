@@ -8,6 +8,7 @@ import numpy as np
 
 from ..engine import batch_slices
 from ..errors import InputError
+from ..inputs import BLUR_SIGMA, fill_images
 from .base import GradientMethod, Result, gradient_result
 
 QUADRATURES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
@@ -63,7 +64,8 @@ class IntegratedGradients(GradientMethod):
         How the path integral is summed (:func:`path_nodes`). ``rule=`` is its old name (deprecated: in LRP,
         ``rule`` is the propagation rule).
     blur_sigma : float
-        Blur σ as a fraction of max(height, width).
+        Blur σ as a fraction of max(height, width) (default 1/16, the package's one blur:
+        :func:`cnn_exposed.inputs.fill_images`).
     seed : int
         Seeds the noise baseline.
     """
@@ -79,7 +81,7 @@ class IntegratedGradients(GradientMethod):
         baseline="black",
         quadrature: str = "trapezoid",
         rule: str | None = None,
-        blur_sigma: float = 0.05,
+        blur_sigma: float = BLUR_SIGMA,
         seed: int = 0,
         score=None,
         preprocess=None,
@@ -121,11 +123,7 @@ class IntegratedGradients(GradientMethod):
             black = np.zeros(x.shape, dtype=np.uint8)
             return np.asarray(self.preprocess(black), dtype=np.float32).reshape(x.shape)
         if self.baseline == "blur":
-            import cv2
-
-            sigma = self.blur_sigma * max(x.shape[1:3])
-            blurred = [cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma) for img in x]
-            return np.stack(blurred).reshape(x.shape).astype(np.float32)
+            return fill_images(x, "blur", self.blur_sigma)
         rng = np.random.default_rng(self.seed)
         flat = x.reshape(len(x), -1)
         lo, hi = flat.min(axis=1), flat.max(axis=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import batch_slices
+from ..inputs import fill_images
 from .base import AttributionMethod, Result
 
 
@@ -38,17 +39,18 @@ class Occlusion(AttributionMethod):
         Patch size in pixels; default: an eighth of the image's shorter side.
     stride : int or (int, int)
         Step between patches; default: half the patch.
-    fill : float, "mean" or "blur"
+    fill : float, "mean", "blur" or "zeros"
         What the patch shows, in model-input values: a constant, each image's per-channel mean
-        (default), or the image blurred.
+        (default), the image blurred (σ = 1/16 of its longer side) or zeros
+        (:func:`cnn_exposed.inputs.fill_images`).
     """
 
     name = "occlusion"
 
     def __init__(self, model, *, patch=None, stride=None, fill="mean", **kwargs) -> None:
         super().__init__(model, **kwargs)
-        if isinstance(fill, str) and fill not in ("mean", "blur"):
-            raise ValueError(f"fill must be a number, 'mean' or 'blur'; got {fill!r}.")
+        if isinstance(fill, str) and fill not in ("mean", "blur", "zeros"):
+            raise ValueError(f"fill must be a number, 'mean', 'blur' or 'zeros'; got {fill!r}.")
         self.patch = None if patch is None else _pair(patch, "patch")
         self.stride = None if stride is None else _pair(stride, "stride")
         self.fill = fill
@@ -61,23 +63,13 @@ class Occlusion(AttributionMethod):
     def options(self):
         return {"patch": self.patch, "stride": self.stride, "fill": self.fill}
 
-    def _fill_images(self, x: np.ndarray) -> np.ndarray:
-        if self.fill == "mean":
-            return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
-        if self.fill == "blur":
-            import cv2
-
-            sigma = max(x.shape[1:3]) / 20.0
-            return np.stack([cv2.GaussianBlur(i, (0, 0), sigma).reshape(i.shape) for i in x]).astype(np.float32)
-        return np.full(x.shape, float(self.fill), dtype=np.float32)
-
     def compute(self, x, targets, images) -> Result:
         targets, scores, probs = self.resolve(x, targets)
         n, height, width = x.shape[:3]
         (ph, pw), (sy, sx) = self._geometry(height, width)
         ys, xs = patch_positions(height, ph, sy), patch_positions(width, pw, sx)
         grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
-        fills = self._fill_images(x)
+        fills = fill_images(x, self.fill)
         drops = np.zeros((n, height, width), dtype=np.float64)
         counts = np.zeros((height, width), dtype=np.float64)
         for y0, x0 in grid:
