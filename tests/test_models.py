@@ -184,10 +184,22 @@ def test_compiled_functions_trace_once_per_shape(cnn):
     method = ce.Saliency(cnn, batch_size=4)
     for n in (4, 3, 9, 1):  # full batches and smaller last batches
         method.explain(images(n))
-    fn = method.engine._compiled[("input_gradients", (16, 16, 3))]
-    assert fn.experimental_get_tracing_count() == 1
+    assert method.engine.tracing_counts() == {("input_gradients", (16, 16, 3)): 1}
     # explain() in a loop reuses the cached engine and its graphs
     for _ in range(3):
         ce.explain(cnn, images(2), "saliency")
     engine = ce.engine.engine_for(cnn, None, "logit")
-    assert engine._compiled[("input_gradients", (16, 16, 3))].experimental_get_tracing_count() == 1
+    assert engine.tracing_counts() == {("input_gradients", (16, 16, 3)): 1}
+
+
+def test_engine_results_are_named_and_stay_named_over_batches(cnn):
+    from cnn_exposed.engine import InputGradients, engine_for
+
+    engine = engine_for(cnn)
+    x, t = images(5), np.array([0, 1, 2, -1, 0], np.int32)
+    one = engine.input_gradients(x, t)
+    assert isinstance(one, InputGradients) and one.gradients.shape == x.shape
+    many = engine.map_batches(engine.input_gradients, (x, t), batch_size=2)
+    assert isinstance(many, InputGradients)
+    np.testing.assert_allclose(many.gradients, one.gradients, rtol=1e-5, atol=1e-7)
+    assert many.targets[3] == one.probabilities[3].argmax()  # -1 resolved to the top class

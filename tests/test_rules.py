@@ -329,7 +329,7 @@ def test_separable_convolution_in_the_fast_gradient_plan_equals_the_models_own_g
     x = images(2, SIZE)
     t = np.array([0, 2], np.int32)
     own = Engine(sep).input_gradients(x, t)[1]
-    fast = Engine(sep, rules=RuleSet("gradient")).relevance(x, t)[1]
+    fast = Engine(sep, rules=RuleSet("gradient")).relevance(x, t).relevance
     np.testing.assert_allclose(fast, own, rtol=1e-4, atol=1e-6 * np.abs(own).max())
 
 
@@ -496,8 +496,8 @@ def test_non_negative_input_shortcut_equals_the_general_rule(rule):
     assert shortcut == {"c1": False, "c2": True, "d1": True, "head": True}
     x = images(3, SIZE) - 0.5
     t = np.ones(3, np.int32)
-    fast = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t)[1]
-    general = Engine(model, rules=RuleSet("lrp", rule, shortcuts=False)).relevance(x, t)[1]
+    fast = Engine(model, rules=RuleSet("lrp", rule)).relevance(x, t).relevance
+    general = Engine(model, rules=RuleSet("lrp", rule, shortcuts=False)).relevance(x, t).relevance
     np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-6 * np.abs(general).max())
 
 
@@ -563,8 +563,8 @@ def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule):
     # The depthwise convolution keeps its padding layer (explicit padding there crashes TensorFlow).
     assert sorted(p.name for p in pad_pairs(model).values()) == ["pad2"]
     x, t = images(3, SIZE), np.array([0, 1, 2], np.int32)
-    fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t)[1]
-    padded = Engine(model, rules=RuleSet(mode, rule, shortcuts=False)).relevance(x, t)[1]
+    fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t).relevance
+    padded = Engine(model, rules=RuleSet(mode, rule, shortcuts=False)).relevance(x, t).relevance
     np.testing.assert_allclose(fused, padded, rtol=1e-4, atol=1e-5 * np.abs(padded).max())
     assert np.abs(padded).max() > 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -29,6 +30,46 @@ from .targets import class_count
 
 DEFAULT_BATCH_SIZE = 32
 SCORES = ("logit", "probability")
+
+
+# What the Engine's passes return, one batch (or, from map_batches, many) at a time. Scores are in the
+# engine's score space (logits by default); targets are the classes explained, -1 resolved to the top class.
+class Outputs(NamedTuple):
+    scores: np.ndarray  # (N, K) every class's score
+    probabilities: np.ndarray  # (N, K)
+
+
+class InputGradients(NamedTuple):
+    scores: np.ndarray  # (N,) the explained score
+    gradients: np.ndarray  # (N, H, W, C) its gradient with respect to the model input
+    targets: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, K)
+
+
+class LayerGradients(NamedTuple):
+    scores: np.ndarray  # (N,)
+    activations: np.ndarray  # (N, h, w, k) the recorded layer's output A
+    gradients: np.ndarray  # (N, h, w, k) d score / d A
+    targets: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, K)
+
+
+class Relevance(NamedTuple):
+    scores: np.ndarray  # (N,)
+    relevance: np.ndarray  # (N, H, W, C) LRP relevance, or the modified gradient of guided backprop / deconvnet
+    targets: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, K)
+
+
+class LayerRelevance(NamedTuple):
+    scores: np.ndarray  # (N,)
+    relevance: np.ndarray  # the LRP relevance at the recorded layer's output
+
+
+class Activations(NamedTuple):
+    activations: np.ndarray  # the recorded layer's output
+    outputs: np.ndarray  # (N, K) every class's score
+    probabilities: np.ndarray  # (N, K)
 
 
 def batch_slices(n: int, batch_size: int, *, progress: bool = True, desc: str | None = None) -> Iterator[slice]:
@@ -180,35 +221,40 @@ class Engine:
             s, _ = self._select(scores, targets)
         return s, tape.gradient(s, a, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-    def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+    def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> LayerRelevance:
         """Scores and the LRP relevance at the recorded layer's output, for one batch."""
         self._require_layer()
-        return self._call("layer_relevance", x, targets)
+        return LayerRelevance(*self._call(self._fn_layer_relevance, x, targets))
 
-    def relevance(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+    def relevance(self, x: np.ndarray, targets: np.ndarray) -> Relevance:
         """Scores, the rule-based relevance (or modified gradient) ``(N, H, W, C)``, targets, probabilities."""
         if self.rules is None:
             raise ValueError("This engine has no backward rules; build it with rules=...")
-        return self._call("relevance", x, targets)
+        return Relevance(*self._call(self._fn_relevance, x, targets))
 
     def _fn_activations(self, x):
         scores, probs, a = self._forward(x, record=True)
         return a, scores, probs
 
-    def _compiled_fn(self, name: str, x: np.ndarray, with_targets: bool) -> Callable:
-        key = (name, tuple(x.shape[1:]))
+    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool) -> Callable:
+        """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once."""
+        key = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
         fn = self._compiled.get(key)
         if fn is None:
             sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
-            fn = tf.function(own_key(getattr(self, "_fn_" + name)), input_signature=sig)
+            fn = tf.function(own_key(graph_fn), input_signature=sig)
             self._compiled[key] = fn
         return fn
 
-    def _call(self, name: str, x: np.ndarray, targets: np.ndarray | None = None):
+    def tracing_counts(self) -> dict:
+        """``(pass, input shape) -> how many times it was traced``: 1 each, unless something retraces."""
+        return {key: fn.experimental_get_tracing_count() for key, fn in self._compiled.items()}
+
+    def _call(self, graph_fn: Callable, x: np.ndarray, targets: np.ndarray | None = None):
         x = np.asarray(x, dtype=np.float32)
-        fn = self._compiled_fn(name, x, targets is not None)
+        fn = self._compiled_fn(graph_fn, x, targets is not None)
         args = (x,) if targets is None else (x, np.asarray(targets, dtype=np.int32))
         out = fn(*args)
         if isinstance(out, (tuple, list)):
@@ -218,49 +264,49 @@ class Engine:
     # --------------------------------------------------------------- one batch
     # Each of these runs a single compiled call on a batch the caller has sized. A target of -1 means
     # "the top class", resolved inside the same pass (so explaining the prediction costs no extra pass).
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray) -> Outputs:
         """Score-space outputs ``(N, K)`` and probabilities ``(N, K)`` for one batch."""
-        return self._call("predict", x)
+        return Outputs(*self._call(self._fn_predict, x))
 
     def scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """The explained score of ``targets`` for one batch, ``(N,)``."""
-        return self._call("scores", x, targets)
+        return self._call(self._fn_scores, x, targets)
 
-    def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+    def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> InputGradients:
         """Scores ``(N,)``, their gradients w.r.t. the input ``(N, H, W, C)``, the resolved targets
         ``(N,)`` and the probabilities ``(N, K)``."""
-        return self._call("input_gradients", x, targets)
+        return InputGradients(*self._call(self._fn_input_gradients, x, targets))
 
-    def layer_gradients(self, x: np.ndarray, targets: np.ndarray) -> tuple:
+    def layer_gradients(self, x: np.ndarray, targets: np.ndarray) -> LayerGradients:
         """Scores ``(N,)``, the layer's output ``A`` and ``dscore/dA`` (both ``(N, h, w, k)``), the
         resolved targets and the probabilities."""
         self._require_layer()
-        return self._call("layer_gradients", x, targets)
+        return LayerGradients(*self._call(self._fn_layer_gradients, x, targets))
 
-    def activations(self, x: np.ndarray) -> tuple:
+    def activations(self, x: np.ndarray) -> Activations:
         """The recorded layer's output, the score-space outputs and the probabilities for one batch."""
         self._require_layer()
-        return self._call("activations", x)
+        return Activations(*self._call(self._fn_activations, x))
 
     def _require_layer(self) -> None:
         if self.layer is None:
             raise ValueError("This engine was built without a layer; pass layer=... to Engine().")
 
     # -------------------------------------------------------------- many batches
-    def predict_all(
-        self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def predict_all(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> Outputs:
         """:meth:`predict` over any number of images, in batches."""
         return self.map_batches(self.predict, (x,), batch_size, progress)
 
     @staticmethod
     def map_batches(fn: Callable, arrays: tuple, batch_size: int, progress: bool = False, desc=None):
-        """Apply a one-batch function over aligned arrays in batches; concatenate each of its outputs."""
+        """Apply a one-batch function over aligned arrays in batches; concatenate each of its outputs (a named
+        result stays named: ``map_batches(engine.input_gradients, ...)`` is an :class:`InputGradients`)."""
         parts = [
             fn(*(a[s] for a in arrays)) for s in batch_slices(len(arrays[0]), batch_size, progress=progress, desc=desc)
         ]
         if isinstance(parts[0], tuple):
-            return tuple(np.concatenate(p, axis=0) for p in zip(*parts))
+            joined = [np.concatenate(p, axis=0) for p in zip(*parts)]
+            return type(parts[0])(*joined) if hasattr(parts[0], "_fields") else tuple(joined)
         return np.concatenate(parts, axis=0)
 
     def scores_all(

@@ -141,7 +141,7 @@ class IntegratedGradients(GradientMethod):
             img, step = idx // n_steps, idx % n_steps
             a = self.alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
             points = baselines[img] + a * (x[img] - baselines[img])
-            g = self.engine.input_gradients(points, targets[img])[1]
+            g = self.engine.input_gradients(points, targets[img]).gradients
             g = g * self.weights[step].reshape(a.shape)
             # idx is sorted, so each image's steps form one run.
             for i in np.unique(img):

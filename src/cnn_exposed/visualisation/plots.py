@@ -99,7 +99,7 @@ def plot_activation_maps(
 
     engine = engine_for(model, layer)
     display, x = prepare_images(image, engine.input_shape, preprocess)
-    acts = engine.activations(x[:1])[0][0]
+    acts = engine.activations(x[:1]).activations[0]
     if acts.ndim != 3:
         from ..errors import NoSpatialLayerError
 
