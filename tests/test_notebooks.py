@@ -38,7 +38,7 @@ def test_colab_badge_setup_and_one_configuration_cell(path):
     first = "".join(nb["cells"][0]["source"])
     assert "colab.research.google.com/github/" in first and f"notebooks/{path.name}" in first
     sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    assert "google.colab" in sources[0] and "list_physical_devices" in sources[0]
+    assert "google.colab" in sources[0] and "ce.notebook.setup(" in sources[0]
     # Colab installs the package like any user would: not editable, no sys.path games.
     assert "cnn-exposed @ git+https://github.com/" in sources[0]
     assert "sys.path" not in sources[0] and " -e" not in sources[0]
@@ -91,3 +91,49 @@ def test_the_configuration_cell_takes_the_users_own_model(name, build, tmp_path,
         except Exception as err:
             raise AssertionError(f"{name} cell {i} failed with the user's model: {err!r}\n{source[:400]}") from err
     assert namespace["MODEL"] == model_path
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_matches_its_paired_python_source(path):
+    """The .py (jupytext percent format) is what is reviewed and linted; the .ipynb is what Colab opens."""
+    import jupytext
+
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["jupytext"]["formats"] == "ipynb,py:percent"
+    source = jupytext.read(path.with_suffix(".py"))
+    ours = [(c["cell_type"], "".join(c["source"]).rstrip()) for c in nb["cells"]]
+    theirs = [(c.cell_type, c.source.rstrip()) for c in source.cells]
+    assert len(ours) == len(theirs), f"{len(ours)} cells in {path.name}, {len(theirs)} in its .py"
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a == b, f"cell {i} of {path.name} differs from its .py source: run jupytext --sync notebooks/*.py"
+
+
+def test_the_notebooks_share_their_setup_through_the_package():
+    sources = {p.name: p.with_suffix(".py").read_text() for p in NOTEBOOKS}
+    for name, text in sources.items():
+        assert "ce.notebook.setup(" in text and "ce.notebook.load(" in text, name
+        assert "def load(" not in text and "set_matplotlib_formats" not in text, name  # not copied in
+
+
+def test_the_notebook_setup_reports_the_runtime_and_seeds(capsys):
+    from importlib.metadata import version
+
+    import numpy as np
+
+    import cnn_exposed as ce
+
+    ce.notebook.setup(seed=3)
+    after_setup = np.random.rand()
+    keras.utils.set_random_seed(3)
+    assert np.random.rand() == after_setup
+    out = capsys.readouterr().out
+    assert "GPU: " in out and f"keras {keras.__version__} |" in out and f"cnn-exposed {version('cnn-exposed')}" in out
+
+
+def test_the_notebook_loader_says_why_a_model_cannot_be_loaded(capsys, tmp_path):
+    import cnn_exposed as ce
+
+    assert ce.notebook.load(str(tmp_path / "nope.keras")) is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"cannot load {tmp_path / 'nope.keras'} -> ") and "No model named or found" in out
+    assert ce.notebook.load("demo").class_names == list(ce.load_model("demo").class_names)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, visualisation  # submodules as attributes: ce.metrics, ...
+from . import bundled, images, metrics, notebook, visualisation  # submodules as attributes: ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -94,6 +94,7 @@ __all__ = [
     "load_model",
     "metrics",
     "network_walk",
+    "notebook",
     "normalize_maps",
     "overlay_heatmap",
     "overlay_signed",
