@@ -173,3 +173,9 @@ def test_graph_operations_include_the_keras_ops_between_layers():
     assert len(model.layers) == 3  # the layers alone leave the three operations out
     seq = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Flatten()])
     assert [type(op).__name__ for op in compat.graph_operations(compat.functional_graph(seq))][-1] == "Flatten"
+
+
+def test_trapezoid_integrates_by_the_trapezoid_rule_on_every_numpy():
+    x = np.array([0.0, 0.5, 2.0])
+    y = np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(compat.trapezoid(y, x, axis=1), [0.5 * (1 + 3) / 2 + 1.5 * 3 / 2, 4.0])

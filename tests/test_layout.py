@@ -123,3 +123,16 @@ def test_the_rules_serve_attribution_and_visualisation_and_depend_on_neither():
     assert not {m for m in rules if m.startswith(("cnn_exposed.attribution", "cnn_exposed.visualisation"))}
     assert not {m for m in reachable(graph, "cnn_exposed.visualisation") if m.startswith("cnn_exposed.attribution")}
     assert "cnn_exposed.rules" in graph["cnn_exposed.attribution.rule_based"]
+
+
+def test_mypy_finds_no_error_in_the_package():
+    import os
+
+    import pytest
+
+    if os.environ.get("CNN_EXPOSED_STACK"):  # colab-gpu.txt or floor.txt: a pinned stage of .ci/run
+        pytest.skip("the types are checked once, on the latest stack (the libraries' stubs differ by release)")
+    root = PACKAGE.parents[1]
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+    assert "Success: no issues found" in done.stdout

@@ -96,7 +96,7 @@ def weight_arrays(model: keras.Model) -> dict[str, np.ndarray]:
 
 def save_weights(model: keras.Model, path: str | Path) -> None:
     """Write :func:`weight_arrays` of ``model`` to a compressed ``.npz`` file."""
-    np.savez_compressed(path, **weight_arrays(model))
+    np.savez_compressed(path, **weight_arrays(model))  # type: ignore[arg-type]  # arrays by name
 
 
 def load_weights(model: keras.Model, path: str | Path) -> None:

@@ -140,7 +140,8 @@ def run_explain(
         if all(c in names for c in folder_classes):
             remap = {i: names.index(c) for i, c in enumerate(folder_classes)}
             for f in files:
-                f.label = remap[f.label]
+                if f.label is not None:
+                    f.label = remap[f.label]
         elif len(folder_classes) != len(names):
             echo(f"note: folder classes {folder_classes} do not match the model's classes; labels ignored")
             for f in files:

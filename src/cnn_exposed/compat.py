@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -139,3 +140,10 @@ def graph_operations(graph) -> list:
     operations applied between them (``x + y`` on symbolic tensors is an ``Add`` operation node), which
     ``graph.layers`` leaves out (``Function.operations``, since Keras 3.0)."""
     return list(graph.operations)
+
+
+def trapezoid(y, x, axis: int = -1):
+    """The trapezoid rule of ``y`` over ``x`` (``numpy.trapezoid`` since NumPy 2.0, ``numpy.trapz`` before:
+    our floor, NumPy 1.26, has only the old name, and NumPy 2.4 dropped it)."""
+    fn = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009 (absent from NumPy 2.4's stubs)
+    return fn(y, x, axis=axis)

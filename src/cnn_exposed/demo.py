@@ -25,11 +25,16 @@ Splits
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from .bundled import data_dir
+
+_T = TypeVar("_T")
+Colour = int | tuple[int, ...]  # a mask value or an RGB colour, as OpenCV draws them
 
 CLASS_NAMES: tuple[str, ...] = ("pool", "bathroom", "bedroom")
 """The class names; labels are indices into this tuple."""
@@ -68,7 +73,7 @@ def _scale(rgb: tuple[int, ...], factor: float) -> tuple[int, ...]:
     return tuple(int(np.clip(v * factor, 0, 255)) for v in rgb)
 
 
-def _pick(rng: np.random.Generator, options: list) -> object:
+def _pick(rng: np.random.Generator, options: Sequence[_T]) -> _T:
     """One element of ``options``, chosen uniformly."""
     return options[int(rng.integers(len(options)))]
 
@@ -325,7 +330,7 @@ def _draw_bathroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random
     inner = _scale(porcelain, rng.uniform(0.7, 0.82))
     tap_h = int(rng.integers(6, 11))
 
-    def sink_shape(canvas: np.ndarray, basin: int = 1, bowl: int = 1, tap: int = 1) -> None:
+    def sink_shape(canvas: np.ndarray, basin: Colour = 1, bowl: Colour = 1, tap: Colour = 1) -> None:
         cv2.ellipse(canvas, (cx, counter_y + 2), (ax, ay), 0, 0, 360, basin, -1, cv2.LINE_AA)
         cv2.ellipse(canvas, (cx, counter_y + 3), (ax - 3, ay - 2), 0, 0, 360, bowl, -1, cv2.LINE_AA)
         cv2.line(canvas, (cx, counter_y - ay), (cx, counter_y - ay - tap_h), tap, 2)

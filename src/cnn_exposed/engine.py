@@ -161,6 +161,7 @@ class Engine:
         scores = probs if (self.score == "probability" or logits is None) else logits
         layer_out = None
         if record:
+            assert self.layer is not None  # _require_layer() ran
             if not recorded:
                 raise ModelError(
                     f"Layer {self.layer.path!r} did not run when the model was called: it is inside a "

@@ -121,7 +121,7 @@ def classifier_head(model: keras.Model) -> Head:
     if is_subclassed(model):
         return _subclassed_head(model)
     shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
-    _check_output(model, shape)
+    shape = _check_output(model, shape)
     chain = []
     current = model
     while True:
@@ -136,18 +136,19 @@ def classifier_head(model: keras.Model) -> Head:
     return _head_of(model, chain, shape)
 
 
-def _check_output(model, shape) -> None:
+def _check_output(model, shape) -> tuple:
     if shape is None or len(shape) != 2 or shape[-1] is None:
         raise ModelError(
             f"Model {model.name!r} has output shape {shape}; cnn-exposed explains classifiers whose "
             "output is (N, classes) (or (N, 1) for a binary sigmoid model). Make sure the model is "
             "built (call it once, or give it an Input) and ends in a Dense layer."
         )
+    return shape
 
 
 def _subclassed_head(model) -> Head:
     calls, shape = probe_subclassed(model)
-    _check_output(model, shape)
+    shape = _check_output(model, shape)
     direct = [layer for layer, _ in calls if any(layer is own for own in model.layers)]
     # Its last call, when that produced the model's output (a call may also compute the output itself).
     last = direct[-1] if direct else None
@@ -210,6 +211,11 @@ class Plan:
             self._final = id(self.logits.chain[-1][1])
         # A replaced layer inside a nested model needs that model walked; callers add it with enter().
 
+    def _pre_activation(self) -> Callable:
+        """The final operation's replacement (only asked for when ``_final`` is set, so it exists)."""
+        assert self.logits is not None and self.logits.pre_activation is not None
+        return self.logits.pre_activation
+
     def enter(self, model: keras.Model) -> None:
         self._enter.add(id(model))
 
@@ -217,7 +223,7 @@ class Plan:
         if id(op) in self.replace:
             fn = self.replace[id(op)](op, id(op) == self._final)
         elif id(op) == self._final:
-            fn = self.logits.pre_activation
+            fn = self._pre_activation()
         elif id(op) in self._enter or (self.replace and is_nested_model(op)):
 
             def fn(*args, _op=op, **kwargs):
@@ -249,7 +255,7 @@ class Plan:
         for ref in iter_layers(model):
             layer = ref.layer
             if id(layer) == self._final:
-                fn = self.logits.pre_activation
+                fn = self._pre_activation()
             elif id(layer) in self._records:
                 fn = unpatched_call(layer)
             else:

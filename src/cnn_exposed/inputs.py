@@ -80,6 +80,7 @@ def prepare_images(images, input_shape: tuple, preprocess: Callable | None = Non
     want = tuple(input_shape)
     channels = want[-1] if len(want) == 3 else None
     converted = convert_channels(raw, channels) if channels is not None and raw.shape[-1] != channels else None
+    x: np.ndarray | None
     try:
         x = _model_input(raw, preprocess)
     except InputError:
@@ -96,6 +97,7 @@ def prepare_images(images, input_shape: tuple, preprocess: Callable | None = Non
             UserWarning,
             stacklevel=3,
         )
+    assert x is not None  # converted, or the first attempt worked
     if len(want) == 3:
         if want[-1] is not None and x.shape[-1] != want[-1]:
             hint = (

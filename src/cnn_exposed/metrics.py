@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
 from .targets import one_per_image
@@ -129,7 +130,7 @@ def _curves(
     scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
     scores = scores.reshape(n, steps + 1)
     fractions = counts / (gh * gw)
-    auc = np.trapezoid(scores, fractions, axis=1) if hasattr(np, "trapezoid") else np.trapz(scores, fractions, axis=1)
+    auc = trapezoid(scores, fractions, axis=1)
     return Curves(fractions, scores, auc, mode, targets)
 
 
@@ -350,7 +351,7 @@ def compare_methods(
     for m in methods:
         opts = options.get(m, {})
         exp = explain(model, images, m, preprocess=preprocess, progress=False, **opts)
-        row = {"method": m}
+        row: dict[str, object] = {"method": m}
         if masks is not None:
             row["pointing_game"] = float(pointing_game(exp.maps, masks).mean())
             row["mass_in_mask"] = float(mass_in_mask(exp.maps, masks).mean())

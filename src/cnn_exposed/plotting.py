@@ -59,7 +59,7 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, 
     img = to_uint8(image)
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.shape != img.shape[:2]:
-        heat = cv2.resize(heat, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        heat = np.asarray(cv2.resize(heat, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), np.float32)
     colored = colorize(heat, colormap)
     blended = (1.0 - alpha) * img.astype(np.float32) + alpha * colored.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -77,7 +77,7 @@ def overlay_signed(image: np.ndarray, signed_map: np.ndarray, alpha: float = 0.8
     img = to_uint8(image).astype(np.float32)
     value = np.asarray(signed_map, dtype=np.float32)
     if value.shape != img.shape[:2]:
-        value = cv2.resize(value, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        value = np.asarray(cv2.resize(value, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), np.float32)
     value = np.clip(value, -1.0, 1.0)
     gray = np.repeat(img @ LUMA, 3).reshape(img.shape)
     colour = matplotlib.colormaps["bwr"]((value + 1.0) / 2.0)[..., :3] * 255.0

@@ -56,7 +56,7 @@ class Report:
     def name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
-    def add_problem(self, source: str, reason: str) -> None:
+    def add_problem(self, source: str | Path, reason: str) -> None:
         self.problems.append((str(source), reason))
 
     def add(self, source: str, image: np.ndarray, probs: np.ndarray, true_label, explanations: dict) -> None:

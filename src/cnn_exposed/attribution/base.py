@@ -74,7 +74,8 @@ class AttributionMethod:
         self.model = model
         self.score = score or self.default_score
         self.engine = engine_for(model, layer, self.score)
-        if self.uses_layer and len(self.engine.layer.output_shape or ()) != 4:
+        if self.uses_layer and (self.engine.layer is None or len(self.engine.layer.output_shape or ()) != 4):
+            assert self.engine.layer is not None  # a CAM method's engine always has its layer
             from ..errors import NoSpatialLayerError
 
             raise NoSpatialLayerError(

@@ -58,7 +58,8 @@ _REDUCTIONS = {
 def _gradient_methods() -> dict:
     """``name -> class`` of every gradient method (the subclasses of :class:`GradientMethod`, at any depth):
     what SmoothGrad can wrap, found without importing the registry that imports this module."""
-    found, todo = {}, list(GradientMethod.__subclasses__())
+    found: dict[str, type] = {}
+    todo = list(GradientMethod.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())

@@ -7,6 +7,8 @@ forward convolution. Every rule set uses them, in every mode; none changes a res
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -191,7 +193,7 @@ def only_consumer(layer, models) -> object | None:
         output = layer.output
     except (AttributeError, ValueError):  # a shared layer has no single output
         return None
-    consumers = []
+    consumers: list = []
     for other in models[-1].layers:
         try:
             inputs = other.input if isinstance(other.input, (list, tuple)) else [other.input]
@@ -238,7 +240,7 @@ def pad_pairs(model) -> dict:
         pad = ref.layer
         if type(pad) is not keras.layers.ZeroPadding2D or pad.data_format != "channels_last":
             continue
-        conv = only_consumer(pad, ref.models)
+        conv: Any = only_consumer(pad, ref.models)
         if (
             type(conv) is keras.layers.Conv2D
             and conv.padding == "valid"

@@ -41,6 +41,8 @@ class Objective:
         self.uses_logits = uses_logits
         self.description = description
         self.key = key if key is not None else ("fn", fn)
+        self.channel_index: np.ndarray | int | None = None  # set by channel(): which filter, per image
+        self.class_index: np.ndarray | int | None = None  # set by class_logit(): which class, per image
 
     def __call__(self, acts: dict, logits):
         return self.fn(acts, logits)
@@ -93,7 +95,7 @@ class Objective:
 
 def _per_image(index, name: str) -> np.ndarray | int:
     if np.isscalar(index):
-        return int(index)
+        return int(index)  # type: ignore[arg-type]  # a scalar index
     arr = np.asarray(index, dtype=np.int64)
     if arr.ndim != 1:
         raise CnnExposedError(f"{name} must be an int or one int per image, got shape {arr.shape}.")

@@ -100,13 +100,15 @@ def plot_activation_maps(
     engine = engine_for(model, layer)
     display, x = prepare_images(image, engine.input_shape, preprocess)
     acts = engine.activations(x[:1]).activations[0]
+    path = engine.layer.path if engine.layer is not None else str(layer)
     if acts.ndim != 3:
         from ..errors import NoSpatialLayerError
 
-        raise NoSpatialLayerError(f"Layer {engine.layer.path!r} output {acts.shape} is not a spatial feature map.")
-    if np.isscalar(channels):
+        raise NoSpatialLayerError(f"Layer {path!r} output {acts.shape} is not a spatial feature map.")
+    if isinstance(channels, (int, np.integer)):
         order = np.argsort(-acts.mean(axis=(0, 1)), kind="stable")
         channels = order[: int(channels)].tolist()
+    channels = [int(c) for c in channels]  # type: ignore[union-attr]  # a sequence by now
     n = len(channels) + 1
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows + 0.3))
@@ -119,6 +121,6 @@ def plot_activation_maps(
     for ax, c in zip(axes[1:], channels):
         ax.imshow(acts[..., c], cmap="inferno", vmin=0.0, vmax=vmax)
         ax.set_title(f"ch {c} · mean {acts[..., c].mean():.2g}", fontsize=7)
-    fig.suptitle(f"activations of {engine.layer.path}", fontsize=9)
+    fig.suptitle(f"activations of {path}", fontsize=9)
     fig.tight_layout()
     return fig, acts

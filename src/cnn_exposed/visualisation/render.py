@@ -286,14 +286,16 @@ def render(
         transforms = Transforms.standard(size)
     elif transforms is None:
         transforms = Transforms.none()
+    elif not isinstance(transforms, Transforms):
+        raise CnnExposedError(f"transforms must be 'standard', None or a Transforms, got {transforms!r}.")
     for name in regularisers or {}:
         if name not in REGULARISERS:
             raise CnnExposedError(f"Unknown regulariser {name!r}; choose from {sorted(REGULARISERS)}.")
     regs = tuple((name, float(weight)) for name, weight in (regularisers or {}).items())
     colour = affine_colour_map(preprocess, input_channels(model))
     kind = parameterisation if isinstance(parameterisation, str) else id(parameterisation)
-    key = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
-    key += (bool(redirect_relu), colour[0].tobytes(), colour[1].tobytes())
+    setup = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
+    key: tuple | None = (*setup, bool(redirect_relu), colour[0].tobytes(), colour[1].tobytes())
     try:
         program = _PROGRAMS.get(key)
     except TypeError:  # an objective whose key cannot be hashed: compile afresh
@@ -417,7 +419,7 @@ def visualise_filters(
     count = _channel_count(ref)
     if filters is None:
         filters = list(range(min(16, count)))
-    elif np.isscalar(filters):
+    elif isinstance(filters, (int, np.integer)):
         filters = list(range(min(int(filters), count)))
     filters = [int(f) for f in filters]
     if not filters:
