@@ -119,7 +119,7 @@ def _default_size(model, size: int | None) -> int:
     return int(h) if h is not None and h == w else 128
 
 
-class _ObjectiveRunner:
+class ObjectiveRunner:
     """Evaluates an objective on images: records the layers it reads, stops the model there when it can."""
 
     def __init__(
@@ -192,14 +192,21 @@ def evaluate_objective(
 ) -> np.ndarray:
     """The objective's value ``(N,)`` on uint8 ``images`` ``(N, H, W, C)`` passed through ``preprocess``."""
     images = np.asarray(images)
-    return _ObjectiveRunner(model, objective, preprocess, images.shape[1]).score(images)
+    return ObjectiveRunner(model, objective, preprocess, images.shape[1]).score(images)
 
 
 _PROGRAMS: OrderedDict = OrderedDict()
 _PROGRAM_CACHE_SIZE = 4
+_BUILT = {"programs": 0}
 
 
-class _Program:
+def cache_info() -> dict:
+    """``{"built": set-ups compiled so far, "cached": set-ups kept for reuse}``: a repeated call with the same
+    model, objective, batch, size and options builds nothing (it reuses the traced steps)."""
+    return {"built": _BUILT["programs"], "cached": len(_PROGRAMS)}
+
+
+class Program:
     """What one set-up compiles (objective runner, parameterisation, Adam steps), kept for later calls.
 
     A repeated call (the same model, objective, batch, size and options, e.g. re-running a notebook cell
@@ -207,7 +214,8 @@ class _Program:
     """
 
     def __init__(self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour):
-        self.runner = _ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour)
+        _BUILT["programs"] += 1
+        self.runner = ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour)
         self.param = make_parameterisation(parameterisation, size, self.runner.channels)
         self.transforms, self.size = transforms, size
         self.regs = [(REGULARISERS[name], weight) for name, weight in regs]
@@ -301,9 +309,7 @@ def render(
     except TypeError:  # an objective whose key cannot be hashed: compile afresh
         key, program = None, None
     if program is None:
-        program = _Program(
-            model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour
-        )
+        program = Program(model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour)
         if key is not None:
             _PROGRAMS[key] = program
             while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
