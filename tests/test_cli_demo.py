@@ -33,6 +33,12 @@ def test_demo_command_writes_the_report_and_states_the_finding(tmp_path, capsys)
     pairs = {(p["true"], p["predicted"]): p["count"] for p in summary["confusion_pairs"]}
     assert pairs.get(("pool", "bathroom")) == called
     assert "pool → bathroom" in (out / "index.html").read_text()
+    # the audit names the cue without the masks, and proves it: hiding it undoes mistakes, a control does not
+    audit = re.search(r"audit: candidate 1: pool -> bathroom \(mistake, \d+ images\): hiding the attended region "
+                      r"flips (\d+)%, a region elsewhere (\d+)%", text)  # fmt: skip
+    assert audit, text
+    assert int(audit.group(1)) >= 50 > int(audit.group(2))
+    assert json.loads((out / "audit" / "audit.json").read_text())["candidates"][0]["kind"] == "mistake"
 
 
 def test_installed_command_runs_the_demo_from_any_folder(tmp_path):

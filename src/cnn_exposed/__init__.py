@@ -26,6 +26,7 @@ from .attribution import (
     SmoothGrad,
     explain,
 )
+from .audit import Audit, Candidate, audit
 from .engine import Engine
 from .errors import (
     CnnExposedError,
@@ -55,6 +56,8 @@ from .visualisation import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Audit",
+    "Candidate",
     "METHODS",
     "AttributionMethod",
     "CnnExposedError",
@@ -83,6 +86,7 @@ __all__ = [
     "TargetError",
     "UnsupportedLayerError",
     "Visualisation",
+    "audit",
     "bundled",
     "colorize",
     "demo",

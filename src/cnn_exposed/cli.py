@@ -18,6 +18,7 @@ Show why a Keras image classifier decides what it decides.
 
   cnn-exposed demo                      the offline pool/bathroom story, end to end
   cnn-exposed explain MODEL IMAGES...   heatmaps for your model and your images
+  cnn-exposed audit MODEL FOLDER        the candidate shortcuts in a labelled folder, with causal proof
   cnn-exposed layers MODEL              the layers you can name with --layer
 
 Every run writes OUT/index.html (open it in a browser, no server needed), one PNG per image and
@@ -91,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="cnn-exposed-report", help="output folder (default: %(default)s)")
     ex.add_argument("--score", choices=["logit", "probability"], default="logit", help="what is explained")
 
+    au = sub.add_parser(
+        "audit",
+        help="find the shortcut: what the model attends to in its mistakes, with causal proof",
+        description="Group the images of a labelled folder by true and predicted class, cluster each group by "
+        "what the model attends to, and test every cluster by blurring the attended regions (against a region "
+        "of the same size elsewhere). Writes OUT/index.html (candidate shortcuts first) and OUT/audit.json.",
+    )
+    au.add_argument("model", help="'demo', a keras.applications name, or a .keras/.h5 file")
+    au.add_argument("folder", help="a folder of class sub-folders (the sub-folder names are the true labels)")
+    au.add_argument("--method", default="gradcam", help="the attribution method (default: %(default)s)")
+    au.add_argument("--class-names", help="text file with one class name per line, or the training folder")
+    au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
+    au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
+    au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
+
     layers = sub.add_parser("layers", help="list a model's layers (paths usable with --layer)")
     layers.add_argument("model")
     layers.add_argument("--all", action="store_true", help="all layers, not only those with a spatial output")
@@ -118,6 +134,58 @@ def _parse_target(text: str, class_names: list) -> int | str:
     raise UsageError(f"unknown target {text!r}: use 'predicted', 'true', a class index or one of: {shown}")
 
 
+def _labelled_files(loaded, sources: list, echo=print) -> list:
+    """The image files under ``sources``, each with its true class in the model's numbering when the
+    folders give one (class sub-folders, matched by name, else in Keras' sorted-folder order)."""
+    from .images import collect_images
+
+    files, folder_classes = collect_images(sources)
+    if not files:
+        raise UsageError(f"no image files found in: {', '.join(map(str, sources))}")
+    names = list(loaded.class_names)
+    if folder_classes is not None:
+        if all(c in names for c in folder_classes):
+            remap = {i: names.index(c) for i, c in enumerate(folder_classes)}
+            for f in files:
+                if f.label is not None:
+                    f.label = remap[f.label]
+        elif len(folder_classes) != len(names):
+            echo(f"note: folder classes {folder_classes} do not match the model's classes; labels ignored")
+            for f in files:
+                f.label = None
+    return files
+
+
+def run_audit(loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print):
+    """Audit the model on a folder of class sub-folders: the candidate shortcuts, ``out/index.html`` and
+    ``out/audit.json``. Broken files are reported and skipped. Returns the :class:`~cnn_exposed.Audit`."""
+    import numpy as np
+
+    from .audit import audit
+    from .images import read_image, resize_image
+
+    files = _labelled_files(loaded, [folder], echo)
+    if any(f.label is None for f in files):
+        raise UsageError(f"{folder}: the audit needs true labels: give a folder whose sub-folders are the classes")
+    images, labels, skipped = [], [], []
+    for f in files:
+        try:
+            images.append(resize_image(read_image(f.path), loaded.input_size))
+            labels.append(f.label)
+        except ImageReadError as err:
+            skipped.append((str(f.path), str(err)))
+            echo(f"skipped {f.path}: {err}")
+    if not images:
+        raise UsageError(f"{folder}: none of the {len(files)} files could be read")
+    result = audit(
+        loaded.model, np.stack(images), np.asarray(labels), preprocess=loaded.preprocess,
+        class_names=list(loaded.class_names), method=method, batch_size=batch_size, progress=False,
+    )  # fmt: skip
+    result.skipped = skipped
+    result.to_html(out)
+    return result
+
+
 def run_explain(
     loaded, sources: list, methods: list, *, layer=None, target="predicted", batch_size=16, out="report",
     score="logit", echo=print, title=None,
@@ -128,24 +196,10 @@ def run_explain(
 
     from .attribution import method_class
     from .errors import CnnExposedError
-    from .images import collect_images, read_image, resize_image
+    from .images import read_image, resize_image
     from .report import Report
 
-    files, folder_classes = collect_images(sources)
-    if not files:
-        raise UsageError(f"no image files found in: {', '.join(map(str, sources))}")
-    names = list(loaded.class_names)
-    if folder_classes is not None:
-        # folder labels by name when the model knows the names, else the Keras sorted-folder order
-        if all(c in names for c in folder_classes):
-            remap = {i: names.index(c) for i, c in enumerate(folder_classes)}
-            for f in files:
-                if f.label is not None:
-                    f.label = remap[f.label]
-        elif len(folder_classes) != len(names):
-            echo(f"note: folder classes {folder_classes} do not match the model's classes; labels ignored")
-            for f in files:
-                f.label = None
+    files = _labelled_files(loaded, sources, echo)
     if target == "true" and any(f.label is None for f in files):
         raise UsageError("--target true needs true labels: give folders of class sub-folders")
 
@@ -174,7 +228,7 @@ def run_explain(
         "sources": ", ".join(map(str, sources)),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    report = Report(Path(out), names, methods, settings)
+    report = Report(Path(out), list(loaded.class_names), methods, settings)
     bar = tqdm(total=len(files), desc="explaining", unit="img", disable=len(files) < 2)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -215,6 +269,7 @@ def _demo(args, echo=print) -> int:
 
     from . import demo
     from .attribution import explain
+    from .audit import audit
     from .bundled import data_dir
     from .metrics import pointing_game
     from .models import load_model
@@ -225,7 +280,7 @@ def _demo(args, echo=print) -> int:
     echo("demo: a small CNN trained on generated hotel scenes where metal rails appeared only in bathrooms")
     run_explain(loaded, [root / "clean", root / "trap"], methods, out=args.out, batch_size=32, echo=echo, title="demo")
     # The finding, on the bundled trap pools (pools that have metal rails) and their rail masks.
-    images, _, masks = demo.load_images("trap")
+    images, trap_labels, masks = demo.load_images("trap")
     exp = explain(loaded.model, images, "gradcam", preprocess=loaded.preprocess, progress=False)
     bathroom = np.asarray(exp.predictions == loaded.class_names.index("bathroom"))
     hits = pointing_game(exp.maps[bathroom], masks["rail"][bathroom])
@@ -233,7 +288,15 @@ def _demo(args, echo=print) -> int:
         f"finding: {int(bathroom.sum())} of {len(images)} trap pools (pools with metal rails) were called "
         f"bathroom; Grad-CAM's peak falls on the rails in {int(hits.sum())} of those {int(bathroom.sum())}."
     )
-    echo(f"report: {(Path(args.out) / 'index.html').resolve()}")
+    # The audit finds the cue without the masks: what the mistakes attend to, and whether hiding it undoes them.
+    clean, clean_labels, _ = demo.load_images("clean")
+    found = audit(
+        loaded.model, np.concatenate([clean, images]), np.concatenate([clean_labels, trap_labels]),
+        preprocess=loaded.preprocess, class_names=list(loaded.class_names), progress=False,
+    )  # fmt: skip
+    found.to_html(Path(args.out) / "audit")
+    echo("audit: " + found.summary(1)[0])
+    echo(f"report: {(Path(args.out) / 'index.html').resolve()} (audit: {Path(args.out) / 'audit' / 'index.html'})")
     return 0
 
 
@@ -256,6 +319,18 @@ def main(argv=None) -> int:
                 print(path)
             return 0
         loaded = load_model(args.model, preprocess=args.preprocess, class_names=args.class_names)
+        if args.command == "audit":
+            _parse_methods(args.method)
+            result = run_audit(loaded, args.folder, method=args.method, batch_size=args.batch_size, out=args.out)
+            for line in result.summary(3):
+                print(line)
+            print(
+                f"audited {len(result.labels)} image(s)"
+                + (f", skipped {len(result.skipped)}" if result.skipped else "")
+                + "."
+            )
+            print(f"report: {(Path(args.out) / 'index.html').resolve()}")
+            return 0
         methods = _parse_methods(args.method)
         target = _parse_target(args.target, list(loaded.class_names))
         report = run_explain(
