@@ -71,6 +71,8 @@ def test_the_audit_finds_the_rails_and_proves_they_cause_the_mistakes(demo_audit
     assert np.mean(on_rails) >= 0.9  # it found *what*: the rails
     assert top.flip_rate >= 0.8 and top.control_flip_rate <= 0.1  # and hiding them undoes the mistake
     assert top.crops.shape[1:] == (48, 48, 3) and top.crops.dtype == np.uint8
+    assert top.thumbnails.shape == (len(top.indices), 64, 64, 3)
+    assert (top.thumbnails[..., 0] == 255).any()  # the red outline of the attended region
     assert np.all(result.labels[top.indices] == pool) and np.all(result.predictions[top.indices] == bathroom)
     effects = [c.effect for c in result.candidates]
     assert effects == sorted(effects, reverse=True)
@@ -92,6 +94,7 @@ def test_the_audit_writes_a_report_and_machine_readable_json(demo_audit, tmp_pat
     text = page.read_text()
     assert "Candidate shortcuts" in text and "pool &rarr; bathroom" in text
     assert (tmp_path / "audit" / "crops" / "candidate_0.png").is_file()
+    assert (tmp_path / "audit" / "crops" / "images_0.png").is_file() and "images_0.png" in text
 
 
 def test_the_audit_says_when_labels_do_not_fit():

@@ -28,7 +28,8 @@ from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .plotting import to_uint8
 
-CROP_SIDE = 48  # pixels of the crops kept per image (thumbnails for the report, input of the crop features)
+CROP_SIDE = 48  # pixels of the attended crops kept per image, for the report
+THUMB_SIDE = 64  # pixels of the image thumbnails kept per image, for the report
 PEAK_SHARE = 0.3  # the attended region: the connected part of the map above this share of its peak
 MIN_BOX = 1 / 8  # ... grown to at least this share of the image's side
 
@@ -47,6 +48,8 @@ class Candidate:
         Each image's attended region ``(y0, x0, y1, x1)`` in image pixels (end exclusive).
     crops : (K, CROP_SIDE, CROP_SIDE, C) uint8
         The attended regions, resized.
+    thumbnails : (K, THUMB_SIDE, THUMB_SIDE, 3) uint8
+        The images, resized, their attended region outlined in red.
     flip_rate : float
         Share of the images whose prediction changes when the region is blurred: back to the true class for
         mistakes, away from the predicted class for correct answers.
@@ -62,6 +65,7 @@ class Candidate:
     crops: np.ndarray
     flip_rate: float
     control_flip_rate: float
+    thumbnails: np.ndarray | None = None
 
     @property
     def effect(self) -> float:
@@ -131,12 +135,16 @@ class Audit:
         for i, cand in enumerate(self.candidates):
             strip = np.concatenate(list(cand.crops[:12]), axis=1)
             save_png(strip, folder / "crops" / f"candidate_{i}.png")
+            thumbs = ""
+            if cand.thumbnails is not None:
+                save_png(np.concatenate(list(cand.thumbnails[:12]), axis=1), folder / "crops" / f"images_{i}.png")
+                thumbs = f'<br><img src="crops/images_{i}.png" alt="the images, attended region in red" loading="lazy">'
             rows.append(
                 f"<section><h2>{i + 1}. {html.escape(name(cand.true_class))} &rarr; "
                 f"{html.escape(name(cand.predicted_class))} ({cand.kind}, {len(cand.indices)} images)</h2>"
                 f"<p>hiding the attended region flips {cand.flip_rate:.0%} of them; a region of the same size "
                 f"elsewhere flips {cand.control_flip_rate:.0%}</p>"
-                f'<img src="crops/candidate_{i}.png" alt="attended regions" loading="lazy">'
+                f'<img src="crops/candidate_{i}.png" alt="attended regions" loading="lazy">{thumbs}'
                 f"<p class=idx>images {', '.join(map(str, cand.indices[:50].tolist()))}"
                 f"{' ...' if len(cand.indices) > 50 else ''}</p></section>"
             )
@@ -317,6 +325,7 @@ def audit(
         predictions[part] = exp.targets
         boxes[part] = [attended_box(m, x.shape[1:3]) for m in exp.maps]
     crops = np.stack([_crop(display[i], boxes[i]) for i in range(len(x))])
+    thumbnails = np.stack([_thumbnail(display[i], boxes[i]) for i in range(len(x))])
     features = _crop_features(model, x, boxes, batch_size)
     controls = np.stack([control_box(b, x.shape[1:3], rng) for b in boxes])
     candidates = []
@@ -332,7 +341,9 @@ def audit(
                     continue
                 flip, control = _flip_rates(engine, x[idx], boxes[idx], controls[idx], int(t), int(p), batch_size)
                 kind = "correct" if t == p else "mistake"
-                candidates.append(Candidate(int(t), int(p), kind, idx, boxes[idx], crops[idx], flip, control))
+                candidates.append(
+                    Candidate(int(t), int(p), kind, idx, boxes[idx], crops[idx], flip, control, thumbnails[idx])
+                )
     candidates.sort(key=lambda c: (-c.effect, c.kind != "mistake", -len(c.indices)))
     names = list(class_names) if class_names is not None else None
     params = {"method": method, "seed": seed, "min_group": min_group, "blur_sigma": "1/16 of the longer side"}
@@ -344,6 +355,18 @@ def _crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     crop = to_uint8(image[y0:y1, x0:x1])
     out = cv2.resize(crop, (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_AREA)
     return out.reshape(CROP_SIDE, CROP_SIDE, -1)
+
+
+def _thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The image at THUMB_SIDE x THUMB_SIDE, RGB, its attended region outlined in red."""
+    img = to_uint8(image)
+    img = np.repeat(img, 3, axis=-1) if img.ndim == 3 and img.shape[-1] == 1 else img[..., :3]
+    h, w = img.shape[:2]
+    thumb = np.ascontiguousarray(cv2.resize(img, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA))
+    y0, x0, y1, x1 = (int(v) for v in box)
+    sy, sx = THUMB_SIDE / h, THUMB_SIDE / w
+    cv2.rectangle(thumb, (int(x0 * sx), int(y0 * sy)), (int(x1 * sx) - 1, int(y1 * sy) - 1), (255, 0, 0), 1)
+    return thumb
 
 
 def _crop_features(model, x: np.ndarray, boxes: np.ndarray, batch_size: int) -> np.ndarray:
