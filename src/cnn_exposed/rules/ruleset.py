@@ -111,27 +111,8 @@ class RuleSet:
             trace_subclassed(m)
         refs = list(iter_layers(model, graph_order=True))
         operations = list(operations_in(model))
-        unsupported = [r for r in refs if layer_kind(r.layer) == "unsupported"]
-        if unsupported and self.mode == "lrp":
-            r = unsupported[0]
-            raise UnsupportedLayerError(
-                f"LRP cannot propagate relevance through layer {r.path!r} of type {type(r.layer).__name__}. "
-                "Supported: Dense, Conv1D/2D/3D, DepthwiseConv2D, SeparableConv2D, BatchNormalization, "
-                "LayerNormalization, pooling, Add, Concatenate, Multiply gates, padding, reshaping, dropout, "
-                "augmentation layers, Rescaling / Normalization and element-wise activations. Wrap a custom "
-                "layer's computation in these, or explain it with a gradient method (saliency, "
-                "integrated_gradients, gradcam)."
-            )
-        odd_ops = [r for r in operations if operation_kind(r.layer) == "unsupported"]
-        if odd_ops and self.mode == "lrp":
-            r = odd_ops[0]
-            raise UnsupportedLayerError(
-                f"LRP has no rule for the keras.ops operation {r.path!r} ({type(r.layer).__name__}) that the "
-                "model applies between its layers. Supported between layers: element-wise activations and "
-                "arithmetic with constants, sums of tensors (x + y, ops.mean), products that gate a signal, "
-                "and reshaping, slicing or joining. Write it as a layer of those kinds, or explain the model "
-                "with a gradient method (saliency, integrated_gradients, gradcam)."
-            )
+        if self.mode == "lrp":
+            _refuse_nodes_without_rule(refs, operations)
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
         folds = {k: bn for k, bn in fold_pairs(model).items() if k not in kept}
         folded_bns = {id(bn) for bn in folds.values()}
@@ -289,3 +270,26 @@ class RuleSet:
             return activation_rule(activation_fn(op), self.mode, name)
 
         return factory
+
+
+def _refuse_nodes_without_rule(refs: list, operations: list) -> None:
+    """Raise for the first layer, else the first ``keras.ops`` operation, that LRP has no rule for."""
+    layer = next((r for r in refs if layer_kind(r.layer) == "unsupported"), None)
+    if layer is not None:
+        raise UnsupportedLayerError(
+            f"LRP cannot propagate relevance through layer {layer.path!r} of type {type(layer.layer).__name__}. "
+            "Supported: Dense, Conv1D/2D/3D, DepthwiseConv2D, SeparableConv2D, BatchNormalization, "
+            "LayerNormalization, pooling, Add, Concatenate, Multiply gates, padding, reshaping, dropout, "
+            "augmentation layers, Rescaling / Normalization and element-wise activations. Wrap a custom "
+            "layer's computation in these, or explain it with a gradient method (saliency, "
+            "integrated_gradients, gradcam)."
+        )
+    op = next((r for r in operations if operation_kind(r.layer) == "unsupported"), None)
+    if op is not None:
+        raise UnsupportedLayerError(
+            f"LRP has no rule for the keras.ops operation {op.path!r} ({type(op.layer).__name__}) that the "
+            "model applies between its layers. Supported between layers: element-wise activations and "
+            "arithmetic with constants, sums of tensors (x + y, ops.mean), products that gate a signal, "
+            "and reshaping, slicing or joining. Write it as a layer of those kinds, or explain the model "
+            "with a gradient method (saliency, integrated_gradients, gradcam)."
+        )
