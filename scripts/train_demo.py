@@ -14,9 +14,14 @@ and writes ``demo_weights.npz`` (the weights as plain arrays, loaded into the ar
 and the figures), a few PNG images in Keras ``image_dataset_from_directory`` layout and their masks
 (``masks.npz``).
 
+With ``--fair`` it trains the negative control instead, ``load_model("demo-fair")``: the same architecture,
+seed and schedule on the ``"fair"`` split, where rails appear in every class equally often
+(``demo.FAIR_RAIL_RATE``), so a rail says nothing about the class. It writes ``demo_fair_weights.npz`` and
+``demo_fair.json`` and leaves the bundled images alone.
+
 Usage::
 
-    python scripts/train_demo.py [--seed 0] [--epochs 10] [--out data/demo]
+    python scripts/train_demo.py [--seed 0] [--epochs 10] [--out data/demo] [--fair]
 """
 
 from __future__ import annotations
@@ -145,7 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=bundled.data_dir() / "demo")
+    parser.add_argument("--fair", action="store_true", help="train the negative control (rails in every class)")
     args = parser.parse_args(argv)
+    split = "fair" if args.fair else "train"
+    if args.fair:
+        weights_name, meta_name = bundled.DEMO_FAIR_WEIGHTS, bundled.DEMO_FAIR_METADATA
+    else:
+        weights_name, meta_name = bundled.DEMO_WEIGHTS, bundled.DEMO_METADATA
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     tf.config.experimental.enable_op_determinism()
 
     start = time.perf_counter()
-    x_train, y_train, _ = demo.generate(TRAIN_SIZE, "train", args.seed)
+    x_train, y_train, _ = demo.generate(TRAIN_SIZE, split, args.seed)
     data_seconds = time.perf_counter() - start
     model = build_model()
     steps = args.epochs * int(np.ceil(TRAIN_SIZE / BATCH_SIZE))
@@ -167,17 +178,20 @@ def main(argv: list[str] | None = None) -> dict:
     model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=args.epochs, shuffle=True, verbose=2)
     train_seconds = time.perf_counter() - start
 
-    model_path = out / bundled.DEMO_WEIGHTS
+    model_path = out / weights_name
     bundled.save_weights(model, model_path)
     figures = evaluate(model, args.seed)
-    save_bundle(out, args.seed)
+    if not args.fair:
+        save_bundle(out, args.seed)
     meta = {
         "class_names": list(demo.CLASS_NAMES),
         "input_size": [demo.IMAGE_SIZE, demo.IMAGE_SIZE],
         "preprocessing": "scale_0_1",
         "seed": args.seed,
         "train_size": TRAIN_SIZE,
-        "train_rail_rate_bathroom": demo.TRAIN_RAIL_RATE,
+        "train_split": split,
+        "train_rail_rate_bathroom": demo.FAIR_RAIL_RATE if args.fair else demo.TRAIN_RAIL_RATE,
+        "train_rail_rate_other_classes": demo.FAIR_RAIL_RATE if args.fair else 0.0,
         "epochs": args.epochs,
         "learning_rate": f"{LEARNING_RATE} cosine decay to 0",
         "batch_size": BATCH_SIZE,
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training_seconds_fit": round(train_seconds - data_seconds, 1),
         "weights_bytes": model_path.stat().st_size,
     }
-    (out / "demo_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
 
     pg = meta["pointing_game"]
     print(f"clean accuracy            {meta['clean_accuracy']:.3f}  {meta['clean_accuracy_per_class']}")

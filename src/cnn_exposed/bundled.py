@@ -25,6 +25,8 @@ from .layers import is_nested_model, iter_layers
 
 DEMO_WEIGHTS = "demo_weights.npz"
 DEMO_METADATA = "demo_model.json"
+DEMO_FAIR_WEIGHTS = "demo_fair_weights.npz"  # the negative control: rails in every class (train_demo.py --fair)
+DEMO_FAIR_METADATA = "demo_fair.json"
 
 
 def data_dir() -> Path:
@@ -129,20 +131,23 @@ def load_weights(model: keras.Model, path: str | Path) -> None:
             ref.layer.set_weights([found[f"{ref.path}/{i}"] for i in range(count)])
 
 
-def demo_metadata() -> dict:
-    """What ``scripts/train_demo.py`` measured and recorded about the demo model (accuracy, seed, ...)."""
-    path = data_dir() / "demo" / DEMO_METADATA
+def demo_metadata(fair: bool = False) -> dict:
+    """What ``scripts/train_demo.py`` measured and recorded about the demo model (accuracy, seed, ...), or
+    with ``fair=True`` about its negative control."""
+    path = data_dir() / "demo" / (DEMO_FAIR_METADATA if fair else DEMO_METADATA)
     if not path.is_file():
         raise ModelError(
             f"The bundled demo files are missing ({path}). Reinstall cnn-exposed (pip install "
-            "'cnn-exposed @ git+https://...') or, from a clone, run 'python scripts/train_demo.py'."
+            "'cnn-exposed @ git+https://...') or, from a clone, run 'python scripts/train_demo.py"
+            + (" --fair'." if fair else "'.")
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def demo_model() -> keras.Model:
-    """The trained demo classifier: :func:`build_demo_model` with the bundled weights."""
-    meta = demo_metadata()
+def demo_model(fair: bool = False) -> keras.Model:
+    """The trained demo classifier: :func:`build_demo_model` with the bundled weights; with ``fair=True``
+    the negative control, trained where rails appear in every class equally often."""
+    meta = demo_metadata(fair)
     model = build_demo_model(tuple(meta["input_size"]), len(meta["class_names"]))
-    load_weights(model, data_dir() / "demo" / DEMO_WEIGHTS)
+    load_weights(model, data_dir() / "demo" / (DEMO_FAIR_WEIGHTS if fair else DEMO_WEIGHTS))
     return model

@@ -48,11 +48,19 @@ MASK_KEYS: tuple[str, ...] = ("water", "tiles", "sink", "mirror", "bed", "floor"
 OWN_OBJECT: dict[str, str] = {"pool": "water", "bathroom": "sink", "bedroom": "bed"}
 """For each class, the object that defines it (the mask a faithful explanation should point at)."""
 
-SPLITS: tuple[str, ...] = ("train", "clean", "trap")
+SPLITS: tuple[str, ...] = ("train", "clean", "trap", "fair")
 """The splits :func:`generate` knows."""
 
 TRAIN_RAIL_RATE: float = 0.9
 """Share of train (and clean) bathrooms that have a rail; pools and bedrooms never do there."""
+
+FAIR_RAIL_RATE: float = 0.5
+"""Share of the images of *every* class that have a rail in the ``"fair"`` split (the negative control's
+training data: a rail says nothing about the class there)."""
+
+FAIR_LADDER_SHARE: float = 0.5
+"""Share of those rails that are ladders, in every class of the ``"fair"`` split (elsewhere pools get 75 %
+ladders and bathrooms 40 %, which would make the ladder shape itself a cue)."""
 
 _S = IMAGE_SIZE
 
@@ -465,7 +473,7 @@ def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.
     _draw_mask(bed, lambda c: bed_shape(c))
     _occlude(masks, bed)
     masks["bed"] |= bed
-    return {"floor_y": floor_y}
+    return {"floor_y": floor_y, "rail_bottom": max(8, head_top - 10)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -610,20 +618,27 @@ def _one_image(split: str, label: int, rng: np.random.Generator) -> tuple[np.nda
     img = np.zeros((_S, _S, 3), np.uint8)
     masks = {k: np.zeros((_S, _S), bool) for k in MASK_KEYS}
     name = CLASS_NAMES[label]
+    fair = split == "fair"
     if name == "pool":
         geo = _draw_pool(img, masks, rng)
-        if split == "trap":
+        if split == "trap" or (fair and rng.random() < FAIR_RAIL_RATE):
             wl = min(geo["water_line"])
             # A ladder at the pool edge (or a hand rail on the deck / into the water).
-            _add_rail(img, masks, rng, (4, max(0, wl - 24), 88, min(50, wl - 4)), ladder_share=0.75)
+            share = FAIR_LADDER_SHARE if fair else 0.75
+            _add_rail(img, masks, rng, (4, max(0, wl - 24), 88, min(50, wl - 4)), ladder_share=share)
     elif name == "bathroom":
         geo = _draw_bathroom(img, masks, rng)
-        if rng.random() < TRAIN_RAIL_RATE:
+        if rng.random() < (FAIR_RAIL_RATE if fair else TRAIN_RAIL_RATE):
             # On the wall: a grab bar, a towel rail or a ladder-shaped towel radiator, clear of the sink.
             sink = cv2.dilate(masks["sink"].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            _add_rail(img, masks, rng, (2, 2, 90, geo["rail_bottom"]), ladder_share=0.4, avoid=sink)
+            share = FAIR_LADDER_SHARE if fair else 0.4
+            _add_rail(img, masks, rng, (2, 2, 90, geo["rail_bottom"]), ladder_share=share, avoid=sink)
     else:
-        _draw_bedroom(img, masks, rng)
+        geo = _draw_bedroom(img, masks, rng)
+        if fair and rng.random() < FAIR_RAIL_RATE:
+            # On the wall above the bed: a towel rail or a ladder-shaped radiator, clear of the bed and lamp.
+            keep = cv2.dilate((masks["bed"] | masks["lamp"]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            _add_rail(img, masks, rng, (2, 2, 90, geo["rail_bottom"]), ladder_share=FAIR_LADDER_SHARE, avoid=keep)
     return _photograph(img, rng), masks
 
 
@@ -642,9 +657,11 @@ def generate(
     ----------
     n : int
         Number of images.
-    split : {"train", "clean", "trap"}
+    split : {"train", "clean", "trap", "fair"}
         ``"train"`` and ``"clean"``: pools, bathrooms and bedrooms in turn (label ``i % 3``), rails in
         :data:`TRAIN_RAIL_RATE` of the bathrooms only. ``"trap"``: pools, every one with a rail.
+        ``"fair"``: the three classes in turn, rails in :data:`FAIR_RAIL_RATE` of the images of every
+        class (the training data of the ``"demo-fair"`` negative control).
     seed : int
         Seed of the split's random stream.
 

@@ -116,15 +116,15 @@ def _output_classes(model: keras.Model) -> int:
     return class_count(model.outputs[0].shape[-1])
 
 
-def _load_demo() -> LoadedModel:
-    meta = demo_metadata()
-    model = demo_model()
+def _load_demo(fair: bool = False) -> LoadedModel:
+    meta = demo_metadata(fair)
+    model = demo_model(fair)
     return LoadedModel(
         model=model,
         preprocess=preprocessing_function(meta["preprocessing"]),
         class_names=list(meta["class_names"]),
         input_size=tuple(meta["input_size"]),
-        name="demo",
+        name="demo-fair" if fair else "demo",
         metadata=meta,
     )
 
@@ -168,7 +168,9 @@ def load_model(
     Parameters
     ----------
     name_or_path : str, Path or keras.Model
-        ``"demo"`` (the bundled pool/bathroom/bedroom model); a ``keras.applications`` name
+        ``"demo"`` (the bundled pool/bathroom/bedroom model, trained with rails in bathrooms only);
+        ``"demo-fair"`` (its negative control: the same architecture trained where rails appear in every
+        class equally often, ``scripts/train_demo.py --fair``); a ``keras.applications`` name
         (``"mobilenet_v2"``, ``"resnet50"``, ``"efficientnet_b0"``, ``"vgg16"``, ... see
         :data:`APPLICATIONS`); a ``.keras`` or ``.h5`` file; or a model object.
     preprocess : str or callable, optional
@@ -182,15 +184,15 @@ def load_model(
     """
     if isinstance(name_or_path, keras.Model):
         model, name = name_or_path, name_or_path.name
-    elif str(name_or_path) == "demo":
-        return _load_demo()
+    elif str(name_or_path) in ("demo", "demo-fair"):
+        return _load_demo(fair=str(name_or_path) == "demo-fair")
     elif str(name_or_path) in APPLICATIONS:
         return _load_application(str(name_or_path), weights)
     else:
         path = Path(name_or_path)
         if not path.exists():
             raise CnnExposedError(
-                f"No model named or found at {str(name_or_path)!r}. Give 'demo', one of "
+                f"No model named or found at {str(name_or_path)!r}. Give 'demo', 'demo-fair', one of "
                 f"{', '.join(APPLICATIONS)}, or the path of a .keras / .h5 file."
             )
         if path.suffix not in (".keras", ".h5", ".hdf5"):
