@@ -29,7 +29,7 @@ from .layers import LayerRef, resolve_layer
 from .targets import class_count
 
 DEFAULT_BATCH_SIZE = 32
-SCORES = ("logit", "probability")
+SCORES = ("logit", "probability", "log_probability")
 
 
 # What the Engine's passes return, one batch (or, from map_batches, many) at a time. Scores are in the
@@ -91,8 +91,9 @@ class Engine:
         A built Sequential, functional or nested classifier with output ``(N, classes)`` or ``(N, 1)``.
     layer : str, keras.layers.Layer, LayerRef or None
         The layer whose output :meth:`layer_gradients` and :meth:`activations` return.
-    score : {"logit", "probability"}
-        What is explained: the pre-softmax/sigmoid score (default) or the probability.
+    score : {"logit", "probability", "log_probability"}
+        What is explained: the pre-softmax/sigmoid score (default), the probability or its logarithm
+        (which, unlike the logit, does not rise when every class's logit rises together).
 
     Notes
     -----
@@ -158,7 +159,15 @@ class Engine:
             probs = ops.concatenate([1.0 - probs, probs], axis=-1)
             if logits is not None:
                 logits = ops.concatenate([-logits, logits], axis=-1)
-        scores = probs if (self.score == "probability" or logits is None) else logits
+        if self.score == "log_probability":
+            # From the logits when there are any: exact where a probability has rounded to 1 (or 0).
+            sigmoid = self.binary or self.head.activation == "sigmoid"
+            if logits is None:
+                scores = ops.log(ops.maximum(probs, 1e-30))
+            else:
+                scores = ops.log_sigmoid(logits) if sigmoid else ops.log_softmax(logits, axis=-1)
+        else:
+            scores = probs if (self.score == "probability" or logits is None) else logits
         layer_out = None
         if record:
             assert self.layer is not None  # _require_layer() ran
