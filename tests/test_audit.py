@@ -74,8 +74,133 @@ def test_the_audit_finds_the_rails_and_proves_they_cause_the_mistakes(demo_audit
     assert top.thumbnails.shape == (len(top.indices), 64, 64, 3)
     assert (top.thumbnails[..., 0] == 255).any()  # the red outline of the attended region
     assert np.all(result.labels[top.indices] == pool) and np.all(result.predictions[top.indices] == bathroom)
-    effects = [c.effect for c in result.candidates]
-    assert effects == sorted(effects, reverse=True)
+    assert top.significant and top.p_value < 1e-3  # image by image, not only on average
+    assert top.tcav is not None and top.tcav.significant and top.tcav.score > top.tcav.random_scores.mean()
+    # significant candidates first, each part ranked by how much more hiding the region flips than the control
+    flags = [c.significant for c in result.candidates]
+    assert flags == sorted(flags, reverse=True)
+    for part in (True, False):
+        effects = [c.effect for c in result.candidates if c.significant == part]
+        assert effects == sorted(effects, reverse=True)
+
+
+def test_on_the_fair_model_no_candidate_is_a_rails_shortcut(demo_audit):
+    """The negative control: trained where rails appear in every class, it must not be flagged."""
+    _, biased, rails = demo_audit
+    fair = ce.load_model("demo-fair")
+    clean, clean_labels, _ = ce.demo.generate(90, "clean", seed=5)
+    trap, trap_labels, _ = ce.demo.generate(30, "trap", seed=5)
+    result = audit(
+        fair.model, np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels]),
+        preprocess=fair.preprocess, class_names=fair.class_names, progress=False,
+    )  # fmt: skip
+    pool, bathroom = fair.class_names.index("pool"), fair.class_names.index("bathroom")
+    assert int((result.predictions[90:] == bathroom).sum()) <= 5  # it calls trap pools pools (the biased: 29 of 30)
+    for cand in result.candidates:
+        on_rails = np.mean([rails[i][y0:y1, x0:x1].any() for i, (y0, x0, y1, x1) in zip(cand.indices, cand.boxes)])
+        assert not (cand.significant and on_rails >= 0.5 and cand.effect >= 0.3), cand.to_dict()
+        assert not ((cand.true_class, cand.predicted_class) == (pool, bathroom) and cand.significant)
+    # the same audit on the biased model does flag it: the test can fail
+    assert any(c.significant and c.effect >= 0.3 and c.predicted_class == bathroom for c in biased.candidates)
+
+
+def test_the_flip_test_is_an_exact_mcnemar_test():
+    from scipy.stats import binomtest
+
+    from cnn_exposed.audit import flip_p_value
+
+    box = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0], bool)
+    control = np.array([0, 0, 0, 1, 0, 0, 0, 1, 1, 0], bool)
+    # discordant pairs: 5 flip only with the region hidden, 1 only with the control
+    assert flip_p_value(box, control) == pytest.approx(binomtest(5, 6, 0.5, alternative="greater").pvalue)
+    assert flip_p_value(control, box) == pytest.approx(binomtest(1, 6, 0.5, alternative="greater").pvalue)
+    assert flip_p_value(box & control, box & control) == 1.0  # no discordant pair: no evidence
+
+
+def test_large_groups_are_clustered_on_a_sample_and_every_member_joins_its_cluster():
+    from cnn_exposed.audit import MAX_SPECTRAL, _clusters
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 32)) * 4
+    points = np.concatenate([c + rng.normal(size=(250, 32)) * 0.3 for c in centres])
+    assert len(points) > MAX_SPECTRAL
+    labels = _clusters(points, seed=0)
+    assert len(np.unique(labels)) == 3
+    for g in range(3):
+        assert len(np.unique(labels[g * 250 : (g + 1) * 250])) == 1
+
+
+class _CountingImages:
+    """An array-like that records how many images each read asks for (as a memory map would serve them)."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        self.ndim, self.shape = array.ndim, array.shape
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        self.reads.append(len(np.atleast_1d(index)))
+        return self.array[index]
+
+
+def test_the_audit_streams_its_images_and_files_give_the_same_result(tmp_path, demo_audit):
+    from PIL import Image
+
+    from cnn_exposed.audit import LISTED, MAX_SET, MAX_TESTED
+
+    loaded, _, _ = demo_audit
+    clean, clean_labels, _ = ce.demo.generate(60, "clean", seed=8)
+    trap, trap_labels, _ = ce.demo.generate(20, "trap", seed=8)
+    images, labels = np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels])
+    counting = _CountingImages(images)
+    from_array = audit(loaded.model, counting, labels, preprocess=loaded.preprocess, batch_size=16, progress=False)
+    assert max(counting.reads[: len(images) // 16]) == 16  # the explaining pass: one batch at a time
+    assert sum(counting.reads[: -(-len(images) // 16)]) == len(images)  # each image read once
+    # later reads: a candidate's tested or shown images, or TCAV's random regions; bounded whatever the count
+    assert max(counting.reads[-(-len(images) // 16) :]) <= max(MAX_TESTED, LISTED, 2 * MAX_SET)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i:03d}.png")
+        Image.fromarray(img).save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    files = paths[:30] + [tmp_path / "broken.png"] + paths[30:]
+    file_labels = np.concatenate([labels[:30], [0], labels[30:]])
+    from_files = audit(loaded.model, files, file_labels, preprocess=loaded.preprocess, batch_size=16, progress=False)
+    assert [f for f, _ in from_files.skipped] == [str(tmp_path / "broken.png")]
+    assert from_files.files == paths  # indices point into the files that were read
+    assert len(from_files.candidates) == len(from_array.candidates)
+    for a, b in zip(from_array.candidates, from_files.candidates):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert (a.flip_rate, a.control_flip_rate) == (b.flip_rate, b.control_flip_rate)
+    assert from_files.to_json()["candidates"][0]["files"][0].endswith(".png")
+
+
+def test_report_pages_stay_light_however_many_candidates(tmp_path):
+    from cnn_exposed.audit import PAGE, Audit, Candidate
+
+    rng = np.random.default_rng(0)
+    cands = []
+    for i in range(25):
+        k = 200 if i == 0 else 4
+        cands.append(
+            Candidate(0, 1, "mistake", np.arange(k), np.tile([0, 0, 8, 8], (k, 1)),
+                      rng.integers(0, 255, (min(k, 50), 48, 48, 3), dtype=np.uint8), 0.5, 0.1,
+                      rng.integers(0, 255, (min(k, 100), 64, 64, 3), dtype=np.uint8), 0.01, k)
+        )  # fmt: skip
+    result = Audit(cands, np.ones(2000, np.int64), np.zeros(2000, np.int64), ["a", "b"], {"method": "gradcam"})
+    result.to_html(tmp_path)
+    pages = sorted(tmp_path.glob("index*.html"))
+    assert [p.name for p in pages] == ["index.html", "index_2.html", "index_3.html"]
+    for page in pages:
+        text = page.read_text()
+        assert text.count("<section>") <= PAGE and len(text) < 30_000
+        assert 'href="index_3.html"' in text  # every page links to every page
+    first = (tmp_path / "candidate_0.html").read_text()  # a big candidate gets its own page
+    assert "all candidates" in first and (tmp_path / "crops" / "sheet_0.png").is_file()
+    assert 'href="candidate_0.html"' in pages[0].read_text()
 
 
 def test_the_audit_writes_a_report_and_machine_readable_json(demo_audit, tmp_path):
@@ -127,3 +252,34 @@ def test_the_audit_command_on_a_folder_of_class_sub_folders(tmp_path, capsys):
     assert "1 file(s) skipped" in (tmp_path / "out" / "index.html").read_text()
     assert main(["audit", "demo", str(tmp_path / "photos" / "pool")]) == 2  # no class sub-folders: no labels
     assert "needs true labels" in capsys.readouterr().err
+
+
+def test_the_audit_report_in_a_real_headless_browser_shows_the_rails_on_the_first_screen(demo_audit, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from test_cli import _chromium
+
+    browser_path = _chromium()
+    _, result, _ = demo_audit
+    page_path = result.to_html(tmp_path / "audit")
+    messages, failures = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.on("console", lambda m: messages.append((m.type, m.text)))
+        page.on("pageerror", lambda e: failures.append(str(e)))
+        page.on("requestfailed", lambda r: failures.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        first = page.locator('img[src="crops/candidate_0.png"]')
+        box = first.bounding_box()  # where it is on the first screen, without scrolling
+        loaded = first.evaluate("e => e.complete && e.naturalWidth > 0")
+        heading = page.locator("h2").first.inner_text()
+        page.click('a[href="candidate_0.html"]')  # the candidate's own page opens, with its sheet of images
+        page.wait_for_load_state("load")
+        sheet = page.locator('img[src="crops/sheet_0.png"]').evaluate("e => e.complete && e.naturalWidth > 0")
+        browser.close()
+    assert not [m for m in messages if m[0] in ("error", "warning")], messages
+    assert not failures, failures
+    assert heading.startswith("1. pool → bathroom (mistake")
+    assert loaded and box is not None and box["y"] + box["height"] <= 800  # the crops, without scrolling
+    assert sheet

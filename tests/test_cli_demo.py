@@ -34,10 +34,15 @@ def test_demo_command_writes_the_report_and_states_the_finding(tmp_path, capsys)
     assert pairs.get(("pool", "bathroom")) == called
     assert "pool → bathroom" in (out / "index.html").read_text()
     # the audit names the cue without the masks, and proves it: hiding it undoes mistakes, a control does not
-    audit = re.search(r"audit: candidate 1: pool -> bathroom \(mistake, \d+ images\): hiding the attended region "
-                      r"flips (\d+)%, a region elsewhere (\d+)%", text)  # fmt: skip
+    audit = re.search(r"candidate 1: pool -> bathroom \(mistake, (\d+) images\): hiding the attended region "
+                      r"flips (\d+)% of \d+ tested, a region of the same size elsewhere (\d+)% \(p = ([0-9.e-]+)\); "
+                      r"as a concept \(TCAV\).*significant\)", text)  # fmt: skip
     assert audit, text
-    assert int(audit.group(1)) >= 50 > int(audit.group(2))
+    assert int(audit.group(2)) >= 80 and int(audit.group(3)) <= 10 and float(audit.group(4)) < 0.001
+    assert "not significant)" not in audit.group(0)
+    masks = re.search(r"a rail is in the attended region of (\d+) of its (\d+)", text)
+    assert masks and int(masks.group(1)) >= 0.9 * int(masks.group(2)) == 0.9 * int(audit.group(1))
+    assert "demo-fair, trained with rails in every class): 0 significant candidate(s) on the rails" in text
     assert json.loads((out / "audit" / "audit.json").read_text())["candidates"][0]["kind"] == "mistake"
 
 

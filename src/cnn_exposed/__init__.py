@@ -44,6 +44,7 @@ from .layers import find_last_spatial_layer, list_layers, resolve_layer
 from .metrics import pointing_game
 from .models import LoadedModel, load_model
 from .plotting import colorize, draw_map, overlay_heatmap, overlay_signed, plot_explanations, save_png, to_uint8
+from .tcav import TCAVResult, tcav
 from .visualisation import (
     Visualisation,
     network_walk,
@@ -83,6 +84,7 @@ __all__ = [
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "TCAVResult",
     "TargetError",
     "UnsupportedLayerError",
     "Visualisation",
@@ -108,6 +110,7 @@ __all__ = [
     "render",
     "resolve_layer",
     "save_png",
+    "tcav",
     "signed_maps",
     "to_uint8",
     "visualise_classes",

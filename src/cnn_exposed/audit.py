@@ -8,30 +8,49 @@ spectrum of their similarity graph (the eigengap, as SpRAy does; Lapuschkin et a
 tested causally: its attended regions are blurred and the images predicted again. A shortcut flips the
 prediction (a mistake returns to the true class, a correct answer changes), and a region of the same size
 elsewhere in the same image does not: that control is what separates "the model looks here" from "any
-damage to the image changes the answer".
+damage to the image changes the answer". The two are compared image by image (an exact McNemar test), and the
+cluster's crops are tested as a concept with TCAV (:mod:`cnn_exposed.tcav`) against random regions.
+
+The images are streamed: read (or sliced, from an array or a list of files) a batch at a time, explained and
+forgotten. What is kept per image is its prediction, its two boxes and a short feature vector (at most
+:data:`FEATURE_DIMS` numbers), so memory grows by about a kilobyte per image, not by the images. The images a
+candidate shows or tests are read again when it is built.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from .attribution import explain
-from .engine import DEFAULT_BATCH_SIZE, engine_for
-from .errors import InputError
+from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
+from .errors import ImageReadError, InputError
+from .images import read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .plotting import to_uint8
+from .tcav import MAX_SET, TCAVResult, tcav
 
 CROP_SIDE = 48  # pixels of the attended crops kept per image, for the report
 THUMB_SIDE = 64  # pixels of the image thumbnails kept per image, for the report
 PEAK_SHARE = 0.3  # the attended region: the connected part of the map above this share of its peak
 MIN_BOX = 1 / 8  # ... grown to at least this share of the image's side
+FEATURE_DIMS = 256  # crop features longer than this are randomly projected to it (cosines are kept, nearly)
+MAX_SPECTRAL = 500  # larger groups: the clusters are found on this many, the rest join the nearest
+MAX_TESTED = 256  # images per candidate blurred and predicted again (a seeded sample of larger ones)
+SHOWN = 12  # images per candidate on the report's first page
+LISTED = 100  # thumbnails on a candidate's own page (for the first LISTED_CANDIDATES candidates)
+LISTED_CANDIDATES = 20
+PAGE = 10  # candidates per report page
+ALPHA = 0.05  # significance level of the flip test and of TCAV
+TCAV_CANDIDATES = 5  # the leading candidates whose crops are tested as a concept
 
 
 @dataclass
@@ -43,18 +62,24 @@ class Candidate:
     true_class, predicted_class : int
     kind : "mistake" or "correct"
     indices : (K,) int
-        Into the audited images.
+        Into the audited images (``Audit.files`` when files were audited).
     boxes : (K, 4) int
         Each image's attended region ``(y0, x0, y1, x1)`` in image pixels (end exclusive).
-    crops : (K, CROP_SIDE, CROP_SIDE, C) uint8
-        The attended regions, resized.
-    thumbnails : (K, THUMB_SIDE, THUMB_SIDE, 3) uint8
-        The images, resized, their attended region outlined in red.
+    crops : (min(K, 50), CROP_SIDE, CROP_SIDE, C) uint8
+        The attended regions of the first images, resized.
     flip_rate : float
-        Share of the images whose prediction changes when the region is blurred: back to the true class for
-        mistakes, away from the predicted class for correct answers.
+        Share of the tested images whose prediction changes when the region is blurred: back to the true
+        class for mistakes, away from the predicted class for correct answers.
     control_flip_rate : float
         The same for a region of the same size elsewhere in the same image.
+    p_value : float
+        Exact one-sided McNemar test, image by image, that hiding the region flips more than the control.
+    tested : int
+        How many of the images the flip test used (all, up to :data:`MAX_TESTED`).
+    thumbnails : (L, THUMB_SIDE, THUMB_SIDE, 3) uint8
+        The first images, resized, their attended region outlined in red.
+    tcav : TCAVResult or None
+        The crops as a concept for the predicted class, against random regions (leading candidates only).
     """
 
     true_class: int
@@ -66,21 +91,54 @@ class Candidate:
     flip_rate: float
     control_flip_rate: float
     thumbnails: np.ndarray | None = None
+    p_value: float = 1.0
+    tested: int = 0
+    tcav: TCAVResult | None = None
 
     @property
     def effect(self) -> float:
         """How much more hiding the attended region flips than hiding the control region."""
         return self.flip_rate - self.control_flip_rate
 
-    def to_dict(self, class_names=None) -> dict:
+    @property
+    def significant(self) -> bool:
+        """Hiding the region flips significantly more than the control (:data:`ALPHA`)."""
+        return self.p_value < ALPHA
+
+    def to_dict(self, class_names=None, files=None) -> dict:
         def name(c: int):
             return class_names[c] if class_names is not None else int(c)
 
-        return {
+        out = {
             "true_class": name(self.true_class), "predicted_class": name(self.predicted_class),
             "kind": self.kind, "count": len(self.indices), "indices": self.indices.tolist(),
             "boxes": self.boxes.tolist(), "flip_rate": self.flip_rate, "control_flip_rate": self.control_flip_rate,
+            "p_value": self.p_value, "tested": self.tested,
         }  # fmt: skip
+        if files is not None:
+            out["files"] = [str(files[i]) for i in self.indices]
+        if self.tcav is not None:
+            t = self.tcav
+            out["tcav"] = {
+                "score": t.score, "random_mean": float(t.random_scores.mean()), "p_value": t.p_value,
+                "significant": t.significant, "layer": t.layer, "runs": len(t.scores),
+            }  # fmt: skip
+        return out
+
+    def evidence(self) -> str:
+        """The flip test and TCAV in one sentence."""
+        text = (
+            f"hiding the attended region flips {self.flip_rate:.0%} of {self.tested} tested, a region of the "
+            f"same size elsewhere {self.control_flip_rate:.0%} (p = {self.p_value:.2g})"
+        )
+        if self.tcav is not None:
+            t = self.tcav
+            text += (
+                f"; as a concept (TCAV) its crops score {t.score:.2f} for the predicted class against "
+                f"{t.random_scores.mean():.2f} for random regions (p = {t.p_value:.2g}"
+                f"{', significant' if t.significant else ', not significant'})"
+            )
+        return text
 
 
 @dataclass
@@ -93,19 +151,18 @@ class Audit:
     class_names: list | None = None
     params: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)  # (file, reason) of the inputs that could not be read
+    files: list | None = None  # the audited files, when files were given (what ``indices`` point into)
+
+    def _name(self, c: int) -> str:
+        return str(self.class_names[c]) if self.class_names is not None else str(c)
 
     def summary(self, top: int = 3) -> list[str]:
         """One line per leading candidate, as the command line prints them."""
-
-        def name(c: int) -> str:
-            return str(self.class_names[c]) if self.class_names is not None else str(c)
-
         lines = []
         for i, c in enumerate(self.candidates[:top]):
             lines.append(
-                f"candidate {i + 1}: {name(c.true_class)} -> {name(c.predicted_class)} ({c.kind}, "
-                f"{len(c.indices)} images): hiding the attended region flips {c.flip_rate:.0%}, a region "
-                f"elsewhere {c.control_flip_rate:.0%}"
+                f"candidate {i + 1}: {self._name(c.true_class)} -> {self._name(c.predicted_class)} ({c.kind}, "
+                f"{len(c.indices)} images): {c.evidence()}"
             )
         return lines or ["no group of images large enough to be a candidate"]
 
@@ -115,58 +172,113 @@ class Audit:
             "images": len(self.labels),
             "mistakes": int((self.predictions != self.labels).sum()),
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
-            "candidates": [c.to_dict(self.class_names) for c in self.candidates],
+            "candidates": [c.to_dict(self.class_names, self.files) for c in self.candidates],
         }
 
     def to_html(self, folder) -> Path:
-        """Write ``folder/index.html`` (the candidates, each with a strip of its attended crops, its counts
-        and flip rates) and ``folder/audit.json``; returns the HTML file's path."""
+        """Write the report: ``folder/index.html`` (the candidates, :data:`PAGE` per page, each with a strip
+        of its attended crops, its images with the region outlined, counts and evidence), one page per
+        candidate with more of its images, and ``folder/audit.json`` (everything, every image's box).
+        Returns the first page's path. Pages stay small however many images were audited: images are
+        separate, lazily loaded files, and file lists are cut at 1,000 names (all are in ``audit.json``)."""
         from .plotting import save_png
 
         folder = Path(folder)
         (folder / "crops").mkdir(parents=True, exist_ok=True)
         (folder / "audit.json").write_text(json.dumps(self.to_json(), indent=2))
-        names = self.class_names
-
-        def name(c: int) -> str:
-            return str(names[c]) if names is not None else str(c)
-
-        rows = []
-        for i, cand in enumerate(self.candidates):
-            strip = np.concatenate(list(cand.crops[:12]), axis=1)
-            save_png(strip, folder / "crops" / f"candidate_{i}.png")
-            thumbs = ""
-            if cand.thumbnails is not None:
-                save_png(np.concatenate(list(cand.thumbnails[:12]), axis=1), folder / "crops" / f"images_{i}.png")
-                thumbs = f'<br><img src="crops/images_{i}.png" alt="the images, attended region in red" loading="lazy">'
-            rows.append(
-                f"<section><h2>{i + 1}. {html.escape(name(cand.true_class))} &rarr; "
-                f"{html.escape(name(cand.predicted_class))} ({cand.kind}, {len(cand.indices)} images)</h2>"
-                f"<p>hiding the attended region flips {cand.flip_rate:.0%} of them; a region of the same size "
-                f"elsewhere flips {cand.control_flip_rate:.0%}</p>"
-                f'<img src="crops/candidate_{i}.png" alt="attended regions" loading="lazy">{thumbs}'
-                f"<p class=idx>images {', '.join(map(str, cand.indices[:50].tolist()))}"
-                f"{' ...' if len(cand.indices) > 50 else ''}</p></section>"
-            )
-        page = (
+        style = (
             "<!doctype html><meta charset=utf-8><title>cnn-exposed audit</title>"
             "<style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;max-width:100%}"
-            ".idx{color:#666;font-size:12px}</style><h1>Candidate shortcuts</h1>"
+            ".idx{color:#666;font-size:12px}.weak{color:#a60}nav a{margin-right:1em}</style>"
+        )
+        pages = max(1, math.ceil(len(self.candidates) / PAGE))
+
+        def page_name(p: int) -> str:
+            return "index.html" if p == 0 else f"index_{p + 1}.html"
+
+        nav = (
+            "<nav>" + "".join(f'<a href="{page_name(p)}">page {p + 1}</a>' for p in range(pages)) + "</nav>"
+            if pages > 1
+            else ""
+        )
+        intro = (
             f"<p>{len(self.labels)} images, {int((self.predictions != self.labels).sum())} mistakes; method "
             f"{html.escape(str(self.params.get('method')))}. Ranked by how much more hiding the attended region "
-            "flips the prediction than hiding a region of the same size elsewhere.</p>"
-            + (
+            "flips the prediction than hiding a region of the same size elsewhere; candidates whose difference "
+            f"is not significant (p &ge; {ALPHA}) come last.</p>"
+        )
+        if self.skipped:
+            intro += (
                 f"<p>{len(self.skipped)} file(s) skipped: "
                 + "; ".join(html.escape(f"{f}: {r}") for f, r in self.skipped[:20])
+                + (" ..." if len(self.skipped) > 20 else "")
                 + "</p>"
-                if self.skipped
-                else ""
             )
-            + "".join(rows)
+        for p in range(pages):
+            rows = []
+            for i in range(p * PAGE, min((p + 1) * PAGE, len(self.candidates))):
+                rows.append(self._section(i, folder, save_png))
+            top = "<h1>Candidate shortcuts</h1>" + (intro if p == 0 else "")
+            (folder / page_name(p)).write_text(style + top + nav + "".join(rows) + nav, encoding="utf-8")
+        return folder / "index.html"
+
+    def _section(self, i: int, folder: Path, save_png) -> str:
+        cand = self.candidates[i]
+        save_png(np.concatenate(list(cand.crops[:SHOWN]), axis=1), folder / "crops" / f"candidate_{i}.png")
+        thumbs = ""
+        if cand.thumbnails is not None and len(cand.thumbnails):
+            save_png(np.concatenate(list(cand.thumbnails[:SHOWN]), axis=1), folder / "crops" / f"images_{i}.png")
+            thumbs = f'<br><img src="crops/images_{i}.png" alt="the images, attended region in red" loading="lazy">'
+        title = (
+            f"{html.escape(self._name(cand.true_class))} &rarr; {html.escape(self._name(cand.predicted_class))} "
+            f"({cand.kind}, {len(cand.indices)} images)"
         )
-        path = folder / "index.html"
-        path.write_text(page, encoding="utf-8")
-        return path
+        more = ""
+        if len(cand.indices) > SHOWN:
+            self._candidate_page(i, folder, save_png, title)
+            more = f' <a href="candidate_{i}.html">all {len(cand.indices)} images</a>'
+        weak = "" if cand.significant else ' class="weak"'
+        return (
+            f"<section><h2>{i + 1}. {title}</h2><p{weak}>{html.escape(cand.evidence())}</p>"
+            f'<img src="crops/candidate_{i}.png" alt="attended regions" loading="lazy">{thumbs}'
+            f"<p class=idx>{self._members(cand, SHOWN)}{more}</p></section>"
+        )
+
+    def _members(self, cand: Candidate, count: int) -> str:
+        names = [self.files[j].name if self.files is not None else str(j) for j in cand.indices[:count]]
+        label = "files" if self.files is not None else "images"
+        return f"{label} " + html.escape(", ".join(names)) + (" ..." if len(cand.indices) > count else "")
+
+    def _candidate_page(self, i: int, folder: Path, save_png, title: str) -> None:
+        cand = self.candidates[i]
+        sheet = ""
+        if cand.thumbnails is not None and len(cand.thumbnails):
+            grid = _sheet(cand.thumbnails, columns=10)
+            save_png(grid, folder / "crops" / f"sheet_{i}.png")
+            sheet = (
+                f"<p>the first {len(cand.thumbnails)} images, attended region in red:</p>"
+                f'<img src="crops/sheet_{i}.png" alt="images" loading="lazy">'
+            )
+        page = (
+            "<!doctype html><meta charset=utf-8><title>cnn-exposed audit: candidate</title>"
+            "<style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;max-width:100%}"
+            ".idx{color:#666;font-size:12px}</style>"
+            f'<p><a href="index.html">all candidates</a></p><h1>{i + 1}. {title}</h1>'
+            f"<p>{html.escape(cand.evidence())}</p>{sheet}"
+            f"<p class=idx>{self._members(cand, 1000)}</p>"
+        )
+        (folder / f"candidate_{i}.html").write_text(page, encoding="utf-8")
+
+
+def _sheet(tiles: np.ndarray, columns: int) -> np.ndarray:
+    """Tiles ``(n, h, w, c)`` in rows of ``columns``, the last row padded white."""
+    n, h, w, c = tiles.shape
+    rows = math.ceil(n / columns)
+    out = np.full((rows * h, columns * w, c), 255, dtype=tiles.dtype)
+    for k, tile in enumerate(tiles):
+        r, q = divmod(k, columns)
+        out[r * h : (r + 1) * h, q * w : (q + 1) * w] = tile
+    return out
 
 
 def attended_box(heat: np.ndarray, image_shape: tuple) -> np.ndarray:
@@ -277,6 +389,69 @@ def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 50) -
     return np.array([order[v] for v in labels], dtype=np.int64)
 
 
+class _Images:
+    """The audited images, read a batch at a time: an array (or anything with ``len`` and indexing by an
+    integer array, such as a memory map), or a list of image files (read and resized to ``size``)."""
+
+    def __init__(self, images, size: tuple | None):
+        items = images if isinstance(images, (list, tuple)) else None
+        self.files = [Path(p) for p in items] if items and isinstance(items[0], (str, Path)) else None
+        self.array = None if self.files is not None else (np.asarray(images) if items is not None else images)
+        if self.array is not None and getattr(self.array, "ndim", None) == 3:  # one image (without reading
+            self.array = np.asarray(self.array)[None]  # an array-like such as a memory map through np.ndim)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else len(self.array)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        """(images, which of ``indices`` were read, [(file, reason) of the others])."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.files is None:
+            return np.asarray(self.array[indices]), indices, []
+        images, ok, errors = [], [], []
+        for i in indices:
+            try:
+                image = read_image(self.files[i])
+            except ImageReadError as err:
+                errors.append((str(self.files[i]), str(err)))
+                continue
+            if self.size is None:  # a model of any input size: the first image's size for all
+                self.size = image.shape[:2]
+            images.append(resize_image(image, self.size))
+            ok.append(i)
+        if not images:
+            return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64), errors
+        return np.stack(images), np.asarray(ok, np.int64), errors
+
+
+def _clusters(features: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`spectral_clusters` of the rows, on a seeded sample of :data:`MAX_SPECTRAL` when there are more
+    (the others join the cluster whose mean direction is nearest): time and memory stay bounded."""
+    if len(features) <= MAX_SPECTRAL:
+        return spectral_clusters(features, seed=seed)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(features), MAX_SPECTRAL, replace=False))
+    labels_sample = spectral_clusters(features[sample], seed=seed)
+    f = features - features[sample].mean(axis=0)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    centres = np.stack([f[sample][labels_sample == c].mean(axis=0) for c in np.unique(labels_sample)])
+    labels = (f @ centres.T).argmax(axis=1)
+    labels[sample] = labels_sample
+    return labels
+
+
+def flip_p_value(flipped: np.ndarray, control_flipped: np.ndarray) -> float:
+    """Exact one-sided McNemar test: the chance of at least as many images flipping only when their region is
+    hidden (rather than only when the control is), if either were equally likely."""
+    only_box = int((flipped & ~control_flipped).sum())
+    discordant = only_box + int((control_flipped & ~flipped).sum())
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, k) for k in range(only_box, discordant + 1))
+    return float(tail / 2.0**discordant)
+
+
 def audit(
     model,
     images,
@@ -295,8 +470,9 @@ def audit(
     Parameters
     ----------
     model : keras.Model
-    images : (N, H, W, C) array
-        In the model's own value range, or raw pixels when ``preprocess`` is given.
+    images : (N, H, W, C) array, array-like, or list of image file paths
+        In the model's own value range, or raw pixels when ``preprocess`` is given. Arrays may be memory
+        maps; files are read a batch at a time (unreadable ones are reported in ``Audit.skipped``).
     labels : (N,) int
         The true class of every image.
     method : str
@@ -307,47 +483,130 @@ def audit(
     Returns
     -------
     Audit
-        ``candidates`` ranked most-likely-shortcut first: by how much more hiding the attended region
-        flips the prediction than hiding the control region, then by size.
+        ``candidates`` ranked most-likely-shortcut first: those whose flip test is significant first, each
+        part by how much more hiding the attended region flips the prediction than hiding the control region,
+        then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     engine = engine_for(model)
-    display, x = prepare_images(images, engine.input_shape, preprocess)
+    shape = engine.input_shape
+    source = _Images(images, tuple(shape[:2]) if None not in shape[:2] else None)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(labels) != len(x):
-        raise InputError(f"Got {len(labels)} labels for {len(x)} images: give one true class per image.")
+    if len(labels) != len(source):
+        raise InputError(f"Got {len(labels)} labels for {len(source)} images: give one true class per image.")
+    feature_engine = engine_for(model, find_last_spatial_layer(model))
     rng = np.random.default_rng(seed)
-    boxes = np.zeros((len(x), 4), dtype=np.int64)
-    predictions = np.zeros(len(x), dtype=np.int64)
-    for start in range(0, len(x), batch_size):
-        part = slice(start, start + batch_size)
-        exp = explain(model, x[part], method, batch_size=batch_size, progress=False)
-        predictions[part] = exp.targets
-        boxes[part] = [attended_box(m, x.shape[1:3]) for m in exp.maps]
-    crops = np.stack([_crop(display[i], boxes[i]) for i in range(len(x))])
-    thumbnails = np.stack([_thumbnail(display[i], boxes[i]) for i in range(len(x))])
-    features = _crop_features(model, x, boxes, batch_size)
-    controls = np.stack([control_box(b, x.shape[1:3], rng) for b in boxes])
-    candidates = []
-    for t in np.unique(labels):
-        for p in np.unique(predictions[labels == t]):
-            members = np.nonzero((labels == t) & (predictions == p))[0]
+    projection = None
+    kept, boxes, controls, predictions, features, skipped = [], [], [], [], [], []
+    for part in batch_slices(len(source), batch_size, progress=progress, desc="audit: explaining"):
+        raw, ok, errors = source.read(np.arange(part.start, part.stop))
+        skipped += errors
+        if not len(ok):
+            continue
+        display, x = prepare_images(raw, shape, preprocess)
+        exp = explain(model, x, method, batch_size=batch_size, progress=False)
+        b = np.stack([attended_box(m, x.shape[1:3]) for m in exp.maps])
+        f = _crop_features(feature_engine, x, b, batch_size)
+        if projection is None and f.shape[1] > FEATURE_DIMS:
+            projection = np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS)
+        kept.append(ok)
+        boxes.append(b)
+        controls.append(np.stack([control_box(box, x.shape[1:3], rng) for box in b]))
+        predictions.append(np.asarray(exp.targets, np.int64))
+        features.append((f @ projection if projection is not None else f).astype(np.float32))
+    if not kept:
+        raise InputError(f"None of the {len(source)} images could be read.")
+    rows = np.concatenate(kept)  # audited image -> position in the given images
+    box_all, control_all = np.concatenate(boxes), np.concatenate(controls)
+    predicted, feature_all, true = np.concatenate(predictions), np.concatenate(features), labels[rows]
+
+    groups = []
+    for t in np.unique(true):
+        for p in np.unique(predicted[true == t]):
+            members = np.nonzero((true == t) & (predicted == p))[0]
             if len(members) < min_group:
                 continue
-            clusters = spectral_clusters(features[members], seed=seed)
+            clusters = _clusters(feature_all[members], seed)
             for c in np.unique(clusters):
-                idx = members[clusters == c]
-                if len(idx) < min_group:
-                    continue
-                flip, control = _flip_rates(engine, x[idx], boxes[idx], controls[idx], int(t), int(p), batch_size)
-                kind = "correct" if t == p else "mistake"
-                candidates.append(
-                    Candidate(int(t), int(p), kind, idx, boxes[idx], crops[idx], flip, control, thumbnails[idx])
-                )
-    candidates.sort(key=lambda c: (-c.effect, c.kind != "mistake", -len(c.indices)))
+                if (clusters == c).sum() >= min_group:
+                    groups.append((int(t), int(p), members[clusters == c]))
+
+    def read(audited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw, ok, _ = source.read(rows[audited])
+        if len(ok) != len(audited):
+            raise InputError("An image that was read a moment ago cannot be read any more; is the folder changing?")
+        return prepare_images(raw, shape, preprocess)
+
+    candidates = []
+    for t, p, idx in tqdm(groups, desc="audit: testing", disable=not progress, leave=False):
+        tested = idx if len(idx) <= MAX_TESTED else np.sort(rng.choice(idx, MAX_TESTED, replace=False))
+        _, x = read(tested)
+        flipped, control_flipped = _flips(engine, x, box_all[tested], control_all[tested], t, p, batch_size)
+        first = idx[:MAX_SET]
+        display, _ = read(first)
+        crops = np.stack([_crop(img, box) for img, box in zip(display, box_all[first])])
+        thumbs = np.stack([_thumbnail(img, box) for img, box in zip(display[:SHOWN], box_all[first[:SHOWN]])])
+        candidates.append(
+            Candidate(
+                t,
+                p,
+                "correct" if t == p else "mistake",
+                idx,
+                box_all[idx],
+                crops,
+                float(flipped.mean()),
+                float(control_flipped.mean()),
+                thumbs,
+                flip_p_value(flipped, control_flipped),
+                len(tested),
+            )  # fmt: skip
+        )
+    candidates.sort(key=lambda c: (not c.significant, -c.effect, c.kind != "mistake", -len(c.indices)))
+
+    # Evidence for the leading candidates: their crops as a concept (TCAV), and more of their images.
+    random_pool = None
+    for rank, cand in enumerate(tqdm(candidates, desc="audit: concepts", disable=not progress, leave=False)):
+        if rank < LISTED_CANDIDATES and len(cand.indices) > SHOWN:
+            listed = cand.indices[:LISTED]
+            display, _ = read(listed)
+            cand.thumbnails = np.stack([_thumbnail(img, box) for img, box in zip(display, box_all[listed])])
+        if rank >= TCAV_CANDIDATES or not cand.significant:
+            continue
+        target = np.nonzero((true == cand.predicted_class) & (predicted == cand.predicted_class))[0]
+        if len(target) < 2 or len(cand.indices) < 5:
+            continue
+        if random_pool is None:
+            chosen = np.sort(rng.choice(len(rows), min(len(rows), 2 * MAX_SET), replace=False))
+            display, _ = read(chosen)
+            random_pool = _regions(display, control_all[chosen], shape)
+        target = target if len(target) <= 100 else np.sort(rng.choice(target, 100, replace=False))
+        concept_display, _ = read(cand.indices[:MAX_SET])
+        target_display, _ = read(target)
+        try:
+            cand.tcav = tcav(
+                model, None, _regions(concept_display, box_all[cand.indices[:MAX_SET]], shape), target_display,
+                cand.predicted_class, random_images=random_pool, preprocess=preprocess, seed=seed,
+                batch_size=batch_size,
+            )  # fmt: skip
+        except InputError:  # too few images for a concept test: the flip test stands alone
+            cand.tcav = None
     names = list(class_names) if class_names is not None else None
-    params = {"method": method, "seed": seed, "min_group": min_group, "blur_sigma": "1/16 of the longer side"}
-    return Audit(candidates, predictions, labels, names, params)
+    params = {
+        "method": method, "seed": seed, "min_group": min_group, "blur_sigma": "1/16 of the longer side",
+        "max_tested": MAX_TESTED, "alpha": ALPHA,
+    }  # fmt: skip
+    files = [source.files[i] for i in rows] if source.files is not None else None
+    return Audit(candidates, predicted, true, names, params, skipped, files)
+
+
+def _regions(display: np.ndarray, boxes: np.ndarray, shape: tuple) -> np.ndarray:
+    """Each image's box cut out and resized to the model's input size (raw values, not preprocessed)."""
+    h, w = display.shape[1:3]
+    out = [
+        resize_image(np.asarray(img[y0:y1, x0:x1]), (h, w)).reshape(h, w, -1)
+        for img, (y0, x0, y1, x1) in zip(display, boxes)
+    ]
+    return np.stack(out)
 
 
 def _crop(image: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -369,11 +628,9 @@ def _thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     return thumb
 
 
-def _crop_features(model, x: np.ndarray, boxes: np.ndarray, batch_size: int) -> np.ndarray:
+def _crop_features(engine, x: np.ndarray, boxes: np.ndarray, batch_size: int) -> np.ndarray:
     """What each attended region looks like to the model: the region cut out and resized to the model's
-    input, through the last spatial layer, averaged over space ``(N, channels)``."""
-    layer = find_last_spatial_layer(model)
-    engine = engine_for(model, layer)
+    input, through the last spatial layer (``engine``'s layer), averaged over space ``(N, channels)``."""
     h, w = x.shape[1:3]
     regions = np.stack(
         [
@@ -385,12 +642,10 @@ def _crop_features(model, x: np.ndarray, boxes: np.ndarray, batch_size: int) -> 
     return acts.reshape(len(x), -1, acts.shape[-1]).mean(axis=1)
 
 
-def _flip_rates(engine, x, boxes, controls, true: int, predicted: int, batch_size: int) -> tuple[float, float]:
-    """Share of flips when the attended region, and when the control region, is hidden."""
-    rates = []
+def _flips(engine, x, boxes, controls, true: int, predicted: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: does the prediction flip when the attended region, and when the control region, is hidden?"""
+    out = []
     for hide in (boxes, controls):
-        outputs, _ = engine.predict_all(_hidden(x, hide), batch_size)
-        now = outputs.argmax(axis=1)
-        flipped = now == true if true != predicted else now != predicted
-        rates.append(float(flipped.mean()))
-    return rates[0], rates[1]
+        now = engine.predict_all(_hidden(x, hide), batch_size).scores.argmax(axis=1)
+        out.append(now == true if true != predicted else now != predicted)
+    return out[0], out[1]

@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from .errors import ImageReadError, UsageError
+from .errors import ImageReadError, InputError, UsageError
 
 DEFAULT_METHODS = "gradcam,integrated_gradients,smoothgrad,occlusion"
 DEMO_METHODS = "gradcam,layercam,integrated_gradients,smoothgrad,occlusion"
@@ -26,8 +26,8 @@ method, and OUT/summary.json + OUT/summary.csv with predictions, scores and heat
 """
 
 EXPLAIN_EPILOG = """\
-MODEL is 'demo', a keras.applications name (mobilenet_v2, resnet50, efficientnet_b0, vgg16, ...; ImageNet
-weights are downloaded as Keras normally does), or a .keras / .h5 file.
+MODEL is 'demo' (or its negative control 'demo-fair'), a keras.applications name (mobilenet_v2, resnet50,
+efficientnet_b0, vgg16, ...; ImageNet weights are downloaded as Keras normally does), or a .keras / .h5 file.
 
 IMAGES are image files and folders. A folder whose entries are only sub-folders is read like Keras'
 image_dataset_from_directory: each sub-folder is a class, which gives every image its true label; the
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXPLAIN_EPILOG.format(methods=_method_list()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ex.add_argument("model", help="'demo', a keras.applications name, or a .keras/.h5 file")
+    ex.add_argument("model", help="'demo', 'demo-fair', a keras.applications name, or a .keras/.h5 file")
     ex.add_argument("images", nargs="+", help="image files and/or folders")
     ex.add_argument("--method", default=DEFAULT_METHODS, help="comma-separated methods (default: %(default)s)")
     ex.add_argument("--layer", help="CAM layer, a name or an 'outer/inner' path (default: last spatial layer)")
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "what the model attends to, and test every cluster by blurring the attended regions (against a region "
         "of the same size elsewhere). Writes OUT/index.html (candidate shortcuts first) and OUT/audit.json.",
     )
-    au.add_argument("model", help="'demo', a keras.applications name, or a .keras/.h5 file")
+    au.add_argument("model", help="'demo', 'demo-fair', a keras.applications name, or a .keras/.h5 file")
     au.add_argument("folder", help="a folder of class sub-folders (the sub-folder names are the true labels)")
     au.add_argument("--method", default="gradcam", help="the attribution method (default: %(default)s)")
     au.add_argument("--class-names", help="text file with one class name per line, or the training folder")
@@ -156,32 +156,25 @@ def _labelled_files(loaded, sources: list, echo=print) -> list:
     return files
 
 
-def run_audit(loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print):
+def run_audit(loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print, progress=False):
     """Audit the model on a folder of class sub-folders: the candidate shortcuts, ``out/index.html`` and
     ``out/audit.json``. Broken files are reported and skipped. Returns the :class:`~cnn_exposed.Audit`."""
     import numpy as np
 
     from .audit import audit
-    from .images import read_image, resize_image
 
     files = _labelled_files(loaded, [folder], echo)
     if any(f.label is None for f in files):
         raise UsageError(f"{folder}: the audit needs true labels: give a folder whose sub-folders are the classes")
-    images, labels, skipped = [], [], []
-    for f in files:
-        try:
-            images.append(resize_image(read_image(f.path), loaded.input_size))
-            labels.append(f.label)
-        except ImageReadError as err:
-            skipped.append((str(f.path), str(err)))
-            echo(f"skipped {f.path}: {err}")
-    if not images:
-        raise UsageError(f"{folder}: none of the {len(files)} files could be read")
-    result = audit(
-        loaded.model, np.stack(images), np.asarray(labels), preprocess=loaded.preprocess,
-        class_names=list(loaded.class_names), method=method, batch_size=batch_size, progress=False,
-    )  # fmt: skip
-    result.skipped = skipped
+    try:  # the files are streamed: read a batch at a time, never all at once
+        result = audit(
+            loaded.model, [f.path for f in files], np.asarray([f.label for f in files]), preprocess=loaded.preprocess,
+            class_names=list(loaded.class_names), method=method, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    except InputError as err:
+        raise UsageError(f"{folder}: {err}") from None
+    for path, reason in result.skipped:
+        echo(f"skipped {path}: {reason}")
     result.to_html(out)
     return result
 
@@ -289,13 +282,33 @@ def _demo(args, echo=print) -> int:
         f"bathroom; Grad-CAM's peak falls on the rails in {int(hits.sum())} of those {int(bathroom.sum())}."
     )
     # The audit finds the cue without the masks: what the mistakes attend to, and whether hiding it undoes them.
-    clean, clean_labels, _ = demo.load_images("clean")
+    # On a larger set of freshly generated scenes (the 20 bundled images are too few for significance).
+    clean, clean_labels, clean_masks = demo.generate(90, "clean", seed=5)
+    trap, trap_labels, trap_masks = demo.generate(30, "trap", seed=5)
+    scenes, labels = np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels])
+    rails = np.concatenate([clean_masks["rail"], trap_masks["rail"]])
+
+    def on_rails(cand) -> int:
+        return sum(bool(rails[i][y0:y1, x0:x1].any()) for i, (y0, x0, y1, x1) in zip(cand.indices, cand.boxes))
+
     found = audit(
-        loaded.model, np.concatenate([clean, images]), np.concatenate([clean_labels, trap_labels]),
-        preprocess=loaded.preprocess, class_names=list(loaded.class_names), progress=False,
+        loaded.model, scenes, labels, preprocess=loaded.preprocess, class_names=list(loaded.class_names),
+        progress=False,
     )  # fmt: skip
     found.to_html(Path(args.out) / "audit")
-    echo("audit: " + found.summary(1)[0])
+    echo(f"audit of {len(scenes)} generated scenes ({len(trap)} trap pools): " + found.summary(1)[0])
+    if found.candidates:
+        top = found.candidates[0]
+        echo(f"  (the masks say: a rail is in the attended region of {on_rails(top)} of its {len(top.indices)})")
+    fair = load_model("demo-fair")  # the negative control: trained with rails in every class
+    quiet = audit(
+        fair.model, scenes, labels, preprocess=fair.preprocess, class_names=list(fair.class_names), progress=False
+    )
+    flagged = [c for c in quiet.candidates if c.significant and c.effect >= 0.3 and 2 * on_rails(c) >= len(c.indices)]
+    echo(
+        f"negative control (demo-fair, trained with rails in every class): {len(flagged)} significant candidate(s) "
+        "on the rails" + ("." if flagged else ", as it should be.")
+    )
     echo(f"report: {(Path(args.out) / 'index.html').resolve()} (audit: {Path(args.out) / 'audit' / 'index.html'})")
     return 0
 
@@ -321,7 +334,14 @@ def main(argv=None) -> int:
         loaded = load_model(args.model, preprocess=args.preprocess, class_names=args.class_names)
         if args.command == "audit":
             _parse_methods(args.method)
-            result = run_audit(loaded, args.folder, method=args.method, batch_size=args.batch_size, out=args.out)
+            result = run_audit(
+                loaded,
+                args.folder,
+                method=args.method,
+                batch_size=args.batch_size,
+                out=args.out,
+                progress=sys.stderr.isatty(),
+            )
             for line in result.summary(3):
                 print(line)
             print(
