@@ -50,8 +50,8 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "images": len(paths), 
 """
 
 
-def make_folder(folder: Path, count: int, chunk: int = 500) -> None:
-    """``count`` demo images (3/4 from the "clean" split, 1/4 trap pools), written chunk by chunk."""
+def make_folder(folder: Path, count: int) -> None:
+    """``count`` demo images (3/4 from the "clean" split, 1/4 trap pools), as ``demo.generate`` draws them."""
     from PIL import Image
 
     from cnn_exposed import demo
@@ -61,12 +61,12 @@ def make_folder(folder: Path, count: int, chunk: int = 500) -> None:
         return
     traps = count // 4
     for split, n in (("clean", count - traps), ("trap", traps)):
-        for start in range(0, n, chunk):
-            images, labels, _ = demo.generate(min(start + chunk, n), split, seed=11)
-            for i in range(start, min(start + chunk, n)):
-                sub = folder / demo.CLASS_NAMES[int(labels[i])]
-                sub.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(images[i]).save(sub / f"{split}_{i:05d}.png")
+        for i in range(n):  # image i depends only on (split, seed, i): one at a time, never all
+            label = 0 if split == "trap" else i % len(demo.CLASS_NAMES)
+            image, _ = demo._one_image(split, label, demo._image_rng(split, 11, i))
+            sub = folder / demo.CLASS_NAMES[label]
+            sub.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(sub / f"{split}_{i:05d}.png")
     done.write_text(str(count))
 
 

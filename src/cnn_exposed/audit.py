@@ -573,7 +573,7 @@ def audit(
         if rank >= TCAV_CANDIDATES or not cand.significant:
             continue
         target = np.nonzero((true == cand.predicted_class) & (predicted == cand.predicted_class))[0]
-        if len(target) < 2 or len(cand.indices) < 5:
+        if len(target) < 10 or len(cand.indices) < 5:  # too few for a concept test: the flip test stands alone
             continue
         if random_pool is None:
             chosen = np.sort(rng.choice(len(rows), min(len(rows), 2 * MAX_SET), replace=False))
