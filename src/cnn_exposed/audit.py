@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -396,9 +397,10 @@ class _Images:
     def __init__(self, images, size: tuple | None):
         items = images if isinstance(images, (list, tuple)) else None
         self.files = [Path(p) for p in items] if items and isinstance(items[0], (str, Path)) else None
-        self.array = None if self.files is not None else (np.asarray(images) if items is not None else images)
-        if self.array is not None and getattr(self.array, "ndim", None) == 3:  # one image (without reading
-            self.array = np.asarray(self.array)[None]  # an array-like such as a memory map through np.ndim)
+        array = images if items is None else np.asarray(images)
+        if getattr(array, "ndim", None) == 3:  # one image (read through .ndim: np.ndim would read it all)
+            array = np.asarray(array)[None]
+        self.array: Any = array  # unused when files were given
         self.size = size
 
     def __len__(self) -> int:
