@@ -90,10 +90,28 @@ class Subclassed(keras.Model):
         return self.head(self.gap(h + self.c2(h)))  # keras.ops between the layers
 
 
-def check_cells(model: keras.Model, size: int) -> dict:
-    """Run every method and feature visualisation; return ``{cell: what went wrong}``."""
+def fast_plan_problems(model: keras.Model, x: np.ndarray, tolerance: float = 1e-3) -> dict:
+    """The gradient methods' fast layer plan (batch norm folded, padding inside the convolution, transposed
+    convolutions for stride-1 backward passes) against the model's own layers: the input gradient, which runs
+    back through every layer the plan rewrites, must agree to ``tolerance`` of its largest value."""
+    from cnn_exposed.attribution.base import GRADIENT_RULES
+    from cnn_exposed.engine import Engine, engine_for
+
+    targets = np.array([0, 2], np.int32)
+    expected = Engine(model).input_gradients(x, targets).gradients  # no rules: the model's own layers
+    got = engine_for(model, None, "logit", GRADIENT_RULES).input_gradients(x, targets).gradients  # saliency's
+    scale, diff = float(np.abs(expected).max()), float(np.abs(expected - got).max())
+    if not np.isfinite(got).all() or diff > tolerance * max(scale, 1e-30):
+        return {"fast plan": f"input gradients differ by up to {diff:.3g} (values up to {scale:.3g})"}
+    return {}
+
+
+def check_cells(model: keras.Model, size: int, fast_plan: bool = True) -> dict:
+    """Run every method and feature visualisation, and (``fast_plan``) compare the fast layer plan with the
+    model's own layers; return ``{cell: what went wrong}``."""
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    problems = {}
+    # first: its fast engine is then the one the gradient methods below find in the cache
+    problems = fast_plan_problems(model, x) if fast_plan else {}
     for method in ce.METHODS:
         options = dict(OPTIONS.get(method, {}))
         if method == "occlusion":
@@ -128,7 +146,7 @@ def run_family(family, size):
         pytest.skip(f"keras {keras.__version__} has no keras.applications.{FAMILIES[family][0]}")
     keras.utils.set_random_seed(0)
     model = nested(ctor(include_top=False, weights=None, input_shape=(size, size, 3)), size)
-    problems = check_cells(model, size)
+    problems = check_cells(model, size, fast_plan=size == FAMILIES[family][1])  # once per family: it traces
     assert not problems, "\n".join(f"{family} {size}px {cell}: {why}" for cell, why in problems.items())
 
 

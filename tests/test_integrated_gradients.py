@@ -92,3 +92,79 @@ def test_the_old_keyword_rule_still_chooses_the_quadrature_with_a_deprecation_wa
     np.testing.assert_array_equal(old.attributions, new.attributions)
     assert old.params["quadrature"] == "riemann_left"
     assert not np.array_equal(new.attributions, ce.explain(cnn, x, "integrated_gradients", steps=4).attributions)
+
+
+def _sharp_model():
+    """Large random weights and biases: each image's path crosses many ReLU kinks, some far more than others.
+    (Without biases the network would be homogeneous, its gradient constant along a path from black.)"""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    init = keras.initializers.RandomNormal(stddev=1.5, seed=4)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", kernel_initializer=init, bias_initializer=init),
+            keras.layers.Conv2D(8, 3, activation="relu", kernel_initializer=init, bias_initializer=init),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, kernel_initializer=init, bias_initializer=init),
+        ]
+    )
+
+
+def test_auto_steps_refine_each_image_until_it_is_complete():
+    model = _sharp_model()
+    contrast = np.array([0.1, 0.3, 1, 2, 4, 8], np.float32).reshape(-1, 1, 1, 1)  # faint paths cross few kinks
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 8, 8, 1)).astype("float32") * contrast
+    auto = ce.explain(model, x, "integrated_gradients", steps="auto", tolerance=0.01, progress=False)
+    steps = auto.params["steps"]
+    assert len(steps) == 6 and len(set(steps)) > 1  # each image its own
+    assert all(s >= 16 and (s & (s - 1)) == 0 for s in steps)  # 16 doubled
+    assert (auto.completeness_error <= 0.01).all()
+    assert auto.params["passes"] == sum(s + 1 for s in steps) < (max(steps) + 1) * len(steps)
+    for i, n in enumerate(steps):  # the refined sums are exactly the trapezoid rule with that many steps
+        fixed = ce.explain(model, x[i : i + 1], "integrated_gradients", steps=n, progress=False)
+        np.testing.assert_allclose(auto.attributions[i], fixed.attributions[0], rtol=1e-4, atol=1e-6)
+        if n > 16:  # and it needed them: half as many miss the tolerance
+            half = ce.explain(model, x[i : i + 1], "integrated_gradients", steps=n // 2, progress=False)
+            assert half.completeness_error[0] > 0.01
+
+
+def test_auto_steps_name_the_images_that_reach_the_cap():
+    model = _sharp_model()
+    x = np.random.default_rng(5).uniform(-1, 1, (3, 8, 8, 1)).astype("float32")
+    with pytest.warns(UserWarning, match=r"did not reach a completeness error of 0\.0% in 16 steps: 0 \("):
+        exp = ce.explain(model, x, "integrated_gradients", steps="auto", tolerance=1e-9, max_steps=16, progress=False)
+    assert exp.params["steps"] == [16, 16, 16]
+    with pytest.raises(ValueError, match="refines the trapezoid rule"):
+        ce.explain(model, x, "integrated_gradients", steps="auto", quadrature="riemann")
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        ce.explain(model, x, "integrated_gradients", steps="many")
+
+
+def test_the_fast_layer_plan_leaves_layers_it_does_not_know_alone():
+    import keras
+
+    from cnn_exposed.attribution.base import GRADIENT_RULES
+    from cnn_exposed.engine import Engine
+
+    class Swish(keras.layers.Layer):  # a user's own layer: no rule knows it
+        def call(self, x):
+            return x * keras.ops.sigmoid(2.0 * x)
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.ZeroPadding2D(1)(inp)
+    h = keras.layers.Conv2D(6, 3, use_bias=False)(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = Swish()(h)
+    h = keras.layers.Conv2D(6, 3, padding="same")(h)
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    model.layers[3].set_weights([np.random.default_rng(2).uniform(0.5, 2, 6).astype("float32") for _ in range(4)])
+    x = np.random.default_rng(3).normal(size=(4, 12, 12, 3)).astype("float32")
+    saliency = ce.Saliency(model, progress=False)
+    assert saliency.engine.rules is GRADIENT_RULES  # the gradient methods run on the fast plan
+    got = saliency.engine.input_gradients(x, np.zeros(4, np.int32)).gradients
+    expected = Engine(model).input_gradients(x, np.zeros(4, np.int32)).gradients  # the model's own layers
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

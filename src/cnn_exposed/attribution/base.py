@@ -12,7 +12,10 @@ from ..engine import DEFAULT_BATCH_SIZE, engine_for
 from ..explanation import Explanation, channel_max_abs, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
+from ..rules import RuleSet
 from ..targets import resolve_predicted, resolve_targets
+
+GRADIENT_RULES = RuleSet("gradient")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Result:
     layer_maps: np.ndarray | None = None
     completeness_error: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # settings only known once computed (IG's steps per image)
 
 
 class AttributionMethod:
@@ -73,7 +77,10 @@ class AttributionMethod:
             )
         self.model = model
         self.score = score or self.default_score
-        self.engine = engine_for(model, layer, self.score)
+        # The fast layer plan: the same gradient, with batch norm folded, padding inside the convolution and
+        # stride-1 convolutions differentiated by a transposed convolution (layers it does not know, and
+        # subclassed models, run as they are). Rule-based methods replace the engine with their own rules.
+        self.engine = engine_for(model, layer, self.score, GRADIENT_RULES)
         if self.uses_layer and (self.engine.layer is None or len(self.engine.layer.output_shape or ()) != 4):
             assert self.engine.layer is not None  # a CAM method's engine always has its layer
             from ..errors import NoSpatialLayerError
@@ -128,6 +135,7 @@ class AttributionMethod:
             "batch_size": self.batch_size,
             "target": target if isinstance(target, (str, int)) else "per-image",
             **self.options(),
+            **result.params,
         }
         layer = self.layer_ref
         if layer is not None:

@@ -12,6 +12,8 @@ from ..inputs import BLUR_SIGMA, fill_images
 from .base import GradientMethod, Result, gradient_result
 
 QUADRATURES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
+AUTO_START = 16  # steps="auto": intervals of the first pass, doubled per image until the tolerance is met
+AUTO_CAP = 1024  # ... up to this many (the default max_steps)
 RULES = QUADRATURES  # the old name
 BASELINES = ("black", "blur", "noise")
 
@@ -54,8 +56,17 @@ class IntegratedGradients(GradientMethod):
 
     Parameters
     ----------
-    steps : int
+    steps : int or "auto"
         Intervals of the path (the trapezoid rule evaluates ``steps + 1`` points). Paper: 20–300.
+        ``"auto"``: each image's own, the fewest that meet ``tolerance`` (below).
+    tolerance : float
+        With ``steps="auto"``: the completeness error to reach (default 1 %). Every image starts with
+        :data:`AUTO_START` trapezoid intervals; those above the tolerance are refined by halving every
+        interval, which keeps every point already computed (the trapezoid rule on 2n intervals is the one on
+        n plus the n midpoints), until the tolerance or ``max_steps`` is reached. Images that reach the cap are
+        named in a warning. ``Explanation.params["steps"]`` then lists the steps each image used.
+    max_steps : int
+        With ``steps="auto"``: the cap (default :data:`AUTO_CAP`).
     baseline : "black", "blur", "noise" or array
         ``"black"``: a black image (through ``preprocess`` when given, else zeros); ``"blur"``: the
         image blurred with a Gaussian of σ = ``blur_sigma`` × its size; ``"noise"``: uniform noise over
@@ -77,7 +88,9 @@ class IntegratedGradients(GradientMethod):
         self,
         model,
         *,
-        steps: int = 50,
+        steps: int | str = 50,
+        tolerance: float = 0.01,
+        max_steps: int = AUTO_CAP,
         baseline="black",
         quadrature: str = "trapezoid",
         rule: str | None = None,
@@ -97,15 +110,33 @@ class IntegratedGradients(GradientMethod):
                 stacklevel=3,
             )
             quadrature = rule
+        self.auto = steps == "auto"
+        if self.auto:
+            if quadrature != "trapezoid":
+                raise ValueError(
+                    f"steps='auto' refines the trapezoid rule (its points nest when intervals are halved); got "
+                    f"quadrature={quadrature!r}. Use quadrature='trapezoid' or a fixed number of steps."
+                )
+            if not tolerance > 0:
+                raise ValueError(f"tolerance must be positive, got {tolerance}.")
+            if int(max_steps) < AUTO_START:
+                raise ValueError(f"max_steps must be at least {AUTO_START}, got {max_steps}.")
+            steps = AUTO_START
+        elif isinstance(steps, str):
+            raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}.")
         self.alphas, self.weights = path_nodes(int(steps), quadrature)
         if isinstance(baseline, str) and baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
         self.steps, self.quadrature, self.baseline = int(steps), quadrature, baseline
+        self.tolerance, self.max_steps = float(tolerance), int(max_steps)
         self.blur_sigma, self.seed = float(blur_sigma), seed
 
     def options(self):
         base = self.baseline if isinstance(self.baseline, str) else "array"
-        return {"steps": self.steps, "baseline": base, "quadrature": self.quadrature, "seed": self.seed}
+        opts = {"steps": "auto" if self.auto else self.steps, "baseline": base, "quadrature": self.quadrature}
+        if self.auto:
+            opts.update(tolerance=self.tolerance, max_steps=self.max_steps)
+        return {**opts, "seed": self.seed}
 
     def baselines(self, x: np.ndarray) -> np.ndarray:
         """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space."""
@@ -131,30 +162,90 @@ class IntegratedGradients(GradientMethod):
         shape = (-1,) + (1,) * (x.ndim - 1)
         return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
 
-    def _integrate(self, x, baselines, targets) -> np.ndarray:
-        """Weighted sum of gradients along each path, ``(M, H, W, C)``."""
-        n_steps = len(self.alphas)
+    def _gradient_sums(self, x, baselines, targets, alphas, weights) -> np.ndarray:
+        """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``: the path points of all
+        images packed into the same batches."""
+        n_steps = len(alphas)
         total = np.zeros(x.shape, dtype=np.float32)
         pairs = len(x) * n_steps
         for s in batch_slices(pairs, self.batch_size, progress=self.progress, desc=self.name):
             idx = np.arange(s.start, s.stop)
             img, step = idx // n_steps, idx % n_steps
-            a = self.alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
+            a = alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
             points = baselines[img] + a * (x[img] - baselines[img])
             g = self.engine.input_gradients(points, targets[img]).gradients
-            g = g * self.weights[step].reshape(a.shape)
+            g = g * weights[step].reshape(a.shape)
             # idx is sorted, so each image's steps form one run.
             for i in np.unique(img):
                 total[i] += g[img == i].sum(axis=0)
         return total
 
+    def _integrate(self, x, baselines, targets) -> np.ndarray:
+        """Weighted sum of gradients along each path, ``(M, H, W, C)``."""
+        return self._gradient_sums(x, baselines, targets, self.alphas, self.weights)
+
     def attribute(self, x, targets):
         b = self.baselines(x)
+        if self.auto:
+            targets, scores, _ = self.resolve(x, targets)
+            return self._auto(x, b, targets, scores)[0]
         return (x - b) * self._integrate(x, b, targets)
+
+    def _auto(self, x, b, targets, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """steps="auto": (attributions, steps per image, completeness errors, baseline scores)."""
+        base_scores = self.engine.scores_all(b, targets, self.batch_size)
+        delta = scores - base_scores
+        n = AUTO_START
+        # Σ of the trapezoid's weighted points, times n: the ends count half, every other point once
+        alphas = np.concatenate([[0.0, 1.0], np.arange(1, n) / n]).astype(np.float32)
+        weights = np.concatenate([[0.5, 0.5], np.ones(n - 1)]).astype(np.float32)
+        sums = self._gradient_sums(x, b, targets, alphas, weights)
+        steps = np.full(len(x), n, dtype=np.int64)
+
+        def result(i):
+            return (x[i] - b[i]) * sums[i] / steps[i].reshape((-1,) + (1,) * (x.ndim - 1))
+
+        def errors(i):
+            total = result(i).reshape(len(i), -1).sum(axis=1)
+            return np.abs(total - delta[i]) / np.maximum(np.abs(delta[i]), 1e-12)
+
+        everyone = np.arange(len(x))
+        error = errors(everyone)
+        while True:
+            todo = everyone[(error > self.tolerance) & (steps < self.max_steps)]
+            if not len(todo):
+                break
+            for n in np.unique(steps[todo]):  # images at the same refinement level share their midpoints
+                group = todo[steps[todo] == n]
+                midpoints = (2 * np.arange(n, dtype=np.float32) + 1) / (2 * n)
+                ones = np.ones(n, np.float32)
+                sums[group] += self._gradient_sums(x[group], b[group], targets[group], midpoints, ones)
+                steps[group] = 2 * n
+                error[group] = errors(group)
+        attributions = result(everyone).astype(np.float32)
+        capped = everyone[error > self.tolerance]
+        if len(capped):
+            listed = ", ".join(f"{int(i)} ({error[i]:.1%})" for i in capped[:10])
+            warnings.warn(
+                f"integrated gradients: {len(capped)} image(s) did not reach a completeness error of "
+                f"{self.tolerance:.1%} in {self.max_steps} steps: {listed}{' ...' if len(capped) > 10 else ''}. "
+                "Raise max_steps; a map that never converges can also mean a saturated or discontinuous model.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return attributions, steps, error, base_scores
 
     def compute(self, x, targets, images) -> Result:
         targets, scores, probs = self.resolve(x, targets)
         b = self.baselines(x)
+        if self.auto:
+            attributions, steps, error, base_scores = self._auto(x, b, targets, scores)
+            total = attributions.reshape(len(x), -1).sum(axis=1)
+            return gradient_result(
+                attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
+                extras={"baseline_scores": base_scores, "attribution_sums": total},
+                params={"steps": steps.tolist(), "passes": int((steps + 1).sum())},
+            )  # fmt: skip
         attributions = ((x - b) * self._integrate(x, b, targets)).astype(np.float32)
         base_scores = self.engine.scores_all(b, targets, self.batch_size)
         delta = scores - base_scores
