@@ -188,7 +188,7 @@ def test_compiled_functions_trace_once_per_shape(cnn):
     # explain() in a loop reuses the cached engine and its graphs
     for _ in range(3):
         ce.explain(cnn, images(2), "saliency")
-    engine = ce.engine.engine_for(cnn, None, "logit")
+    engine = ce.Saliency(cnn).engine  # the cached engine explain() used (on the fast layer plan)
     assert engine.tracing_counts() == {("input_gradients", (16, 16, 3)): 1}
 
 
