@@ -87,8 +87,12 @@ def test_smoothgrad_is_the_mean_of_noisy_gradients(cnn, x):
     """Re-derive SmoothGrad by hand from the documented noise stream."""
     samples, noise, seed = 4, 0.2, 7
     exp = ce.explain(cnn, x[:2], "smoothgrad", target=[0, 1], samples=samples, noise=noise, seed=seed)
-    rng = np.random.default_rng(seed)
-    eps = rng.standard_normal((2, samples) + x.shape[1:], dtype=np.float32)
+    import tensorflow as tf
+
+    eps = np.stack(
+        [[tf.random.stateless_normal(x.shape[1:], seed=[seed, i * samples + j]).numpy() for j in range(samples)]
+         for i in range(2)]
+    )  # fmt: skip
     sigma = noise * (x[:2].reshape(2, -1).max(1) - x[:2].reshape(2, -1).min(1))
     grads = []
     for i, t in enumerate([0, 1]):

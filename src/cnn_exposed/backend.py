@@ -88,3 +88,13 @@ def irfft2(real, imag, shape: tuple[int, int]):
 def compiled(fn: Callable) -> Callable:
     """``fn`` compiled into a graph (a plain ``tf.function``): for forward-only helpers outside Engine."""
     return tf.function(own_key(fn))
+
+
+def stateless_noise(shape: tuple, seeds):
+    """Standard normal noise ``(len(seeds), *shape)``, row ``i`` drawn from ``seeds[i]`` (a pair of int32) alone:
+    the same row whatever batch it is drawn in (``tf.random.stateless_normal``, Philox)."""
+    return tf.map_fn(
+        lambda seed: tf.random.stateless_normal(shape, seed=seed),
+        tf.convert_to_tensor(seeds, tf.int32),
+        fn_output_signature=tf.TensorSpec(shape, tf.float32),
+    )

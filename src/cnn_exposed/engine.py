@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .backend import own_key
+from .backend import own_key, stateless_noise
 from .compat import built_input_shape
 from .errors import ModelError
 from .graph import Plan, classifier_head, run_model
@@ -297,6 +297,45 @@ class Engine:
         """The recorded layer's output, the score-space outputs and the probabilities for one batch."""
         self._require_layer()
         return Activations(*self._call(self._fn_activations, x))
+
+    def noisy_moments(self, images, targets, sigma, seeds, segments, times_input: bool = False):
+        """SmoothGrad's inner pass, all in one compiled call: for each copy ``k``, noise drawn from
+        ``seeds[k]`` (:func:`~cnn_exposed.backend.stateless_noise`) scaled by ``sigma`` is added to image
+        ``images[segments[k]]``, and the gradient of ``targets[k]`` at that noisy input (times the input with
+        ``times_input``) is summed per image, as are its squares. Returns ``(sums, squares)``, both
+        ``(len(images), H, W, C)``: only per-image sums leave the graph, not every copy's gradient."""
+        images = np.asarray(images, np.float32)
+        shape = tuple(images.shape[1:])
+        key = ("noisy_moments", times_input, shape)
+        fn = self._compiled.get(key)
+        if fn is None:
+
+            def graph(images, targets, sigma, seeds, segments):
+                noise = stateless_noise(shape, seeds)
+                scale = tf.reshape(tf.gather(sigma, segments), (-1,) + (1,) * len(shape))
+                noisy = tf.gather(images, segments) + scale * noise
+                with tf.GradientTape() as tape:
+                    tape.watch(noisy)
+                    scores, _, _ = self._forward(noisy)
+                    s, _ = self._select(scores, targets)
+                a = tape.gradient(s, noisy)
+                a = a * noisy if times_input else a
+                count = tf.shape(images)[0]
+                return tf.math.unsorted_segment_sum(a, segments, count), tf.math.unsorted_segment_sum(
+                    a * a, segments, count
+                )
+
+            vector = tf.TensorSpec((None,), tf.int32)
+            sig = [
+                tf.TensorSpec((None,) + shape, tf.float32), vector, tf.TensorSpec((None,), tf.float32),
+                tf.TensorSpec((None, 2), tf.int32), vector,
+            ]  # fmt: skip
+            fn = tf.function(own_key(graph), input_signature=sig)
+            self._compiled[key] = fn
+        args = (images, np.asarray(targets, np.int32), np.asarray(sigma, np.float32), np.asarray(seeds, np.int32),
+                np.asarray(segments, np.int32))  # fmt: skip
+        sums, squares = fn(*args)
+        return np.asarray(sums), np.asarray(squares)
 
     def _require_layer(self) -> None:
         if self.layer is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import stateless_noise
 from ..engine import batch_slices
 from .base import GradientMethod, Result, gradient_result
 
@@ -76,6 +77,11 @@ class SmoothGrad(GradientMethod):
     (SmoothGrad), their variance (VarGrad) or the mean of their squares (SquareGrad, Hooker et al.
     2019). Copies of several images are packed into the same batches.
 
+    The noise of sample ``j`` of image ``i`` is ``tf.random.stateless_normal(image shape, seed=(seed, i *
+    samples + j))``: the same whatever the batch size. Wrapping saliency or gradient × input, noise, gradients
+    and the sums over copies run in one compiled pass (:meth:`Engine.noisy_moments`), so the noise is never
+    made, nor each copy's gradient copied out, in NumPy.
+
     Parameters
     ----------
     base : str or GradientMethod class
@@ -146,24 +152,56 @@ class SmoothGrad(GradientMethod):
             **{f"base_{k}": v for k, v in self.base.options().items()},
         }
 
+    def seeds(self, count: int, first: int = 0) -> np.ndarray:
+        """The noise seeds of copies ``first .. first + count - 1`` (copy ``i * samples + j`` is sample ``j``
+        of image ``i``): ``(seed, copy)`` pairs for :func:`~cnn_exposed.backend.stateless_noise`."""
+        copies = np.arange(first, first + count, dtype=np.int64)
+        return np.stack([np.full(count, self.seed, np.int64), copies], axis=1).astype(np.int32)
+
     def attribute(self, x, targets):
-        rng = np.random.default_rng(self.seed)
         span = x.reshape(len(x), -1)
-        sigma = self.noise * (span.max(axis=1) - span.min(axis=1))
-        # Enough images per group to fill a few batches, few enough to bound memory.
+        sigma = (self.noise * (span.max(axis=1) - span.min(axis=1))).astype(np.float32)
+        if type(self.base) in (Saliency, GradientXInput):
+            return self._in_graph(x, targets, sigma)
+        # Any other wrapped method (integrated gradients): the same noise, drawn here, copies in groups.
         group = max(1, (4 * self.batch_size) // self.samples)
         out = np.empty(x.shape, dtype=np.float32)
         for s in batch_slices(len(x), group, progress=self.progress, desc=self.name):
             n = s.stop - s.start
-            eps = rng.standard_normal((n, self.samples) + x.shape[1:], dtype=np.float32)
-            noisy = x[s, None] + eps * sigma[s, None, None, None, None].astype(np.float32)
+            eps = np.asarray(stateless_noise(x.shape[1:], self.seeds(n * self.samples, s.start * self.samples)))
+            eps = eps.reshape((n, self.samples) + x.shape[1:])
+            noisy = x[s, None] + eps * sigma[s, None, None, None, None]
             noisy = noisy.reshape((n * self.samples,) + x.shape[1:])
             a = self.base.attribute(noisy, np.repeat(targets[s], self.samples))
             a = a.reshape((n, self.samples) + x.shape[1:])
-            if self.reduction == "mean":
-                out[s] = a.mean(axis=1)
-            elif self.reduction == "vargrad":
-                out[s] = a.var(axis=1)
-            else:
-                out[s] = np.square(a).mean(axis=1)
+            out[s] = self._reduce(a.sum(axis=1, dtype=np.float64), np.square(a).sum(axis=1, dtype=np.float64))
         return out
+
+    def _in_graph(self, x, targets, sigma):
+        """Saliency and gradient x input: noise, gradients and the sums over copies in one compiled pass
+        (:meth:`Engine.noisy_moments`), so only one sum per image and batch leaves it."""
+        times_input = type(self.base) is GradientXInput
+        engine = self.base.engine
+        sums = np.zeros(x.shape, np.float64)
+        squares = np.zeros(x.shape, np.float64)
+        total = len(x) * self.samples
+        for s in batch_slices(total, self.batch_size, progress=self.progress, desc=self.name):
+            copy = np.arange(s.start, s.stop)
+            image = copy // self.samples
+            first, last = int(image[0]), int(image[-1]) + 1
+            a, a2 = engine.noisy_moments(
+                x[first:last], targets[image], sigma[first:last], self.seeds(len(copy), s.start), image - first,
+                times_input,
+            )  # fmt: skip
+            sums[first:last] += a
+            squares[first:last] += a2
+        return self._reduce(sums, squares)
+
+    def _reduce(self, sums: np.ndarray, squares: np.ndarray) -> np.ndarray:
+        """Mean, variance (VarGrad) or mean square (SquareGrad) over the copies, from their sums."""
+        mean = sums / self.samples
+        if self.reduction == "mean":
+            return mean.astype(np.float32)
+        if self.reduction == "vargrad":
+            return np.maximum(squares / self.samples - mean * mean, 0.0).astype(np.float32)
+        return (squares / self.samples).astype(np.float32)
