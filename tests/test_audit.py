@@ -145,21 +145,26 @@ class _CountingImages:
         return self.array[index]
 
 
-def test_the_audit_streams_its_images_and_files_give_the_same_result(tmp_path, demo_audit):
+def test_the_audit_streams_its_images_and_files_give_the_same_result(tmp_path, demo_audit, monkeypatch):
+    import importlib
+
     from PIL import Image
 
-    from cnn_exposed.audit import LISTED, MAX_SET, MAX_TESTED
-
+    module = importlib.import_module("cnn_exposed.audit")  # (cnn_exposed.audit is the function)
+    # the bounds on what a candidate reads again, made small, so that "bounded" is tested, not assumed
+    for name, value in {"MAX_TESTED": 8, "LISTED": 16, "MAX_SET": 8, "TCAV_TARGETS": 12}.items():
+        monkeypatch.setattr(module, name, value)
     loaded, _, _ = demo_audit
     clean, clean_labels, _ = ce.demo.generate(60, "clean", seed=8)
     trap, trap_labels, _ = ce.demo.generate(20, "trap", seed=8)
     images, labels = np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels])
     counting = _CountingImages(images)
     from_array = audit(loaded.model, counting, labels, preprocess=loaded.preprocess, batch_size=16, progress=False)
-    assert max(counting.reads[: len(images) // 16]) == 16  # the explaining pass: one batch at a time
-    assert sum(counting.reads[: -(-len(images) // 16)]) == len(images)  # each image read once
-    # later reads: a candidate's tested or shown images, or TCAV's random regions; bounded whatever the count
-    assert max(counting.reads[-(-len(images) // 16) :]) <= max(MAX_TESTED, LISTED, 2 * MAX_SET)
+    batches = -(-len(images) // 16)
+    assert counting.reads[:batches] == [16] * batches  # the explaining pass: one batch at a time, each image once
+    assert len(counting.reads) > batches  # then the candidates' images are read again ...
+    assert max(counting.reads) <= 16  # ... never more than the bounds allow (2 x MAX_SET for TCAV's random pool)
+    assert max(c.tested for c in from_array.candidates) == 8 and any(c.tcav for c in from_array.candidates)
     paths = []
     for i, img in enumerate(images):
         paths.append(tmp_path / f"{i:03d}.png")

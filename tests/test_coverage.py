@@ -94,8 +94,8 @@ def fast_plan_problems(model: keras.Model, x: np.ndarray, tolerance: float = 1e-
     """The gradient methods' fast layer plan (batch norm folded, padding inside the convolution, transposed
     convolutions for stride-1 backward passes) against the model's own layers: the input gradient, which runs
     back through every layer the plan rewrites, must agree to ``tolerance`` of its largest value."""
-    from cnn_exposed.attribution.base import GRADIENT_RULES
     from cnn_exposed.engine import Engine, engine_for
+    from cnn_exposed.rules import GRADIENT_RULES
 
     targets = np.array([0, 2], np.int32)
     expected = Engine(model).input_gradients(x, targets).gradients  # no rules: the model's own layers

@@ -145,8 +145,8 @@ def test_auto_steps_name_the_images_that_reach_the_cap():
 def test_the_fast_layer_plan_leaves_layers_it_does_not_know_alone():
     import keras
 
-    from cnn_exposed.attribution.base import GRADIENT_RULES
     from cnn_exposed.engine import Engine
+    from cnn_exposed.rules import GRADIENT_RULES
 
     class Swish(keras.layers.Layer):  # a user's own layer: no rule knows it
         def call(self, x):

@@ -30,13 +30,14 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .attribution import explain
+from .attribution import method_class
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
 from .images import read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .plotting import to_uint8
+from .rules import GRADIENT_RULES
 from .tcav import MAX_SET, TCAVResult, tcav
 
 CROP_SIDE = 48  # pixels of the attended crops kept per image, for the report
@@ -52,6 +53,7 @@ LISTED_CANDIDATES = 20
 PAGE = 10  # candidates per report page
 ALPHA = 0.05  # significance level of the flip test and of TCAV
 TCAV_CANDIDATES = 5  # the leading candidates whose crops are tested as a concept
+TCAV_TARGETS = 100  # ... on at most this many images of the predicted class (a seeded sample)
 
 
 @dataclass
@@ -490,13 +492,14 @@ def audit(
         then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    engine = engine_for(model)
+    explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
+    engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     shape = engine.input_shape
     source = _Images(images, tuple(shape[:2]) if None not in shape[:2] else None)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(source):
         raise InputError(f"Got {len(labels)} labels for {len(source)} images: give one true class per image.")
-    feature_engine = engine_for(model, find_last_spatial_layer(model))
+    feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
     rng = np.random.default_rng(seed)
     projection = None
     kept, boxes, controls, predictions, features, skipped = [], [], [], [], [], []
@@ -506,7 +509,7 @@ def audit(
         if not len(ok):
             continue
         display, x = prepare_images(raw, shape, preprocess)
-        exp = explain(model, x, method, batch_size=batch_size, progress=False)
+        exp = explainer.explain(x)
         b = np.stack([attended_box(m, x.shape[1:3]) for m in exp.maps])
         f = _crop_features(feature_engine, x, b, batch_size)
         if projection is None and f.shape[1] > FEATURE_DIMS:
@@ -568,27 +571,29 @@ def audit(
     # Evidence for the leading candidates: their crops as a concept (TCAV), and more of their images.
     random_pool = None
     for rank, cand in enumerate(tqdm(candidates, desc="audit: concepts", disable=not progress, leave=False)):
-        if rank < LISTED_CANDIDATES and len(cand.indices) > SHOWN:
-            listed = cand.indices[:LISTED]
-            display, _ = read(listed)
-            cand.thumbnails = np.stack([_thumbnail(img, box) for img, box in zip(display, box_all[listed])])
-        if rank >= TCAV_CANDIDATES or not cand.significant:
-            continue
+        listing = rank < LISTED_CANDIDATES and len(cand.indices) > SHOWN
         target = np.nonzero((true == cand.predicted_class) & (predicted == cand.predicted_class))[0]
-        if len(target) < 10 or len(cand.indices) < 5:  # too few for a concept test: the flip test stands alone
+        # too few for a concept test (or not significant, or not leading): the flip test stands alone
+        testing = rank < TCAV_CANDIDATES and cand.significant and len(target) >= 10 and len(cand.indices) >= 5
+        if not (listing or testing):
+            continue
+        members = cand.indices[: max(LISTED if listing else 0, MAX_SET if testing else 0)]
+        display, _ = read(members)  # once, for both the thumbnails and the concept
+        if listing:
+            listed = slice(0, LISTED)
+            cand.thumbnails = np.stack([_thumbnail(i, b) for i, b in zip(display[listed], box_all[members][listed])])
+        if not testing:
             continue
         if random_pool is None:
             chosen = np.sort(rng.choice(len(rows), min(len(rows), 2 * MAX_SET), replace=False))
-            display, _ = read(chosen)
-            random_pool = _regions(display, control_all[chosen], shape)
-        target = target if len(target) <= 100 else np.sort(rng.choice(target, 100, replace=False))
-        concept_display, _ = read(cand.indices[:MAX_SET])
-        target_display, _ = read(target)
+            random_pool = _regions(read(chosen)[0], control_all[chosen])
+        if len(target) > TCAV_TARGETS:
+            target = np.sort(rng.choice(target, TCAV_TARGETS, replace=False))
+        concept = _regions(display[:MAX_SET], box_all[members[:MAX_SET]])
         try:
             cand.tcav = tcav(
-                model, None, _regions(concept_display, box_all[cand.indices[:MAX_SET]], shape), target_display,
-                cand.predicted_class, random_images=random_pool, preprocess=preprocess, seed=seed,
-                batch_size=batch_size,
+                model, None, concept, read(target)[0], cand.predicted_class, random_images=random_pool,
+                preprocess=preprocess, seed=seed, batch_size=batch_size,
             )  # fmt: skip
         except InputError:  # too few images for a concept test: the flip test stands alone
             cand.tcav = None
@@ -601,12 +606,12 @@ def audit(
     return Audit(candidates, predicted, true, names, params, skipped, files)
 
 
-def _regions(display: np.ndarray, boxes: np.ndarray, shape: tuple) -> np.ndarray:
-    """Each image's box cut out and resized to the model's input size (raw values, not preprocessed)."""
-    h, w = display.shape[1:3]
+def _regions(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each image's box cut out and resized to the image's size (bilinear): what the model sees of it alone."""
+    h, w = images.shape[1:3]
     out = [
-        resize_image(np.asarray(img[y0:y1, x0:x1]), (h, w)).reshape(h, w, -1)
-        for img, (y0, x0, y1, x1) in zip(display, boxes)
+        cv2.resize(np.asarray(img[y0:y1, x0:x1]), (w, h), interpolation=cv2.INTER_LINEAR).reshape(img.shape)
+        for img, (y0, x0, y1, x1) in zip(images, boxes)
     ]
     return np.stack(out)
 
@@ -633,13 +638,7 @@ def _thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
 def _crop_features(engine, x: np.ndarray, boxes: np.ndarray, batch_size: int) -> np.ndarray:
     """What each attended region looks like to the model: the region cut out and resized to the model's
     input, through the last spatial layer (``engine``'s layer), averaged over space ``(N, channels)``."""
-    h, w = x.shape[1:3]
-    regions = np.stack(
-        [
-            cv2.resize(img[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_LINEAR).reshape(img.shape)
-            for img, (y0, x0, y1, x1) in zip(x, boxes)
-        ]
-    ).astype(np.float32)
+    regions = _regions(x, boxes).astype(np.float32)
     acts = engine.map_batches(engine.activations, (regions,), batch_size).activations
     return acts.reshape(len(x), -1, acts.shape[-1]).mean(axis=1)
 

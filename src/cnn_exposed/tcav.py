@@ -51,6 +51,7 @@ from .errors import InputError
 from .images import resize_image
 from .inputs import as_batch, prepare_images
 from .layers import LayerRef, find_last_spatial_layer, is_nested_model, is_spatial, iter_layers, resolve_layer
+from .rules import GRADIENT_RULES
 from .targets import class_count
 
 MAX_SET = 50  # images per concept or random set in one run (Kim et al. use 50)
@@ -259,7 +260,7 @@ def tcav(
         raise InputError(f"runs must be at least 2 for a significance test, got {runs}.")
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     ref = concept_layer(model) if layer is None else resolve_layer(model, layer)
-    engine = engine_for(model, ref, score="log_probability")
+    engine = engine_for(model, ref, "log_probability", GRADIENT_RULES)
     classes = class_count(engine.head.units)
     if not 0 <= int(target_class) < classes:
         raise InputError(f"target_class {target_class} is not a class of this {classes}-class model.")

@@ -12,10 +12,8 @@ from ..engine import DEFAULT_BATCH_SIZE, engine_for
 from ..explanation import Explanation, channel_max_abs, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
-from ..rules import RuleSet
+from ..rules import GRADIENT_RULES
 from ..targets import resolve_predicted, resolve_targets
-
-GRADIENT_RULES = RuleSet("gradient")
 
 
 @dataclass

@@ -27,6 +27,6 @@ feature visualisation both build on it; it depends on neither.
 from __future__ import annotations
 
 from .lrp import LRP_RULES
-from .ruleset import DEFAULT_COMPOSITE, RuleSet
+from .ruleset import DEFAULT_COMPOSITE, GRADIENT_RULES, RuleSet
 
-__all__ = ["DEFAULT_COMPOSITE", "LRP_RULES", "RuleSet"]
+__all__ = ["DEFAULT_COMPOSITE", "GRADIENT_RULES", "LRP_RULES", "RuleSet"]

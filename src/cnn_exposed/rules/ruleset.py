@@ -272,6 +272,11 @@ class RuleSet:
         return factory
 
 
+GRADIENT_RULES = RuleSet("gradient")
+"""The fast layer plan with the plain gradient: what every engine that needs no other rules runs on (the
+gradient methods, the CAMs, the audit's passes, TCAV), shared so that they share cached engines."""
+
+
 def _refuse_nodes_without_rule(refs: list, operations: list) -> None:
     """Raise for the first layer, else the first ``keras.ops`` operation, that LRP has no rule for."""
     layer = next((r for r in refs if layer_kind(r.layer) == "unsupported"), None)

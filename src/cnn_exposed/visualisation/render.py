@@ -131,7 +131,7 @@ class ObjectiveRunner:
         redirect_relu: bool = True,
         colour: tuple | None = None,
     ) -> None:
-        from ..rules import RuleSet
+        from ..rules import GRADIENT_RULES, RuleSet
 
         self.model, self.objective, self.preprocess = model, objective, preprocess
         self.channels = input_channels(model)
@@ -145,7 +145,7 @@ class ObjectiveRunner:
         # it, zero padding done inside the convolution after it, stride-1 convolutions differentiated by a
         # transposed forward convolution; see RuleSet.replacements)...
         keep = tuple(self.refs.values())
-        fast = RuleSet("gradient").replacements(model, head, keep)
+        fast = GRADIENT_RULES.replacements(model, head, keep)
         self.plan = Plan(record=record, logits=head, replace=fast, stop_when_recorded=stop)
         # ... and for the first steps, ReLUs with Lucid's redirected gradient (same forward pass)
         replace = RuleSet("redirect").replacements(model, head, keep) if redirect_relu else fast
