@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, notebook, visualisation  # submodules as attributes: ce.metrics, ...
+from . import bundled, images, metrics, notebook, sources, visualisation  # submodules as attributes: ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -25,6 +25,7 @@ from .attribution import (
     ScoreCAM,
     SmoothGrad,
     explain,
+    explain_batches,
 )
 from .audit import Audit, Candidate, audit
 from .engine import Engine
@@ -94,6 +95,7 @@ __all__ = [
     "demo",
     "draw_map",
     "explain",
+    "explain_batches",
     "find_last_spatial_layer",
     "images",
     "list_layers",
@@ -112,6 +114,7 @@ __all__ = [
     "save_png",
     "tcav",
     "signed_maps",
+    "sources",
     "to_uint8",
     "visualise_classes",
     "visualisation",

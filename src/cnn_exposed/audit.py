@@ -30,10 +30,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import sources
 from .attribution import method_class
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
-from .images import read_image, resize_image
+from .images import collect_images, read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .plotting import to_uint8
@@ -459,7 +460,7 @@ def flip_p_value(flipped: np.ndarray, control_flipped: np.ndarray) -> float:
 def audit(
     model,
     images,
-    labels,
+    labels=None,
     *,
     preprocess=None,
     class_names=None,
@@ -474,11 +475,17 @@ def audit(
     Parameters
     ----------
     model : keras.Model
-    images : (N, H, W, C) array, array-like, or list of image file paths
+    images : (N, H, W, C) array, array-like, image files, or a dataset, PyDataset or iterable of batches
         In the model's own value range, or raw pixels when ``preprocess`` is given. Arrays may be memory
-        maps; files are read a batch at a time (unreadable ones are reported in ``Audit.skipped``).
-    labels : (N,) int
-        The true class of every image.
+        maps; files (a list, or a folder of class sub-folders) are read a batch at a time (unreadable ones
+        are reported in ``Audit.skipped``). A ``tf.data.Dataset``, ``keras.utils.PyDataset`` or any iterable of
+        batches (a generator too: see :mod:`cnn_exposed.sources`) is read once, and its images spooled to a
+        temporary file on disk (deleted before this returns) from which the candidates' images are read
+        again: memory stays bounded by the batch, the disk holds the images (as uint8 when they are
+        integer-valued pixels, as ``image_dataset_from_directory`` gives them).
+    labels : (N,) int, or None
+        The true class of every image; None: the labels that come with the images (a dataset's
+        ``(images, labels)`` batches, sparse or one-hot; a folder's class sub-folders).
     method : str
         The attribution method whose map points at the attended region (any of :data:`cnn_exposed.METHODS`).
     min_group : int
@@ -492,15 +499,80 @@ def audit(
         then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
-    engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
-    shape = engine.input_shape
-    source = _Images(images, tuple(shape[:2]) if None not in shape[:2] else None)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    with sources.temporary_folder() as spool_folder:
+        source, labels = _source(model, images, labels, batch_size, spool_folder)
+        try:
+            return _audit(model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group)
+        finally:
+            if isinstance(source.array, sources.Spooled):
+                source.array.close()
+
+
+def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np.ndarray]:
+    """The audited images as an :class:`_Images` reader (a dataset or iterable spooled to ``folder``), and one
+    true class per image (given, or those that came with the images)."""
+    shape = engine_for(model, None, "logit", GRADIENT_RULES).input_shape
+    size = tuple(shape[:2]) if None not in shape[:2] else None
+    known = None
+    what = sources.kind(images)
+    if what in ("dataset", "pydataset", "batches"):
+        images, known = sources.spool(images, folder, batch_size=batch_size, names=sources.input_names(model))
+    elif what == "files" and isinstance(images, (str, Path)):  # a folder: its files, labelled by class folders
+        found, _ = collect_images([images])
+        images = [f.path for f in found]
+        known = np.asarray([f.label for f in found]) if found and all(f.label is not None for f in found) else None
+    source = _Images(images, size)
+    if labels is None and known is None:
+        raise InputError(
+            "The audit needs the true class of every image: give labels=..., or images that come with them (a "
+            "dataset of (images, labels) batches, or a folder of class sub-folders)."
+        )
+    labels = np.asarray(known if labels is None else labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(source):
         raise InputError(f"Got {len(labels)} labels for {len(source)} images: give one true class per image.")
-    feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
+    return source, labels
+
+
+@dataclass
+class _Pass:
+    """What the explaining pass keeps of every audited image."""
+
+    rows: np.ndarray  # audited image -> position in the given images
+    boxes: np.ndarray
+    controls: np.ndarray
+    predicted: np.ndarray
+    features: np.ndarray
+    skipped: list
+
+
+def _audit(model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group) -> Audit:
+    explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
+    engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     rng = np.random.default_rng(seed)
+    found = _explaining_pass(model, source, explainer, preprocess, batch_size, rng, seed, progress)
+    true = labels[found.rows]
+    groups = _groups(true, found.predicted, found.features, min_group, seed)
+    read = _Reader(source, found.rows, engine.input_shape, preprocess)
+    candidates = [
+        _tested(t, p, idx, read, engine, found, rng, batch_size)
+        for t, p, idx in tqdm(groups, desc="audit: testing", disable=not progress, leave=False)
+    ]
+    candidates.sort(key=lambda c: (not c.significant, -c.effect, c.kind != "mistake", -len(c.indices)))
+    _add_evidence(model, candidates, read, found, true, rng, preprocess, seed, batch_size, progress)
+    names = list(class_names) if class_names is not None else None
+    params = {
+        "method": method, "seed": seed, "min_group": min_group, "blur_sigma": "1/16 of the longer side",
+        "max_tested": MAX_TESTED, "alpha": ALPHA,
+    }  # fmt: skip
+    files = [source.files[i] for i in found.rows] if source.files is not None else None
+    return Audit(candidates, found.predicted, true, names, params, found.skipped, files)
+
+
+def _explaining_pass(model, source, explainer, preprocess, batch_size, rng, seed, progress) -> _Pass:
+    """Every image read a batch at a time, explained, and forgotten but for its prediction, attended and
+    control boxes, and (projected) crop features."""
+    feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
+    shape = explainer.engine.input_shape
     projection = None
     kept, boxes, controls, predictions, features, skipped = [], [], [], [], [], []
     for part in batch_slices(len(source), batch_size, progress=progress, desc="audit: explaining"):
@@ -521,55 +593,60 @@ def audit(
         features.append((f @ projection if projection is not None else f).astype(np.float32))
     if not kept:
         raise InputError(f"None of the {len(source)} images could be read.")
-    rows = np.concatenate(kept)  # audited image -> position in the given images
-    box_all, control_all = np.concatenate(boxes), np.concatenate(controls)
-    predicted, feature_all, true = np.concatenate(predictions), np.concatenate(features), labels[rows]
+    return _Pass(
+        np.concatenate(kept), np.concatenate(boxes), np.concatenate(controls), np.concatenate(predictions),
+        np.concatenate(features), skipped,
+    )  # fmt: skip
 
+
+def _groups(true: np.ndarray, predicted: np.ndarray, features: np.ndarray, min_group: int, seed: int) -> list:
+    """(true class, predicted class, audited images) of every cluster of a (true, predicted) group that has at
+    least ``min_group`` images."""
     groups = []
     for t in np.unique(true):
         for p in np.unique(predicted[true == t]):
             members = np.nonzero((true == t) & (predicted == p))[0]
             if len(members) < min_group:
                 continue
-            clusters = _clusters(feature_all[members], seed)
+            clusters = _clusters(features[members], seed)
             for c in np.unique(clusters):
                 if (clusters == c).sum() >= min_group:
                     groups.append((int(t), int(p), members[clusters == c]))
+    return groups
 
-    def read(audited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw, ok, _ = source.read(rows[audited])
+
+class _Reader:
+    """Audited images read again (by their audited position), as model input and for display."""
+
+    def __init__(self, source: _Images, rows: np.ndarray, shape: tuple, preprocess):
+        self.source, self.rows, self.shape, self.preprocess = source, rows, shape, preprocess
+
+    def __call__(self, audited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw, ok, _ = self.source.read(self.rows[audited])
         if len(ok) != len(audited):
             raise InputError("An image that was read a moment ago cannot be read any more; is the folder changing?")
-        return prepare_images(raw, shape, preprocess)
+        return prepare_images(raw, self.shape, self.preprocess)
 
-    candidates = []
-    for t, p, idx in tqdm(groups, desc="audit: testing", disable=not progress, leave=False):
-        tested = idx if len(idx) <= MAX_TESTED else np.sort(rng.choice(idx, MAX_TESTED, replace=False))
-        _, x = read(tested)
-        flipped, control_flipped = _flips(engine, x, box_all[tested], control_all[tested], t, p, batch_size)
-        first = idx[:MAX_SET]
-        display, _ = read(first)
-        crops = np.stack([_crop(img, box) for img, box in zip(display, box_all[first])])
-        thumbs = np.stack([_thumbnail(img, box) for img, box in zip(display[:SHOWN], box_all[first[:SHOWN]])])
-        candidates.append(
-            Candidate(
-                t,
-                p,
-                "correct" if t == p else "mistake",
-                idx,
-                box_all[idx],
-                crops,
-                float(flipped.mean()),
-                float(control_flipped.mean()),
-                thumbs,
-                flip_p_value(flipped, control_flipped),
-                len(tested),
-            )  # fmt: skip
-        )
-    candidates.sort(key=lambda c: (not c.significant, -c.effect, c.kind != "mistake", -len(c.indices)))
 
-    # Evidence for the leading candidates: their crops as a concept (TCAV), and more of their images.
+def _tested(t: int, p: int, idx: np.ndarray, read: _Reader, engine, found: _Pass, rng, batch_size: int) -> Candidate:
+    """A candidate of images ``idx``: its flip test (on at most :data:`MAX_TESTED` of them), crops, thumbnails."""
+    tested = idx if len(idx) <= MAX_TESTED else np.sort(rng.choice(idx, MAX_TESTED, replace=False))
+    _, x = read(tested)
+    flipped, control_flipped = _flips(engine, x, found.boxes[tested], found.controls[tested], t, p, batch_size)
+    first = idx[:MAX_SET]
+    display, _ = read(first)
+    crops = np.stack([_crop(img, box) for img, box in zip(display, found.boxes[first])])
+    thumbs = np.stack([_thumbnail(img, box) for img, box in zip(display[:SHOWN], found.boxes[first[:SHOWN]])])
+    return Candidate(
+        t, p, "correct" if t == p else "mistake", idx, found.boxes[idx], crops, float(flipped.mean()),
+        float(control_flipped.mean()), thumbs, flip_p_value(flipped, control_flipped), len(tested),
+    )  # fmt: skip
+
+
+def _add_evidence(model, candidates, read, found, true, rng, preprocess, seed, batch_size, progress) -> None:
+    """Evidence for the leading candidates: their crops as a concept (TCAV), and more of their images."""
     random_pool = None
+    box_all, predicted = found.boxes, found.predicted
     for rank, cand in enumerate(tqdm(candidates, desc="audit: concepts", disable=not progress, leave=False)):
         listing = rank < LISTED_CANDIDATES and len(cand.indices) > SHOWN
         target = np.nonzero((true == cand.predicted_class) & (predicted == cand.predicted_class))[0]
@@ -585,8 +662,8 @@ def audit(
         if not testing:
             continue
         if random_pool is None:
-            chosen = np.sort(rng.choice(len(rows), min(len(rows), 2 * MAX_SET), replace=False))
-            random_pool = _regions(read(chosen)[0], control_all[chosen])
+            chosen = np.sort(rng.choice(len(found.rows), min(len(found.rows), 2 * MAX_SET), replace=False))
+            random_pool = _regions(read(chosen)[0], found.controls[chosen])
         if len(target) > TCAV_TARGETS:
             target = np.sort(rng.choice(target, TCAV_TARGETS, replace=False))
         concept = _regions(display[:MAX_SET], box_all[members[:MAX_SET]])
@@ -597,13 +674,6 @@ def audit(
             )  # fmt: skip
         except InputError:  # too few images for a concept test: the flip test stands alone
             cand.tcav = None
-    names = list(class_names) if class_names is not None else None
-    params = {
-        "method": method, "seed": seed, "min_group": min_group, "blur_sigma": "1/16 of the longer side",
-        "max_tested": MAX_TESTED, "alpha": ALPHA,
-    }  # fmt: skip
-    files = [source.files[i] for i in rows] if source.files is not None else None
-    return Audit(candidates, predicted, true, names, params, skipped, files)
 
 
 def _regions(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -77,6 +77,17 @@ class Explanation:
     signed : bool
         Whether the method's attributions carry a meaningful sign (LRP, gradient × input, integrated
         gradients): plots then draw :attr:`signed_maps` with a diverging colormap centred at zero.
+    labels : (M,) int or None
+        The true class of each map's image, when the images came with labels (a dataset of
+        ``(images, labels)``, a folder of class sub-folders).
+    files : list of Path or None
+        Each map's image file, when files were explained.
+    skipped : list of (file, reason)
+        Files that could not be read and were left out.
+
+    For a dataset, PyDataset, iterable or files, :attr:`image_index` counts positions in the whole source
+    (for files: in the list, so skipped files leave gaps), also in the per-batch explanations of
+    :func:`cnn_exposed.explain_batches`.
     """
 
     maps: np.ndarray
@@ -94,6 +105,9 @@ class Explanation:
     completeness_error: np.ndarray | None = None
     extras: dict = field(default_factory=dict)
     signed: bool = False
+    labels: np.ndarray | None = None
+    files: list | None = None
+    skipped: list = field(default_factory=list)
 
     @property
     def signed_maps(self) -> np.ndarray | None:
@@ -127,3 +141,53 @@ def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return maps.copy()
     height, width = size
     return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def _joined(parts: list):
+    """Per-map arrays of several batches joined (dicts of arrays key by key); None when any part has none."""
+    if any(p is None for p in parts):
+        return None
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def _merged_params(explanations: list) -> dict:
+    """Settings of several batches: equal values kept, per-image lists joined, counts (IG's passes) added."""
+    params = dict(explanations[0].params)
+    for key, value in params.items():
+        values = [e.params.get(key) for e in explanations]
+        if all(v == value for v in values):
+            continue
+        if all(isinstance(v, list) for v in values):
+            params[key] = [item for v in values for item in v]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            params[key] = sum(values)
+    return params
+
+
+def concatenate(explanations: list) -> Explanation:
+    """One :class:`Explanation` of several (the batches of one source, in order)."""
+    if not explanations:
+        raise ValueError("Nothing to concatenate: no explanations.")
+    if len(explanations) == 1:
+        return explanations[0]
+    first = explanations[0]
+
+    def joined(name: str):
+        return _joined([getattr(e, name) for e in explanations])
+
+    extras = {}
+    for key, value in first.extras.items():
+        values = [e.extras.get(key) for e in explanations]
+        per_map = all(isinstance(v, np.ndarray) and v.ndim and len(v) == len(e) for v, e in zip(values, explanations))
+        extras[key] = np.concatenate(values) if per_map else value
+    files = None if first.files is None else [f for e in explanations for f in (e.files or [])]
+    return Explanation(
+        maps=joined("maps"), attributions=joined("attributions"), targets=joined("targets"),
+        scores=joined("scores"), method=first.method, params=_merged_params(explanations), images=joined("images"),
+        image_index=joined("image_index"), probabilities=joined("probabilities"), raw_maps=joined("raw_maps"),
+        layer=first.layer, layer_maps=joined("layer_maps"), completeness_error=joined("completeness_error"),
+        extras=extras, signed=first.signed, labels=joined("labels"), files=files,
+        skipped=[s for e in explanations for s in e.skipped],
+    )  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from . import sources
 from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
@@ -103,14 +104,40 @@ def _curves(
     patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None,
 ) -> Curves:  # fmt: skip
     engine = engine_for(model, None, score)
-    _, x = prepare_images(images, engine.input_shape, preprocess)
     maps = np.asarray(maps, dtype=np.float32)
-    if maps.shape != x.shape[:3]:
-        raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]}.")
-    n, h, w = maps.shape
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    outputs, _ = engine.predict_all(x, batch_size)
-    targets = one_per_image(target, outputs)
+    parts, done = [], 0
+    for batch in _batches(images, engine, batch_size):
+        _, x = prepare_images(batch.images, engine.input_shape, preprocess)
+        part = maps[done : done + len(x)]
+        if part.shape != x.shape[:3]:
+            raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]} (one per image).")
+        positions = np.arange(done, done + len(x))
+        outputs, _ = engine.predict_all(x, batch_size)
+        targets = one_per_image(sources.batch_target(target, batch, positions), outputs)
+        parts.append((_curve_scores(engine, x, part, targets, mode, steps, patch, fill, batch_size), targets))
+        done += len(x)
+    if done != len(maps):
+        raise ValueError(
+            f"maps {maps.shape} must be (N, H, W) like the images: got {len(maps)} maps for {done} images."
+        )
+    fractions = parts[0][0][0]
+    scores = np.concatenate([p[0][1] for p in parts])
+    auc = trapezoid(scores, fractions, axis=1)
+    return Curves(fractions, scores, auc, mode, np.concatenate([p[1] for p in parts]))
+
+
+def _batches(images, engine, batch_size: int):
+    """The images of any source (:mod:`cnn_exposed.sources`); an array in one piece, as the metrics always took
+    it, anything else a batch at a time."""
+    shape = engine.input_shape
+    size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
+    return sources.iter_batches(images, batch_size=batch_size, size=size, whole_arrays=True)
+
+
+def _curve_scores(engine, x, maps, targets, mode, steps, patch, fill, batch_size) -> tuple[np.ndarray, np.ndarray]:
+    """(fractions, scores (n, steps + 1)) of one batch's deletion or insertion curves."""
+    n, h, w = maps.shape
     # rank patches by their mean attribution (ties broken by position: reproducible)
     gh, gw = -(-h // patch), -(-w // patch)
     padded = np.zeros((n, gh * patch, gw * patch), np.float32)
@@ -128,16 +155,18 @@ def _curves(
             pixel_mask = np.kron(chosen.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
             variants[i * (steps + 1) + k] = np.where(pixel_mask[..., None], end[i], start[i])
     scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
-    scores = scores.reshape(n, steps + 1)
-    fractions = counts / (gh * gw)
-    auc = trapezoid(scores, fractions, axis=1)
-    return Curves(fractions, scores, auc, mode, targets)
+    return counts / (gh * gw), scores.reshape(n, steps + 1)
 
 
 def deletion_curve(model, images, maps, **options) -> Curves:
     """Remove the most attributed patches first (filling them with ``fill``) and follow the target's score.
 
-    Options: ``target`` ("predicted" or indices), ``preprocess``, ``steps`` (points after the start, 16),
+    ``images``: an array, or any source :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a PyDataset, an
+    iterable of batches, files), processed a batch at a time; ``maps`` holds one map per image, in order (what
+    :func:`cnn_exposed.explain` returns for the same images).
+
+    Options: ``target`` ("predicted", "true" for the labels that come with the images, or one index per map),
+    ``preprocess``, ``steps`` (points after the start, 16),
     ``patch`` (pixels per side of the removed cells, 4), ``fill`` ("blur" default, "mean", "zeros" or a
     number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``. All
     the modified images are evaluated in batches. A low area under the curve means a faithful map.
@@ -272,14 +301,18 @@ def randomisation_check(
     """Re-initialise layers from the top down (``cascading``) or one at a time, and compare the maps.
 
     The user's model is not touched: a clone carries the randomised weights. ``explain_fn`` is a method
-    name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. The target is
+    name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. ``images``: an array
+    or any source :mod:`cnn_exposed.sources` reads (read into memory: the maps of every step are kept). The target is
     fixed to the original model's prediction, so only the weights change.
     """
     import keras
 
     from .attribution import explain
 
-    x = np.asarray(images)
+    x, labels = sources.collect(images)  # every image is explained again after each step: held at once
+    if isinstance(target, str) and target == "true":
+        target = sources.batch_target(target, sources.Batch(None, labels, np.arange(len(x))))
+    x = np.asarray(x)
     if isinstance(explain_fn, str):
         name = explain_fn
 
@@ -327,15 +360,21 @@ def randomisation_check(
 
 def random_target_check(model, images, method: str, *, seed: int = 0, preprocess=None, **method_options) -> np.ndarray:
     """Spearman correlation ``(N,)`` between each image's map for its predicted class and for a random other
-    class. High values mean the method hardly depends on the class it is asked to explain."""
-    from .attribution import explain
+    class. High values mean the method hardly depends on the class it is asked to explain.
 
-    pred = explain(model, images, method, preprocess=preprocess, progress=False, **method_options)
-    k = pred.probabilities.shape[1]
+    ``images``: an array or any source :mod:`cnn_exposed.sources` reads, explained a batch at a time (the
+    random classes are drawn image by image in order, so the result does not depend on the batching)."""
+    from .attribution import make_method
+
+    explainer = make_method(model, method, preprocess=preprocess, progress=False, **method_options)
     rng = np.random.default_rng(seed)
-    other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
-    rand = explain(model, images, method, target=other, preprocess=preprocess, progress=False, **method_options)
-    return spearman(pred.maps, rand.maps)
+    out = []
+    for batch in _batches(images, explainer.engine, explainer.batch_size):
+        pred = explainer.explain(batch.images)
+        k = pred.probabilities.shape[1]
+        other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
+        out.append(spearman(pred.maps, explainer.explain(batch.images, target=other).maps))
+    return np.concatenate(out)
 
 
 def compare_methods(
@@ -343,32 +382,41 @@ def compare_methods(
     sanity: bool = False, options: dict | None = None, curve_options: dict | None = None,
 ) -> list[dict]:  # fmt: skip
     """One row per method: pointing-game rate and mass in mask (when ``masks`` are given), deletion and
-    insertion AUC (mean over images), and optionally whether it passes the randomisation check."""
-    from .attribution import explain
+    insertion AUC (mean over images), and optionally whether it passes the randomisation check.
+
+    ``images``: an array or any source :mod:`cnn_exposed.sources` reads. It is read once, a batch at a time,
+    every method explaining and scoring each batch before the next is read (``masks``: one per image, in
+    order); the randomisation check (``sanity``) needs all the images at once and reads a one-pass source
+    (a generator) into memory first."""
+    from .attribution import make_method
 
     options, curve_options = options or {}, curve_options or {}
+    if sanity and not sources.reiterable(images):
+        images = sources.collect(images)[0]
+    explainers = {
+        m: make_method(model, m, preprocess=preprocess, progress=False, **options.get(m, {})) for m in methods
+    }
+    values: dict = {m: {} for m in methods}
+    done = 0
+    for batch in _batches(images, next(iter(explainers.values())).engine, DEFAULT_BATCH_SIZE):
+        for m, explainer in explainers.items():
+            exp = explainer.explain(batch.images)
+            found = values[m]
+            if masks is not None:
+                part = np.asarray(masks)[done : done + len(exp)]
+                found.setdefault("pointing_game", []).append(pointing_game(exp.maps, part))
+                found.setdefault("mass_in_mask", []).append(mass_in_mask(exp.maps, part))
+            for key, curve in (("deletion_auc", deletion_curve), ("insertion_auc", insertion_curve)):
+                auc = curve(model, batch.images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options)
+                found.setdefault(key, []).append(auc.auc)
+        done += len(batch)
     rows = []
     for m in methods:
-        opts = options.get(m, {})
-        exp = explain(model, images, m, preprocess=preprocess, progress=False, **opts)
         row: dict[str, object] = {"method": m}
-        if masks is not None:
-            row["pointing_game"] = float(pointing_game(exp.maps, masks).mean())
-            row["mass_in_mask"] = float(mass_in_mask(exp.maps, masks).mean())
-        row["deletion_auc"] = float(
-            deletion_curve(
-                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
-            ).auc.mean()
-        )
-        row["insertion_auc"] = float(
-            insertion_curve(
-                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
-            ).auc.mean()
-        )
+        row.update({key: float(np.concatenate(parts).mean()) for key, parts in values[m].items()})
         if sanity:
-            row["randomisation_check"] = (
-                "passes" if randomisation_check(model, images, m, preprocess=preprocess, **opts).passed else "FAILS"
-            )
+            passed = randomisation_check(model, images, m, preprocess=preprocess, **options.get(m, {})).passed
+            row["randomisation_check"] = "passes" if passed else "FAILS"
         rows.append(row)
     return rows
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from . import sources
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .errors import InputError
 from .images import resize_image
@@ -205,6 +206,15 @@ def _to_input(images, size: tuple, preprocess, input_shape) -> np.ndarray:
     return prepare_images(batch, input_shape, preprocess)[1]
 
 
+def _image_sets(model, shape: tuple, *sets) -> tuple:
+    """The image sets as arrays, whatever holds them (:mod:`cnn_exposed.sources`), and the size they are
+    resized to: the model's input size, or the target images' size for a model of any size."""
+    fixed = tuple(shape[:2]) if None not in shape[:2] else None
+    names = sources.input_names(model)
+    arrays = [None if images is None else sources.collect(images, size=fixed, names=names)[0] for images in sets]
+    return (*arrays, fixed or as_batch(arrays[1]).shape[1:3])
+
+
 def random_crops(images, count: int, seed: int = 0, share: tuple[float, float] = (0.25, 0.5)) -> np.ndarray:
     """``count`` square crops of random images, sides a random ``share`` of the shorter side, at the images'
     size: a random pool for concepts that are crops (the audit's attended regions)."""
@@ -241,10 +251,14 @@ def tcav(
     model : keras.Model
     layer : str, layer or None
         Where the CAVs live; None: :func:`concept_layer`, the spatial layer before the last convolution.
-    concept_images : (K, h, w, C) array
+    concept_images : (K, h, w, C) array, or any source of images (see below)
         Examples of the concept, any size (resized to the model's input): e.g. an audit candidate's ``crops``.
-    target_images : (N, H, W, C) array
+    target_images : (N, H, W, C) array, or any source of images
         Images of the target class whose sensitivity is measured.
+
+    Each image set can be an array or anything :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset`` — its
+    labels are ignored —, a PyDataset, an iterable of batches, image files or a folder); the sets are held in
+    memory while the CAVs are fitted (Kim et al.'s sets are 50 images).
     target_class : int
     random_images : array, optional
         The pool random sets are drawn from. Default: random crops of ``target_images``
@@ -265,7 +279,9 @@ def tcav(
     if not 0 <= int(target_class) < classes:
         raise InputError(f"target_class {target_class} is not a class of this {classes}-class model.")
     shape = engine.input_shape
-    size = tuple(shape[:2]) if None not in shape[:2] else as_batch(target_images).shape[1:3]
+    concept_images, target_images, random_images, size = _image_sets(
+        model, shape, concept_images, target_images, random_images
+    )
     x_target = _to_input(target_images, size, preprocess, shape)
     x_concept = _to_input(concept_images, size, preprocess, shape)
     rng = np.random.default_rng(seed)

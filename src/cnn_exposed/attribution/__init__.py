@@ -60,14 +60,20 @@ def explain(
     ----------
     model : keras.Model
         Sequential, functional or nested (e.g. a ``keras.applications`` base inside a ``Sequential``).
-    images : array-like, (N, H, W, C) or (H, W, C)
-        In the model's input range, or raw pixels when ``preprocess`` is given.
+    images : array-like, (N, H, W, C) or (H, W, C); or a dataset, PyDataset, iterable of batches or image files
+        In the model's input range, or raw pixels when ``preprocess`` is given. A ``tf.data.Dataset`` (batched
+        or not, of ``images``, ``(images, labels)``, ``(images, labels, weights)`` or dicts keyed by input
+        name), a ``keras.utils.PyDataset``, any iterable of such batches (a generator is read once), or image
+        files (a path, a list of paths, a folder; read and resized to the model's input size, unreadable ones
+        skipped with a warning) is explained batch by batch and the batches joined: fine for a validation set;
+        for more images than fit in memory use :func:`explain_batches`. See :mod:`cnn_exposed.sources`.
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
         ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
-    target : "predicted", int, sequence of int, or "top-k"
-        The class to explain (see :func:`cnn_exposed.targets.resolve_targets`).
+    target : "predicted", "true", int, sequence of int, or "top-k"
+        The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
+        come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
     layer : str, layer object or None
         CAM methods only: a name, an ``"outer/inner"`` path through nested models, or a layer; None
         picks the last layer with a 4-D output.
@@ -85,11 +91,44 @@ def explain(
     -------
     Explanation
     """
+    return make_method(
+        model, method, layer=layer, preprocess=preprocess, batch_size=batch_size, **method_options
+    ).explain(images, target=target)
+
+
+def explain_batches(
+    model,
+    images,
+    method: str = "gradcam",
+    *,
+    target="predicted",
+    layer=None,
+    preprocess=None,
+    batch_size: int | None = None,
+    **method_options,
+):
+    """Explain any source of images a batch at a time, with memory bounded by the batch: an iterator of
+    one :class:`Explanation` per batch, each computed only when the iterator is advanced.
+
+    Takes the same arguments as :func:`explain`; ``images`` is typically a ``tf.data.Dataset`` (e.g. from
+    ``keras.utils.image_dataset_from_directory``), a ``keras.utils.PyDataset``, a generator of batches
+    (consumed once) or a list of image files. Each explanation's ``image_index`` gives its images' positions
+    in the source and ``labels`` the labels that came with them. Write each batch's results out (or reduce
+    them) as they come::
+
+        for exp in cnn_exposed.explain_batches(model, val_ds, "gradcam", target="true"):
+            save(exp.image_index, exp.maps)
+    """
+    explainer = make_method(model, method, layer=layer, preprocess=preprocess, batch_size=batch_size, **method_options)
+    return explainer.explain_batches(images, target=target)
+
+
+def make_method(model, method, *, layer=None, **kwargs) -> AttributionMethod:
+    """An attribution method (by name or class) built for ``model``, as :func:`explain` builds it."""
     cls = method_class(method)
-    kwargs = dict(preprocess=preprocess, batch_size=batch_size, **method_options)
     if layer is not None or cls.uses_layer:
         kwargs["layer"] = layer
-    return cls(model, **kwargs).explain(images, target=target)
+    return cls(model, **kwargs)
 
 
 __all__ = [
@@ -112,6 +151,8 @@ __all__ = [
     "ScoreCAM",
     "SmoothGrad",
     "explain",
+    "explain_batches",
+    "make_method",
     "method_class",
     "path_nodes",
 ]

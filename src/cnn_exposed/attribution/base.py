@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
+from .. import sources
 from ..engine import DEFAULT_BATCH_SIZE, engine_for
-from ..explanation import Explanation, channel_max_abs, normalize_maps
+from ..errors import TargetError
+from ..explanation import Explanation, channel_max_abs, concatenate, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
 from ..rules import GRADIENT_RULES
@@ -120,7 +122,39 @@ class AttributionMethod:
         return resolved, outputs[np.arange(len(x)), resolved], probs
 
     def explain(self, images, target="predicted") -> Explanation:
-        """Explain ``images`` (N, H, W, C) or (H, W, C) for ``target`` (see :func:`cnn_exposed.explain`)."""
+        """Explain ``images`` for ``target`` (see :func:`cnn_exposed.explain`): an array ``(N, H, W, C)`` or
+        ``(H, W, C)``, or anything :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a ``PyDataset``,
+        an iterable of batches, image files), whose batches are explained in turn and joined into one
+        :class:`Explanation`. To keep memory bounded by a batch, use :meth:`explain_batches` instead."""
+        if sources.is_array(images):
+            if isinstance(target, str) and target == "true":
+                raise TargetError(sources.NO_LABELS)
+            return self._explain_array(images, target)
+        return concatenate(list(self.explain_batches(images, target)))
+
+    def explain_batches(self, images, target="predicted") -> Iterator[Explanation]:
+        """Explain any source of images (see :mod:`cnn_exposed.sources`) a batch at a time: an iterator of
+        one :class:`Explanation` per batch, each computed when the iterator is advanced, so memory holds one
+        batch and its maps however many images there are. A generator is consumed exactly once.
+
+        Batched datasets, PyDatasets and iterables keep their own batches; arrays, files and unbatched
+        datasets are cut into batches of ``batch_size``. Each explanation's ``image_index`` gives its images'
+        positions in the whole source, and ``labels`` the labels that came with them. ``target="true"``
+        explains each image's label; a per-image target sequence is indexed by those positions."""
+        shape = self.engine.input_shape
+        size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
+        names = sources.input_names(self.model)
+        for batch in sources.iter_batches(images, batch_size=self.batch_size, size=size, names=names):
+            exp = self._explain_array(batch.images, sources.batch_target(target, batch))
+            local = exp.image_index
+            exp.image_index = batch.index[local]
+            exp.labels = None if batch.labels is None else batch.labels[local]
+            exp.files = None if batch.files is None else [batch.files[i] for i in local]
+            exp.skipped = list(batch.skipped)
+            exp.params["target"] = target if isinstance(target, (str, int)) else "per-image"
+            yield exp
+
+    def _explain_array(self, images, target) -> Explanation:
         display, x = prepare_images(images, self.engine.input_shape, self.preprocess)
         targets, index = resolve_targets(
             target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
