@@ -110,17 +110,20 @@ def _curves(
     for batch in _batches(images, engine, batch_size):
         _, x = prepare_images(batch.images, engine.input_shape, preprocess)
         part = maps[done : done + len(x)]
-        if part.shape != x.shape[:3]:
+        if part.shape[1:] != x.shape[1:3] or maps.ndim != 3:
             raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]} (one per image).")
+        if len(part) < len(x):
+            raise ValueError(
+                f"maps {maps.shape} must be (N, H, W), one per image: got {len(maps)} maps for more than "
+                f"{len(maps)} images."
+            )
         positions = np.arange(done, done + len(x))
         outputs, _ = engine.predict_all(x, batch_size)
         targets = one_per_image(sources.batch_target(target, batch, positions), outputs)
         parts.append((_curve_scores(engine, x, part, targets, mode, steps, patch, fill, batch_size), targets))
         done += len(x)
     if done != len(maps):
-        raise ValueError(
-            f"maps {maps.shape} must be (N, H, W) like the images: got {len(maps)} maps for {done} images."
-        )
+        raise ValueError(f"maps {maps.shape} must be (N, H, W), one per image: got {len(maps)} maps for {done} images.")
     fractions = parts[0][0][0]
     scores = np.concatenate([p[0][1] for p in parts])
     auc = trapezoid(scores, fractions, axis=1)

@@ -121,6 +121,8 @@ def plot_explanations(
         All for the same images (in the same order).
     class_names : sequence of str, optional
     true_labels : sequence of int, optional
+        One per input image (indexed by ``image_index``); default: the labels that came with the images
+        (:attr:`Explanation.labels`, e.g. from a ``tf.data.Dataset`` of ``(images, labels)``).
 
     Returns
     -------
@@ -146,6 +148,8 @@ def plot_explanations(
         title = f"{_label(pred, class_names)} {first.probabilities[r, pred]:.2f}"
         if true_labels is not None:
             title = f"true {_label(int(true_labels[first.image_index[r]]), class_names)}\npred {title}"
+        elif first.labels is not None:  # the labels that came with the images (a dataset, class folders)
+            title = f"true {_label(int(first.labels[r]), class_names)}\npred {title}"
         axes[r, 0].imshow(to_uint8(first.images[r]))
         axes[r, 0].set_title(title, fontsize=8)
         for c, (name, exp) in enumerate(zip(titles, items), start=1):
