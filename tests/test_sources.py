@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_cnn
 from PIL import Image
 
 import cnn_exposed as ce
 from cnn_exposed import metrics
+from conftest import small_cnn
 
 SIZE, CLASSES, PER_CLASS = 16, 3, 5
 
@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
     """A folder of class sub-folders of small PNGs, as image_dataset_from_directory reads them."""
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
-    for c, name in enumerate(["cat", "dog", "fox"]):
+    for name in ["cat", "dog", "fox"]:
         (root / name).mkdir()
         for i in range(PER_CLASS):
             pixels = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)

@@ -430,7 +430,7 @@ class _Images:
         return np.stack(images), np.asarray(ok, np.int64), errors
 
 
-def _clusters(features: np.ndarray, seed: int) -> np.ndarray:
+def sampled_clusters(features: np.ndarray, seed: int) -> np.ndarray:
     """:func:`spectral_clusters` of the rows, on a seeded sample of :data:`MAX_SPECTRAL` when there are more
     (the others join the cluster whose mean direction is nearest): time and memory stay bounded."""
     if len(features) <= MAX_SPECTRAL:
@@ -608,7 +608,7 @@ def _groups(true: np.ndarray, predicted: np.ndarray, features: np.ndarray, min_g
             members = np.nonzero((true == t) & (predicted == p))[0]
             if len(members) < min_group:
                 continue
-            clusters = _clusters(features[members], seed)
+            clusters = sampled_clusters(features[members], seed)
             for c in np.unique(clusters):
                 if (clusters == c).sum() >= min_group:
                     groups.append((int(t), int(p), members[clusters == c]))
