@@ -203,29 +203,32 @@ def _file_batches(images, batch_size: int, size) -> Iterator[Batch]:
         found, _ = collect_images([images])
         if not found:
             raise InputError(f"No image files in {images}.")
-        paths, labels = [f.path for f in found], [f.label for f in found]
-        known = np.asarray(labels, np.int64) if all(label is not None for label in labels) else None
+        paths = [f.path for f in found]
+        known: np.ndarray | None = None
+        if all(f.label is not None for f in found):
+            known = np.asarray([f.label for f in found], np.int64)
     else:
         paths, known = [Path(p) for p in images], None
     pending: list = []
     yielded = False
     for start in range(0, len(paths), batch_size):
-        read, ok = [], []
+        read, ok, errors = [], [], []
         for i in range(start, min(start + batch_size, len(paths))):
             try:
                 image = read_image(paths[i])
             except ImageReadError as err:
-                pending.append((str(paths[i]), str(err)))
+                errors.append((str(paths[i]), str(err)))
                 continue
             size = image.shape[:2] if size is None else size
             read.append(resize_image(image, tuple(size)))
             ok.append(i)
-        if pending:
+        if errors:
             warnings.warn(
-                "Skipped unreadable file(s): " + "; ".join(f"{f}: {r}" for f, r in pending[-10:]),
+                "Skipped unreadable file(s): " + "; ".join(f"{f}: {r}" for f, r in errors[:10]),
                 UserWarning,
                 stacklevel=4,
             )
+            pending += errors
         if not ok:
             continue
         index = np.asarray(ok, np.int64)
@@ -304,7 +307,8 @@ def collect(images, *, batch_size: int = 64, size: tuple | None = None, names: l
     (TCAV's sets, the randomisation check). Arrays are returned as they are."""
     if is_array(images):
         return images, None
-    parts, labels = [], []
+    parts: list = []
+    labels: list = []
     for batch in iter_batches(images, batch_size=batch_size, size=size, names=names):
         parts.append(batch.images)
         labels.append(batch.labels)
@@ -312,7 +316,9 @@ def collect(images, *, batch_size: int = 64, size: tuple | None = None, names: l
         stacked: Any = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     else:
         stacked = np.concatenate(parts)
-    known = None if any(y is None for y in labels) else np.concatenate(labels)
+    known: np.ndarray | None = None
+    if not any(y is None for y in labels):
+        known = np.concatenate(labels)
     return stacked, known
 
 
@@ -325,8 +331,11 @@ class Spooled:
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / "images.raw"
         self.labels: list = []
-        self.count, self.shape, self.dtype, self.stored = 0, None, None, None
-        self._memmap = None
+        self.count = 0
+        self.shape: tuple | None = None
+        self.dtype: Any = None
+        self.stored: Any = None
+        self._memmap: Any = None
 
     def _compact(self, x: np.ndarray) -> bool:
         return bool(np.issubdtype(x.dtype, np.floating) and x.min() >= 0 and x.max() <= 255) and np.array_equal(
@@ -361,7 +370,7 @@ class Spooled:
 
     def __getitem__(self, index) -> np.ndarray:
         if self._memmap is None:
-            shape = (self.count, *self.shape)
+            shape = (self.count, *(self.shape or ()))
             self._memmap = np.memmap(self.path, dtype=self.stored, mode="r", shape=shape)
         return np.asarray(self._memmap[index], dtype=self.dtype)
 
@@ -377,7 +386,9 @@ def spool(images, folder, *, batch_size: int, names: list | None = None) -> tupl
         if isinstance(batch.images, dict):
             raise InputError("The audit explains single-input models; the images are a dict of several inputs.")
         store.add(np.asarray(batch.images), batch.labels)
-    known = None if any(y is None for y in store.labels) else np.concatenate(store.labels)
+    known: np.ndarray | None = None
+    if not any(y is None for y in store.labels):
+        known = np.concatenate(store.labels)
     return store, known
 
 
