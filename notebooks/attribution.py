@@ -52,7 +52,7 @@ FAST = os.environ.get("CNN_EXPOSED_FAST") == "1"  # set by the test suite: few s
 # %%
 # ===================== CONFIGURATION: the only cell to change for your own model =====================
 MODEL = "demo"  # "demo", a keras.applications name ("mobilenet_v2", "resnet50", ...) or "path/to/model.keras"
-IMAGES = "bundled"  # "bundled" (the demo's images) or a folder of images / of class sub-folders
+IMAGES = "bundled"  # "bundled" (the demo's images), a folder (of class sub-folders) or a tf.data.Dataset
 CLASS_NAMES = None  # None (from the model), a list, a text file (one name per line) or the training folder
 PREPROCESS = None  # for your own model: "scale_0_1", "scale_-1_1", "none" or a keras.applications name
 LAYER = None  # CAM layer: None = the last spatial layer (found inside nested models), or "outer/inner"
@@ -262,7 +262,8 @@ else:
 # ## Your own model
 #
 # Change the configuration cell: `MODEL = "path/to/model.keras"`, `IMAGES = "path/to/folder"` (a folder of
-# class sub-folders gives true labels), `CLASS_NAMES`, `PREPROCESS` and, if you like, `LAYER` (see
+# class sub-folders gives true labels) or a `tf.data.Dataset` such as `keras.utils.image_dataset_from_directory`
+# returns, `CLASS_NAMES`, `PREPROCESS` and, if you like, `LAYER` (see
 # `ce.list_layers(model, spatial_only=True)`). The cell below then runs the comparison on your images. For
 # folders of thousands of images, the command line writes a browsable report:
 # `cnn-exposed explain model.keras data/val --class-names classes.txt`.
@@ -273,8 +274,8 @@ if loaded is not None:
         mine, true = images["trap"], labels["trap"]
         mine = np.stack([ce.images.resize_image(i, loaded.input_size) for i in mine])
     else:
-        files, _ = ce.images.collect_images([IMAGES])
-        mine = np.stack([ce.images.resize_image(ce.images.read_image(f.path), loaded.input_size) for f in files[:8]])
+        # a folder, files, a tf.data.Dataset or PyDataset (see cnn_exposed.sources): its first 8 images
+        mine = next(ce.sources.iter_batches(IMAGES, batch_size=8, size=loaded.input_size)).images[:8]
     mine_exps = {
         m: ce.explain(
             loaded.model, mine, m, preprocess=loaded.preprocess, **({"layer": LAYER} if m == "gradcam" else {})
