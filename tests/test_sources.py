@@ -103,6 +103,10 @@ def test_target_true_explains_the_labels_sparse_or_one_hot(model, folder, photos
         ce.explain(model, tf.data.Dataset.from_tensor_slices(x).batch(4), "gradcam", target="true")
     with pytest.raises(ce.TargetError, match="come without labels"):
         ce.explain(model, x, "gradcam", target="true")
+    odd = tf.data.Dataset.from_tensor_slices((x, {"a": y, "b": y})).batch(8)  # labels that are not classes
+    np.testing.assert_array_equal(ce.explain(model, odd, "gradcam", preprocess=scale).targets, want.predictions)
+    with pytest.raises(ce.TargetError, match="labels have shape"):
+        ce.explain(model, odd, "gradcam", target="true")
 
 
 def test_a_generator_is_consumed_once(model, photos):
@@ -203,7 +207,13 @@ def test_metrics_and_tcav_on_a_dataset_equal_the_array_result(model, photos):
     np.testing.assert_array_equal(got.random_scores, want.random_scores)
 
 
-def test_the_audit_of_a_dataset_or_generator_equals_the_audit_of_the_array(model):
+def test_the_audit_of_a_dataset_or_generator_equals_the_audit_of_the_array(model, folder, photos):
+    _, photo_x, photo_y, paths = photos
+    of_folder = ce.audit(model, folder, preprocess=scale, batch_size=4, progress=False)  # labelled by sub-folders
+    np.testing.assert_array_equal(of_folder.labels, photo_y)
+    assert [str(f) for f in of_folder.files] == paths
+    of_array = ce.audit(model, photo_x, photo_y, preprocess=scale, batch_size=4, progress=False)
+    np.testing.assert_array_equal(of_folder.predictions, of_array.predictions)
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (40, SIZE, SIZE, 3)).astype(np.float32)  # integer pixels: spooled as uint8
     x[-1, 0, 0, 0] = 0.5  # ... but the last batch is not, and the spool widens to float32

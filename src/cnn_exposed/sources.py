@@ -68,6 +68,7 @@ class Batch:
     index: np.ndarray
     files: list | None = None
     skipped: list = field(default_factory=list)
+    label_problem: str | None = None  # why labels that came with the images could not be read as classes
 
     def __len__(self) -> int:
         return len(self.index)
@@ -278,7 +279,12 @@ def iter_batches(
         if n == 0:
             continue
         seen = True
-        yield Batch(x, None if labels is None else as_labels(labels, n), np.arange(start, start + n))
+        batch = Batch(x, None, np.arange(start, start + n))
+        try:  # labels that are not classes (e.g. a multi-output model's dict) only matter for target="true"
+            batch.labels = None if labels is None else as_labels(labels, n)
+        except (InputError, TypeError, ValueError) as err:
+            batch.label_problem = str(err)
+        yield batch
         start += n
     if not seen:
         raise InputError(f"The {what} yielded no images.")
@@ -291,7 +297,7 @@ def batch_target(target, batch: Batch, positions: np.ndarray | None = None):
         if target != "true":
             return target
         if batch.labels is None:
-            raise TargetError(NO_LABELS)
+            raise TargetError(NO_LABELS if batch.label_problem is None else batch.label_problem)
         return batch.labels
     if isinstance(target, (int, np.integer)) or np.ndim(target) == 0:
         return target
