@@ -166,7 +166,8 @@ def deletion_curve(model, images, maps, **options) -> Curves:
 
     ``images``: an array, or any source :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a PyDataset, an
     iterable of batches, files), processed a batch at a time; ``maps`` holds one map per image, in order (what
-    :func:`cnn_exposed.explain` returns for the same images).
+    :func:`cnn_exposed.explain` returns for the same images; a dataset that reshuffles on every pass, as
+    ``image_dataset_from_directory`` does unless ``shuffle=False``, comes in another order each time).
 
     Options: ``target`` ("predicted", "true" for the labels that come with the images, or one index per map),
     ``preprocess``, ``steps`` (points after the start, 16),
