@@ -118,13 +118,13 @@ def test_the_flip_test_is_an_exact_mcnemar_test():
 
 
 def test_large_groups_are_clustered_on_a_sample_and_every_member_joins_its_cluster():
-    from cnn_exposed.audit import MAX_SPECTRAL, _clusters
+    from cnn_exposed.audit import MAX_SPECTRAL, sampled_spectral_clusters
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(3, 32)) * 4
     points = np.concatenate([c + rng.normal(size=(250, 32)) * 0.3 for c in centres])
     assert len(points) > MAX_SPECTRAL
-    labels = _clusters(points, seed=0)
+    labels = sampled_spectral_clusters(points, seed=0)
     assert len(np.unique(labels)) == 3
     for g in range(3):
         assert len(np.unique(labels[g * 250 : (g + 1) * 250])) == 1

@@ -429,7 +429,7 @@ class _Images:
         return np.stack(images), np.asarray(ok, np.int64), errors
 
 
-def _clusters(features: np.ndarray, seed: int) -> np.ndarray:
+def sampled_spectral_clusters(features: np.ndarray, seed: int) -> np.ndarray:
     """:func:`spectral_clusters` of the rows, on a seeded sample of :data:`MAX_SPECTRAL` when there are more
     (the others join the cluster whose mean direction is nearest): time and memory stay bounded."""
     if len(features) <= MAX_SPECTRAL:
@@ -531,7 +531,7 @@ def audit(
             members = np.nonzero((true == t) & (predicted == p))[0]
             if len(members) < min_group:
                 continue
-            clusters = _clusters(feature_all[members], seed)
+            clusters = sampled_spectral_clusters(feature_all[members], seed)
             for c in np.unique(clusters):
                 if (clusters == c).sum() >= min_group:
                     groups.append((int(t), int(p), members[clusters == c]))
