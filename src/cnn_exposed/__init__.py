@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, notebook, visualisation  # submodules as attributes: ce.metrics, ...
+from . import bundled, images, metrics, notebook, savedmodel, visualisation  # submodules as attributes: ce.metrics, ...
 from .attribution import (
     LRP,
     METHODS,
@@ -32,6 +32,7 @@ from .errors import (
     CnnExposedError,
     ImageReadError,
     InputError,
+    LayerAccessError,
     LayerNotFoundError,
     ModelError,
     NoSpatialLayerError,
@@ -75,6 +76,7 @@ __all__ = [
     "IntegratedGradients",
     "LRP",
     "LayerCAM",
+    "LayerAccessError",
     "LayerNotFoundError",
     "LoadedModel",
     "ModelError",
@@ -110,6 +112,7 @@ __all__ = [
     "render",
     "resolve_layer",
     "save_png",
+    "savedmodel",
     "tcav",
     "signed_maps",
     "to_uint8",
