@@ -103,7 +103,7 @@ def test_endpoints_heads_and_folders_that_are_not_saved_models(saved, tmp_path):
     assert ce.load_model(root / "exported" / "saved_model.pb").metadata["head"] == "softmax"
     with pytest.raises(ce.ModelError, match="no endpoint 'predict'. It offers: .*'serving_default'"):
         ce.load_model(root / "exported", endpoint="predict")
-    with pytest.raises(ce.ModelError, match="'dense_1', 'logits'. It has no output 'probs'"):
+    with pytest.raises(ce.ModelError, match="no output 'probs'; its outputs are: 'dense_1', 'logits'"):
         ce.load_model(root / "module", output="probs")
     # declared logits: the probabilities are then softmax(output), not the output
     declared = ce.load_model(root / "module", output="dense_1", head="logits")

@@ -109,15 +109,14 @@ def _pick_output(path: Path, endpoint: str, outputs, output: str | int | None) -
         if output not in (None, 0):
             raise ModelError(f"SavedModel {path} endpoint {endpoint!r} has a single output: drop output={output!r}.")
         return None, tuple(outputs.shape)
-    keys = list(outputs) if isinstance(outputs, dict) else list(range(len(outputs)))
+    keys = sorted(outputs) if isinstance(outputs, dict) else list(range(len(outputs)))
     if output is None and len(keys) == 1:
         output = keys[0]
     if output not in keys:
-        ask = "Pick one with" if output is None else f"It has no output {output!r}; pick one with"
+        which = f"has {len(keys)} outputs" if output is None else f"has no output {output!r}; its outputs are"
         raise ModelError(
-            f"SavedModel {path} endpoint {endpoint!r} has {len(keys)} outputs: "
-            + ", ".join(map(repr, keys))
-            + f". {ask} output=... (on the command line: --model-output)."
+            f"SavedModel {path} endpoint {endpoint!r} {which}: {', '.join(map(repr, keys))}. Pick the one to "
+            "explain with output=... (on the command line: --model-output)."
         )
     return output, tuple(outputs[output].shape)
 
