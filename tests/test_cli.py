@@ -261,3 +261,5 @@ def test_a_saved_model_directory_explains_as_its_keras_file(workspace, capsys, t
     assert code == 2 and "The audit" in err and ".keras" in err and "Traceback" not in err
     code, _, err = run(capsys, "explain", workspace / "data", workspace / "data")
     assert code == 2 and "without saved_model.pb" in err
+    code, _, err = run(capsys, "explain", tmp_path / "exported", workspace / "data", "--input-size", "big")
+    assert code == 2 and "HEIGHTxWIDTH" in err

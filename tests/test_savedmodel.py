@@ -28,6 +28,10 @@ class Served(tf.Module):
     def serve(self, input_1):
         return {"dense_1": self.model(input_1, training=False), "logits": self.logits_model(input_1, training=False)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
+    def any_size(self, pixels):  # a signature that leaves the image size open
+        return {"logits": self.logits_model(pixels, training=False)}
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
@@ -39,7 +43,9 @@ def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("saved")
     model.export(root / "exported", verbose=False)
     module = Served(model, logits)
-    tf.saved_model.save(module, str(root / "module"), signatures={"serving_default": module.serve})
+    tf.saved_model.save(
+        module, str(root / "module"), signatures={"serving_default": module.serve, "any_size": module.any_size}
+    )
     return model, root
 
 
@@ -110,6 +116,11 @@ def test_endpoints_heads_and_folders_that_are_not_saved_models(saved, tmp_path):
     exp = ce.explain(declared.model, x, "saliency")
     p = model.predict(x, verbose=0)
     np.testing.assert_allclose(exp.probabilities, np.exp(p) / np.exp(p).sum(1, keepdims=True), rtol=1e-5)
+    with pytest.raises(ce.ModelError, match=r"\(None, None, None, 3\).*input_size=\(height, width\)"):
+        ce.load_model(root / "module", endpoint="any_size")
+    sized = ce.load_model(root / "module", endpoint="any_size", input_size=(16, 16))
+    assert sized.input_size == (16, 16) and sized.metadata["head"] == "logits"
+    assert_same(explained(sized.model, x, "saliency"), explained(model, x, "saliency"))
     (tmp_path / "variables").mkdir()
     with pytest.raises(ce.CnnExposedError, match="without saved_model.pb"):
         ce.load_model(tmp_path)

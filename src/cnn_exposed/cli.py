@@ -136,6 +136,7 @@ def _saved_model_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="whether the output is softmax or sigmoid probabilities or logits (default: decided on a probe batch)",
     )
+    group.add_argument("--input-size", help="HxW (e.g. 224x224) when the signature leaves the image size open")
 
 
 def _saved_model_methods(text: str) -> str:
@@ -158,6 +159,16 @@ def _saved_model_defaults(args, loaded, echo=print) -> None:
             f"note: {args.model} outputs {head} probabilities (--head {head}); their logits are out of reach, "
             "so the probability is explained (--score probability)"
         )
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"224x224"`` -> (224, 224); None stays None."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--input-size {text!r}: give HEIGHTxWIDTH, e.g. 224x224")
+    return int(parts[0]), int(parts[1])
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -380,7 +391,7 @@ def main(argv=None) -> int:
             return 0
         loaded = load_model(
             args.model, preprocess=args.preprocess, class_names=args.class_names, endpoint=args.endpoint,
-            output=args.model_output, head=args.head,
+            output=args.model_output, head=args.head, input_size=_parse_size(args.input_size),
         )  # fmt: skip
         saved_model = "saved_model" in loaded.metadata
         if args.command == "audit":

@@ -166,6 +166,7 @@ def load_model(
     endpoint: str = "serving_default",
     output: str | int | None = None,
     head: str = "auto",
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a model with its preprocessing, class names and input size.
 
@@ -186,10 +187,11 @@ def load_model(
         folder (its sorted sub-folder names, the ``image_dataset_from_directory`` order).
     weights : str or None
         For ``keras.applications`` models: ``"imagenet"`` (downloaded as Keras normally does) or None.
-    endpoint, output, head
+    endpoint, output, head, input_size
         For a SavedModel: the signature or function to call (default ``"serving_default"``), which of its
-        outputs to explain when it has several (a dict key), and whether that output is ``"softmax"`` or
-        ``"sigmoid"`` probabilities or ``"logits"`` (default ``"auto"``: decided on a probe batch); see
+        outputs to explain when it has several (a dict key), whether that output is ``"softmax"`` or
+        ``"sigmoid"`` probabilities or ``"logits"`` (default ``"auto"``: decided on a probe batch), and the
+        ``(height, width)`` of the images when its signature leaves them open; see
         :func:`cnn_exposed.savedmodel.load_saved_model`. What was read is in ``metadata``.
     """
     if isinstance(name_or_path, keras.Model):
@@ -199,7 +201,8 @@ def load_model(
     elif str(name_or_path) in APPLICATIONS:
         return _load_application(str(name_or_path), weights)
     else:
-        model, name, metadata = _load_file(Path(name_or_path), endpoint=endpoint, output=output, head=head)
+        options = {"endpoint": endpoint, "output": output, "head": head, "input_size": input_size}
+        model, name, metadata = _load_file(Path(name_or_path), **options)
     shape = tuple(model.inputs[0].shape[1:3])
     return LoadedModel(
         model=model,

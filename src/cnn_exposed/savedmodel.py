@@ -84,8 +84,9 @@ def _endpoints(path: Path) -> list[str]:
     return names
 
 
-def _single_input(path: Path, endpoint: str, inputs: dict) -> tuple[str | None, tf.TensorSpec]:
-    """The endpoint's one input, by keyword name (None: positional), checked to be an image batch."""
+def _single_input(path: Path, endpoint: str, inputs: dict, input_size) -> tuple[str | None, tuple, tf.DType]:
+    """The endpoint's one input: its keyword name (None: positional), the image shape ``(H, W, C)`` it takes
+    (its open sides from ``input_size``) and its dtype."""
     if len(inputs) != 1 or not isinstance(next(iter(inputs.values())), tf.TensorSpec):
         names = ", ".join(repr(n) for n in inputs if n is not None) or "several positional inputs"
         raise ModelError(
@@ -94,13 +95,21 @@ def _single_input(path: Path, endpoint: str, inputs: dict) -> tuple[str | None, 
         )
     name, spec = next(iter(inputs.items()))
     shape = tuple(spec.shape)
+    if len(shape) == 4 and input_size is not None:
+        given = tuple(int(v) for v in input_size)
+        if len(given) != 2 or any(have not in (None, want) for have, want in zip(shape[1:3], given)):
+            raise ModelError(
+                f"input_size={input_size!r} does not fit SavedModel {path} endpoint {endpoint!r}, whose input "
+                f"{name or 'inputs'!r} has shape {shape}: give (height, width) where the signature leaves them open."
+            )
+        shape = (shape[0], *given, shape[3])
     if len(shape) != 4 or None in shape[1:]:
         raise ModelError(
             f"SavedModel {path} endpoint {endpoint!r} takes input {name or 'inputs'!r} of shape {shape}; "
-            "cnn-exposed needs a batch of images of known size, (None, height, width, channels). Export the "
-            "model with a fixed image size (e.g. an input_signature of tf.TensorSpec((None, 224, 224, 3)))."
+            "cnn-exposed needs a batch of images, (None, height, width, channels), of known channels and size: "
+            "give the size with input_size=(height, width) (on the command line: --input-size HxW)."
         )
-    return name, spec
+    return name, shape[1:], spec.dtype
 
 
 def _pick_output(path: Path, endpoint: str, outputs, output: str | int | None) -> tuple[str | int | None, tuple]:
@@ -121,15 +130,14 @@ def _pick_output(path: Path, endpoint: str, outputs, output: str | int | None) -
     return output, tuple(outputs[output].shape)
 
 
-def _probe_head(model: keras.Model, spec: tf.TensorSpec) -> str:
+def _probe_head(model: keras.Model, image_shape: tuple, dtype: tf.DType) -> str:
     """``"softmax"``, ``"sigmoid"`` or ``"logits"``: what the model's output looks like on a probe batch (zeros
     and seeded uniform noise in [0, 1])."""
-    shape = (4, *tuple(spec.shape)[1:])
-    probe = np.random.default_rng(0).uniform(0.0, 1.0, shape)
+    probe = np.random.default_rng(0).uniform(0.0, 1.0, (4, *image_shape))
     probe[0] = 0.0
-    if spec.dtype.is_integer:
+    if dtype.is_integer:
         probe = np.round(probe * 255)
-    out = np.asarray(model(probe.astype(spec.dtype.as_numpy_dtype), training=False), dtype=np.float64)
+    out = np.asarray(model(probe.astype(dtype.as_numpy_dtype), training=False), dtype=np.float64)
     in_unit = bool(np.isfinite(out).all() and out.min() >= -1e-6 and out.max() <= 1 + 1e-6)
     if in_unit and out.shape[-1] == 1:
         return "sigmoid"
@@ -139,7 +147,12 @@ def _probe_head(model: keras.Model, spec: tf.TensorSpec) -> str:
 
 
 def load_saved_model(
-    path, *, endpoint: str = "serving_default", output: str | int | None = None, head: str = "auto"
+    path,
+    *,
+    endpoint: str = "serving_default",
+    output: str | int | None = None,
+    head: str = "auto",
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[keras.Model, dict]:
     """Wrap the SavedModel directory ``path`` in a ``keras.Model`` (see the module's notes).
 
@@ -157,6 +170,8 @@ def load_saved_model(
         What the output is: softmax probabilities, sigmoid probabilities (one unit, or several independent
         labels) or logits; ``"auto"`` decides on a probe batch (rows in [0, 1] summing to 1: softmax; one unit
         in [0, 1]: sigmoid; otherwise logits). Multi-label sigmoid outputs must be declared ``"sigmoid"``.
+    input_size : (int, int) or None
+        ``(height, width)`` of the images, for a signature that leaves them open (``(None, None, None, 3)``).
 
     Returns
     -------
@@ -175,18 +190,18 @@ def load_saved_model(
             "pick one with endpoint=... (on the command line: --endpoint)."
         ) from None
     signature = endpoint_signature(layer)
-    layer.input_name, spec = _single_input(path, endpoint, signature.inputs)
+    layer.input_name, image_shape, dtype = _single_input(path, endpoint, signature.inputs, input_size)
     layer.output_key, shape = _pick_output(path, endpoint, signature.outputs, output)
     if len(shape) != 2 or shape[-1] is None:
         raise ModelError(
             f"SavedModel {path} output {layer.output_key!r} has shape {shape}; cnn-exposed explains classifiers "
             "whose output is (N, classes). Pick another output with output=... or endpoint=...."
         )
-    inp = keras.Input(tuple(spec.shape)[1:], dtype=spec.dtype.name, name="image")
+    inp = keras.Input(image_shape, dtype=dtype.name, name="image")
     name = re.sub(r"[^\w.-]", "_", path.resolve().name) or "saved_model"
     model = keras.Model(inp, layer(inp), name=name)
     if head == "auto":
-        head = _probe_head(model, spec)
+        head = _probe_head(model, image_shape, dtype)
     if head != "logits":
         model = keras.Model(inp, SavedModelHead(head, name="probabilities")(model.outputs[0]), name=name)
     info = {"endpoint": endpoint, "input": layer.input_name, "output": layer.output_key, "head": head}
