@@ -194,8 +194,9 @@ def load_model(
         ``(height, width)`` of the images when its signature leaves them open; see
         :func:`cnn_exposed.savedmodel.load_saved_model`. What was read is in ``metadata``.
     """
+    metadata: dict = {}
     if isinstance(name_or_path, keras.Model):
-        model, name, metadata = name_or_path, name_or_path.name, {}
+        model, name = name_or_path, name_or_path.name
     elif str(name_or_path) in ("demo", "demo-fair"):
         return _load_demo(fair=str(name_or_path) == "demo-fair")
     elif str(name_or_path) in APPLICATIONS:
