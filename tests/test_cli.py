@@ -231,3 +231,35 @@ def test_a_grayscale_model_explains_ordinary_rgb_photos(tmp_path, workspace, cap
     summary = json.loads((report / "summary.json").read_text())
     assert len(summary["images"]) == 11  # every readable photo, colour and gray alike
     assert "explained 11 image(s), skipped 2" in capsys.readouterr().out
+
+
+def test_a_saved_model_directory_explains_as_its_keras_file(workspace, capsys, tmp_path):
+    keras.models.load_model(workspace / "model.keras").export(tmp_path / "exported", verbose=False)
+    common = ["--class-names", workspace / "classes.txt", "--method", "saliency", "--score", "probability"]
+    code, _, err = run(
+        capsys, "explain", workspace / "model.keras", workspace / "data", *common, "--out", tmp_path / "k"
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "explain", tmp_path / "exported", workspace / "data", *common, "--out", tmp_path / "s")
+    assert code == 0 and "Traceback" not in err, err
+    keras_rows = json.loads((tmp_path / "k" / "summary.json").read_text())["images"]
+    saved_rows = json.loads((tmp_path / "s" / "summary.json").read_text())["images"]
+    assert len(saved_rows) == 11 and (tmp_path / "s" / "index.html").is_file()
+    for k, s in zip(keras_rows, saved_rows):
+        assert (s["file"], s["prediction"], s["saliency_peak_row"]) == (
+            k["file"],
+            k["prediction"],
+            k["saliency_peak_row"],
+        )
+        assert s["saliency_score"] == pytest.approx(k["saliency_score"], rel=1e-5)
+    # a CAM method: the clear error, naming what works; the audit (which needs a feature map) refuses too
+    code, _, err = run(capsys, "explain", tmp_path / "exported", workspace / "data", "--method", "gradcam")
+    assert code == 2 and "saliency, gradient_x_input, smoothgrad, integrated_gradients, occlusion" in err.replace(
+        "\n  ", " "
+    )
+    code, _, err = run(capsys, "audit", tmp_path / "exported", workspace / "data", "--method", "saliency")
+    assert code == 2 and "The audit" in err and ".keras" in err and "Traceback" not in err
+    code, _, err = run(capsys, "explain", workspace / "data", workspace / "data")
+    assert code == 2 and "without saved_model.pb" in err
+    code, _, err = run(capsys, "explain", tmp_path / "exported", workspace / "data", "--input-size", "big")
+    assert code == 2 and "HEIGHTxWIDTH" in err

@@ -179,3 +179,50 @@ def test_trapezoid_integrates_by_the_trapezoid_rule_on_every_numpy():
     x = np.array([0.0, 0.5, 2.0])
     y = np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 2.0]])
     np.testing.assert_allclose(compat.trapezoid(y, x, axis=1), [0.5 * (1 + 3) / 2 + 1.5 * 3 / 2, 4.0])
+
+
+class _Affine(tf.Module):
+    """A tiny SavedModel: a keyword-only serving signature (input 'input_1', a dict of outputs) and a plain
+    ``tf.function`` attribute taking its input positionally, as Keras' model.export writes 'serve'."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2) / 10.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="input_1")])
+    def signature(self, input_1):
+        return {"dense_1": tf.matmul(input_1, self.w)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def serve(self, x):
+        return tf.matmul(x, self.w) * 2.0
+
+
+@pytest.fixture(scope="module")
+def affine_saved_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("affine") / "sm"
+    module = _Affine()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.signature})
+    return path, module.w.numpy()
+
+
+def test_saved_model_layer_calls_a_signature_by_its_input_name_and_reads_its_specs(affine_saved_model):
+    path, w = affine_saved_model
+    layer = compat.saved_model_layer(keras.layers.TFSMLayer, path, "serving_default", name="sm")
+    assert isinstance(layer, keras.layers.TFSMLayer) and layer.name == "sm"
+    signature = compat.endpoint_signature(layer)
+    assert list(signature.inputs) == ["input_1"] and tuple(signature.inputs["input_1"].shape) == (None, 3)
+    assert list(signature.outputs) == ["dense_1"] and tuple(signature.outputs["dense_1"].shape) == (None, 2)
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(compat.call_endpoint(layer, x, "input_1")["dense_1"]), x @ w, rtol=1e-6)
+
+
+def test_saved_model_layer_calls_a_saved_function_positionally_and_refuses_a_missing_endpoint(affine_saved_model):
+    path, w = affine_saved_model
+    layer = compat.saved_model_layer(keras.layers.TFSMLayer, path, "serve")
+    signature = compat.endpoint_signature(layer)
+    assert list(signature.inputs) == [None] and tuple(signature.outputs.shape) == (None, 2)
+    x = np.array([[1.0, 0.0, -1.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(compat.call_endpoint(layer, x, None)), 2 * x @ w, rtol=1e-6)
+    with pytest.raises(ValueError):
+        compat.saved_model_layer(keras.layers.TFSMLayer, path, "predict")

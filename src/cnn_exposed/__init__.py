@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, notebook, sources, visualisation  # submodules as attributes: ce.metrics, ...
+from . import bundled, images, metrics, notebook, savedmodel, sources, visualisation  # submodules as attributes
 from .attribution import (
     LRP,
     METHODS,
@@ -33,6 +33,7 @@ from .errors import (
     CnnExposedError,
     ImageReadError,
     InputError,
+    LayerAccessError,
     LayerNotFoundError,
     ModelError,
     NoSpatialLayerError,
@@ -76,6 +77,7 @@ __all__ = [
     "IntegratedGradients",
     "LRP",
     "LayerCAM",
+    "LayerAccessError",
     "LayerNotFoundError",
     "LoadedModel",
     "ModelError",
@@ -112,6 +114,7 @@ __all__ = [
     "render",
     "resolve_layer",
     "save_png",
+    "savedmodel",
     "tcav",
     "signed_maps",
     "sources",

@@ -6,6 +6,7 @@ import argparse
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 from .errors import ImageReadError, InputError, UsageError
@@ -27,7 +28,10 @@ method, and OUT/summary.json + OUT/summary.csv with predictions, scores and heat
 
 EXPLAIN_EPILOG = """\
 MODEL is 'demo' (or its negative control 'demo-fair'), a keras.applications name (mobilenet_v2, resnet50,
-efficientnet_b0, vgg16, ...; ImageNet weights are downloaded as Keras normally does), or a .keras / .h5 file.
+efficientnet_b0, vgg16, ...; ImageNet weights are downloaded as Keras normally does), a .keras / .h5 file,
+or a TensorFlow SavedModel directory (the one holding saved_model.pb). A SavedModel keeps no layers: the
+methods that need them (CAMs, LRP, guided backprop, deconvnet, guided Grad-CAM) refuse it, and without
+--method it is explained with {layer_free}.
 
 IMAGES are image files and folders. A folder whose entries are only sub-folders is read like Keras'
 image_dataset_from_directory: each sub-folder is a class, which gives every image its true label; the
@@ -42,6 +46,7 @@ examples:
   cnn-exposed explain model.keras photos/ --class-names classes.txt
   cnn-exposed explain model.keras data/val/ --method gradcam,integrated_gradients --target true
   cnn-exposed explain mobilenet_v2 cat.jpg dog.png --method gradcam --layer Conv_1 --out report/
+  cnn-exposed explain exported_model/ photos/ --method saliency,occlusion --model-output dense_1
 """
 
 
@@ -71,12 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         "explain",
         help="explain images with a model",
         description="Explain a model's decisions on image files and folders.",
-        epilog=EXPLAIN_EPILOG.format(methods=_method_list()),
+        epilog=EXPLAIN_EPILOG.format(methods=_method_list(), layer_free=_saved_model_methods(DEFAULT_METHODS)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ex.add_argument("model", help="'demo', 'demo-fair', a keras.applications name, or a .keras/.h5 file")
+    ex.add_argument("model", help=MODEL_HELP)
     ex.add_argument("images", nargs="+", help="image files and/or folders")
-    ex.add_argument("--method", default=DEFAULT_METHODS, help="comma-separated methods (default: %(default)s)")
+    ex.add_argument("--method", help=f"comma-separated methods (default: {DEFAULT_METHODS})")
     ex.add_argument("--layer", help="CAM layer, a name or an 'outer/inner' path (default: last spatial layer)")
     ex.add_argument(
         "--target",
@@ -91,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     ex.add_argument("--out", default="cnn-exposed-report", help="output folder (default: %(default)s)")
     ex.add_argument("--score", choices=["logit", "probability"], default="logit", help="what is explained")
+    _saved_model_arguments(ex)
 
     au = sub.add_parser(
         "audit",
@@ -99,18 +105,70 @@ def _parser() -> argparse.ArgumentParser:
         "what the model attends to, and test every cluster by blurring the attended regions (against a region "
         "of the same size elsewhere). Writes OUT/index.html (candidate shortcuts first) and OUT/audit.json.",
     )
-    au.add_argument("model", help="'demo', 'demo-fair', a keras.applications name, or a .keras/.h5 file")
+    au.add_argument("model", help=MODEL_HELP)
     au.add_argument("folder", help="a folder of class sub-folders (the sub-folder names are the true labels)")
     au.add_argument("--method", default="gradcam", help="the attribution method (default: %(default)s)")
     au.add_argument("--class-names", help="text file with one class name per line, or the training folder")
     au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
     au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
+    _saved_model_arguments(au)
 
     layers = sub.add_parser("layers", help="list a model's layers (paths usable with --layer)")
     layers.add_argument("model")
     layers.add_argument("--all", action="store_true", help="all layers, not only those with a spatial output")
     return parser
+
+
+MODEL_HELP = "'demo', 'demo-fair', a keras.applications name, a .keras/.h5 file, or a SavedModel directory"
+
+
+def _saved_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say how to read a SavedModel directory (see cnn_exposed.savedmodel)."""
+    from .savedmodel import HEADS
+
+    group = parser.add_argument_group("SavedModel directories")
+    group.add_argument("--endpoint", default="serving_default", help="signature or function to call (%(default)s)")
+    group.add_argument("--model-output", help="the output to explain when the signature returns several (its key)")
+    group.add_argument(
+        "--head",
+        choices=HEADS,
+        default="auto",
+        help="whether the output is softmax or sigmoid probabilities or logits (default: decided on a probe batch)",
+    )
+    group.add_argument("--input-size", help="HxW (e.g. 224x224) when the signature leaves the image size open")
+
+
+def _saved_model_methods(text: str) -> str:
+    """The methods of ``text`` (comma-separated) that work on a SavedModel."""
+    from .savedmodel import LAYER_FREE_METHODS
+
+    return ",".join(m for m in text.split(",") if m in LAYER_FREE_METHODS)
+
+
+def _saved_model_defaults(args, loaded, echo=print) -> None:
+    """On a SavedModel: without --method, the default methods that work on it; on probabilities, the
+    probability is what can be explained (its logits are out of reach)."""
+    if args.method is None:
+        args.method = _saved_model_methods(DEFAULT_METHODS)
+        echo(f"note: {args.model} is a SavedModel (its layers cannot be reached): explaining with {args.method}")
+    head = loaded.metadata.get("head")
+    if head in ("softmax", "sigmoid") and args.score == "logit":
+        args.score = "probability"
+        echo(
+            f"note: {args.model} outputs {head} probabilities (--head {head}); their logits are out of reach, "
+            "so the probability is explained (--score probability)"
+        )
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"224x224"`` -> (224, 224); None stays None."""
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--input-size {text!r}: give HEIGHTxWIDTH, e.g. 224x224")
+    return int(parts[0]), int(parts[1])
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -331,9 +389,17 @@ def main(argv=None) -> int:
             for path in list_layers(loaded.model, spatial_only=not args.all):
                 print(path)
             return 0
-        loaded = load_model(args.model, preprocess=args.preprocess, class_names=args.class_names)
+        loaded = load_model(
+            args.model, preprocess=args.preprocess, class_names=args.class_names, endpoint=args.endpoint,
+            output=args.model_output, head=args.head, input_size=_parse_size(args.input_size),
+        )  # fmt: skip
+        saved_model = "saved_model" in loaded.metadata
         if args.command == "audit":
             _parse_methods(args.method)
+            if saved_model:
+                from .savedmodel import require_layer_access
+
+                require_layer_access(loaded.model, "The audit (its clusters are of a convolutional layer's features)")
             result = run_audit(
                 loaded,
                 args.folder,
@@ -351,12 +417,16 @@ def main(argv=None) -> int:
             )
             print(f"report: {(Path(args.out) / 'index.html').resolve()}")
             return 0
-        methods = _parse_methods(args.method)
+        if saved_model:
+            _saved_model_defaults(args, loaded)
+        methods = _parse_methods(args.method or DEFAULT_METHODS)
         target = _parse_target(args.target, list(loaded.class_names))
-        report = run_explain(
-            loaded, args.images, methods, layer=args.layer, target=target, batch_size=args.batch_size,
-            out=args.out, score=args.score,
-        )  # fmt: skip
+        with warnings.catch_warnings():  # a SavedModel's probabilities: said in the note above
+            warnings.filterwarnings("ignore", message=".*SavedModelHead.*")
+            report = run_explain(
+                loaded, args.images, methods, layer=args.layer, target=target, batch_size=args.batch_size,
+                out=args.out, score=args.score,
+            )  # fmt: skip
         n, skipped = len(report.records), len(report.problems)
         pairs = report.confusion_pairs()
         if pairs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -147,3 +148,41 @@ def trapezoid(y, x, axis: int = -1):
     our floor, NumPy 1.26, has only the old name, and NumPy 2.4 dropped it)."""
     fn = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009 (absent from NumPy 2.4's stubs)
     return fn(y, x, axis=axis)
+
+
+class EndpointSignature(NamedTuple):
+    """What a SavedModel endpoint takes and gives: its inputs as ``{keyword name: TensorSpec}`` (positional
+    inputs under ``None``) and its outputs (a TensorSpec, or a dict, list or tuple of them)."""
+
+    inputs: dict
+    outputs: Any
+
+
+def saved_model_layer(cls: type, path, endpoint: str, name: str | None = None):
+    """A ``keras.layers.TFSMLayer`` (or ``cls``, a subclass of it) around the SavedModel at ``path`` calling
+    ``endpoint``: an attribute of the saved object (Keras' ``model.export`` writes ``"serve"``) or an entry of
+    its ``signatures`` (``"serving_default"``). Keras 3.0 to 3.15 take ``call_endpoint=`` (3.15 also keeps
+    ``filepath``, ``call_training_endpoint``, ``trainable``, ``name``, ``dtype``); a missing endpoint raises
+    ValueError."""
+    return cls(str(path), call_endpoint=endpoint, name=name)
+
+
+def endpoint_signature(layer) -> EndpointSignature:
+    """The inputs and outputs of the endpoint a ``TFSMLayer`` calls (``TFSMLayer.call_endpoint_fn``): a
+    signature is a concrete function (``structured_input_signature``, ``structured_outputs``); a restored
+    ``tf.function`` attribute reads them from its first concrete function."""
+    fn = layer.call_endpoint_fn
+    if not hasattr(fn, "structured_input_signature"):
+        fn = fn.concrete_functions[0]
+    args, kwargs = fn.structured_input_signature
+    inputs = dict(kwargs)
+    if args:
+        inputs[None] = args[0] if len(args) == 1 else args
+    return EndpointSignature(inputs, fn.structured_outputs)
+
+
+def call_endpoint(layer, x, input_name: str | None):
+    """Call a ``TFSMLayer``'s endpoint on ``x``: by keyword for a signature (whose arguments are keyword-only),
+    positionally for a restored ``tf.function``."""
+    fn = layer.call_endpoint_fn
+    return fn(**{input_name: x}) if input_name is not None else fn(x)

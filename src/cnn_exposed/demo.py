@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import cv2
@@ -363,30 +364,18 @@ def _draw_bathroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random
     return {"rail_bottom": max(20, min(counter_y, tub_y) - 20)}
 
 
-def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
-    """A bedroom: a painted wall, a wooden or carpeted floor, a bed (headboard, blanket, pillows).
+_WALL_COLOURS = [(230, 220, 200), (240, 235, 225), (200, 200, 205), (205, 220, 200), (235, 210, 205), (190, 205, 225)]
+_WOOD_COLOURS = [(150, 100, 60), (185, 140, 95), (110, 75, 50), (200, 170, 130)]
+_HEADBOARD_COLOURS = [(110, 75, 50), (160, 150, 140), (70, 60, 60), (200, 180, 150)]
+_BLANKET_COLOURS = [(180, 40, 50), (60, 80, 140), (230, 230, 225), (90, 130, 90), (200, 170, 110), (120, 90, 140)]
+_LAMP_COLOURS = [(250, 230, 180), (240, 240, 235), (230, 200, 150)]
 
-    About half of the bedrooms also have a bedside table with a lamp.
-    """
-    wall = _jitter(
-        rng,
-        _pick(
-            rng,
-            [
-                (230, 220, 200),
-                (240, 235, 225),
-                (200, 200, 205),
-                (205, 220, 200),
-                (235, 210, 205),
-                (190, 205, 225),
-            ],
-        ),
-        15,
-    )
-    img[:] = wall
+
+def _bedroom_floor(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator) -> int:
+    """Wooden planks or a fitted carpet from a random height down; returns that height."""
     floor_y = int(rng.integers(56, 74))
     if rng.random() < 0.55:  # wooden planks
-        wood = _jitter(rng, _pick(rng, [(150, 100, 60), (185, 140, 95), (110, 75, 50), (200, 170, 130)]), 20)
+        wood = _jitter(rng, _pick(rng, _WOOD_COLOURS), 20)
         img[floor_y:] = wood
         plank = int(rng.integers(5, 9))
         for y in range(floor_y, _S, plank):
@@ -396,84 +385,113 @@ def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.
     else:  # fitted carpet
         img[floor_y:] = _jitter(rng, _pick(rng, _CARPET_COLOURS), 20)
     masks["floor"][floor_y:] = True
-    # A picture or a window on the wall.
+    return floor_y
+
+
+def _wall_picture(img: np.ndarray, rng: np.random.Generator) -> None:
+    """Half of the time, a framed picture (or a window) on the wall."""
     if rng.random() < 0.5:
         px, py = int(rng.integers(5, 60)), int(rng.integers(3, 14))
         pw, ph = int(rng.integers(14, 28)), int(rng.integers(10, 18))
         cv2.rectangle(img, (px, py), (px + pw, py + ph), _jitter(rng, (120, 160, 190), 60), -1)
         cv2.rectangle(img, (px, py), (px + pw, py + ph), _jitter(rng, (70, 50, 40), 20), 2)
-    # Bed.
-    bw = int(rng.integers(48, 70))
-    bx0 = int(rng.integers(2, _S - bw - 2))
-    head_top = int(rng.integers(14, 30))
-    mattress_top = head_top + int(rng.integers(12, 20))
-    bed_bottom = int(np.clip(floor_y + rng.integers(10, 24), mattress_top + 15, _S - 1))
-    headboard = _jitter(rng, _pick(rng, [(110, 75, 50), (160, 150, 140), (70, 60, 60), (200, 180, 150)]), 20)
-    blanket = _jitter(
-        rng,
-        _pick(
-            rng,
-            [(180, 40, 50), (60, 80, 140), (230, 230, 225), (90, 130, 90), (200, 170, 110), (120, 90, 140)],
-        ),
-        25,
-    )
-    pillow = _jitter(rng, (245, 245, 240), 10)
-    persp = int(rng.integers(0, 8))
 
-    def bed_shape(canvas: np.ndarray, hb=1, bl=1, pl=1, fold=1) -> None:
-        cv2.rectangle(canvas, (bx0, head_top), (bx0 + bw, mattress_top + 4), hb, -1)
+
+@dataclass(frozen=True)
+class _Bed:
+    """Where a bed stands (its left edge, width, headboard top, mattress top, bottom, perspective splay)
+    and its colours."""
+
+    x0: int
+    width: int
+    head_top: int
+    mattress_top: int
+    bottom: int
+    headboard: tuple
+    blanket: tuple
+    pillow: tuple
+    persp: int
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, floor_y: int) -> _Bed:
+        width = int(rng.integers(48, 70))
+        x0 = int(rng.integers(2, _S - width - 2))
+        head_top = int(rng.integers(14, 30))
+        mattress_top = head_top + int(rng.integers(12, 20))
+        bottom = int(np.clip(floor_y + rng.integers(10, 24), mattress_top + 15, _S - 1))
+        headboard = _jitter(rng, _pick(rng, _HEADBOARD_COLOURS), 20)
+        blanket = _jitter(rng, _pick(rng, _BLANKET_COLOURS), 25)
+        pillow = _jitter(rng, (245, 245, 240), 10)
+        persp = int(rng.integers(0, 8))
+        return cls(x0, width, head_top, mattress_top, bottom, headboard, blanket, pillow, persp)
+
+    def draw(self, canvas: np.ndarray, hb: Colour = 1, bl: Colour = 1, pl: Colour = 1, fold: Colour = 1) -> None:
+        """Headboard, blanket (a trapezoid in perspective), its fold line and one or two pillows."""
+        bx0, bw, top = self.x0, self.width, self.mattress_top
+        cv2.rectangle(canvas, (bx0, self.head_top), (bx0 + bw, top + 4), hb, -1)
         pts = np.array(
-            [
-                [bx0, mattress_top],
-                [bx0 + bw, mattress_top],
-                [bx0 + bw + persp, bed_bottom],
-                [bx0 - persp, bed_bottom],
-            ],
+            [[bx0, top], [bx0 + bw, top], [bx0 + bw + self.persp, self.bottom], [bx0 - self.persp, self.bottom]],
             np.int32,
         )
         cv2.fillPoly(canvas, [pts], bl)
-        fy = mattress_top + (bed_bottom - mattress_top) // 3
+        fy = top + (self.bottom - top) // 3
         cv2.line(canvas, (bx0, fy), (bx0 + bw, fy), fold, 2)
         n_p = 2 if bw > 50 else 1
         pw = (bw - 6) // n_p
         for k in range(n_p):
             x0 = bx0 + 3 + k * pw
-            centre, axes = (x0 + pw // 2, mattress_top + 3), (pw // 2 - 2, 4)
+            centre, axes = (x0 + pw // 2, top + 3), (pw // 2 - 2, 4)
             cv2.ellipse(canvas, centre, axes, 0, 0, 360, pl, -1, cv2.LINE_AA)
 
-    # Often a bedside table with a lamp, on the side with more room (drawn first: the bed is in front).
-    left_room, right_room = bx0 - persp, _S - (bx0 + bw + persp)
-    if max(left_room, right_room) >= 14 and rng.random() < 0.55:
-        side_x = 2 if left_room >= right_room else bx0 + bw + persp + 2
-        tw = min(max(left_room, right_room) - 4, 16)
-        ty = floor_y - int(rng.integers(10, 18))
-        lamp_c = _jitter(rng, _pick(rng, [(250, 230, 180), (240, 240, 235), (230, 200, 150)]), 10)
-        wood2 = _scale(headboard, rng.uniform(0.9, 1.2))
-        lx = side_x + tw // 2
-        shade_top = ty - int(rng.integers(14, 20))
 
-        def lamp_shape(canvas: np.ndarray, shade=1, base=1) -> None:
-            cv2.line(canvas, (lx, ty), (lx, shade_top + 7), base, 2)
-            pts = np.array(
-                [[lx - 4, shade_top], [lx + 4, shade_top], [lx + 6, shade_top + 8], [lx - 6, shade_top + 8]],
-                np.int32,
-            )
-            cv2.fillPoly(canvas, [pts], shade)
+def _bedside_lamp(img, masks, rng, bed: _Bed, floor_y: int, wall: tuple) -> None:
+    """Often a bedside table with a lamp, on the side of the bed with more room (drawn before the bed,
+    which stands in front)."""
+    left_room, right_room = bed.x0 - bed.persp, _S - (bed.x0 + bed.width + bed.persp)
+    if not (max(left_room, right_room) >= 14 and rng.random() < 0.55):
+        return
+    side_x = 2 if left_room >= right_room else bed.x0 + bed.width + bed.persp + 2
+    tw = min(max(left_room, right_room) - 4, 16)
+    ty = floor_y - int(rng.integers(10, 18))
+    lamp_c = _jitter(rng, _pick(rng, _LAMP_COLOURS), 10)
+    wood2 = _scale(bed.headboard, rng.uniform(0.9, 1.2))
+    lx = side_x + tw // 2
+    shade_top = ty - int(rng.integers(14, 20))
 
-        cv2.circle(img, (lx, shade_top + 4), 11, _scale(wall, 1.08), -1, cv2.LINE_AA)  # glow
-        cv2.rectangle(img, (side_x, ty), (side_x + tw, floor_y + 4), wood2, -1)
-        lamp_shape(img, lamp_c, (90, 80, 70))
-        lamp = np.zeros((_S, _S), bool)
-        lamp[ty : floor_y + 5, side_x : side_x + tw + 1] = True
-        _draw_mask(lamp, lambda c: lamp_shape(c))
-        _occlude(masks, lamp)
-        masks["lamp"] |= lamp
-    bed = np.zeros((_S, _S), bool)
-    bed_shape(img, headboard, blanket, pillow, _scale(blanket, 1.25))
-    _draw_mask(bed, lambda c: bed_shape(c))
-    _occlude(masks, bed)
-    masks["bed"] |= bed
-    return {"floor_y": floor_y, "rail_bottom": max(8, head_top - 10)}
+    def lamp_shape(canvas: np.ndarray, shade: Colour = 1, base: Colour = 1) -> None:
+        cv2.line(canvas, (lx, ty), (lx, shade_top + 7), base, 2)
+        pts = np.array(
+            [[lx - 4, shade_top], [lx + 4, shade_top], [lx + 6, shade_top + 8], [lx - 6, shade_top + 8]], np.int32
+        )
+        cv2.fillPoly(canvas, [pts], shade)
+
+    cv2.circle(img, (lx, shade_top + 4), 11, _scale(wall, 1.08), -1, cv2.LINE_AA)  # glow
+    cv2.rectangle(img, (side_x, ty), (side_x + tw, floor_y + 4), wood2, -1)
+    lamp_shape(img, lamp_c, (90, 80, 70))
+    lamp = np.zeros((_S, _S), bool)
+    lamp[ty : floor_y + 5, side_x : side_x + tw + 1] = True
+    _draw_mask(lamp, lambda c: lamp_shape(c))
+    _occlude(masks, lamp)
+    masks["lamp"] |= lamp
+
+
+def _draw_bedroom(img: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
+    """A bedroom: a painted wall, a wooden or carpeted floor, a bed (headboard, blanket, pillows).
+
+    About half of the bedrooms also have a bedside table with a lamp.
+    """
+    wall = _jitter(rng, _pick(rng, _WALL_COLOURS), 15)
+    img[:] = wall
+    floor_y = _bedroom_floor(img, masks, rng)
+    _wall_picture(img, rng)
+    bed = _Bed.random(rng, floor_y)
+    _bedside_lamp(img, masks, rng, bed, floor_y, wall)
+    drawn = np.zeros((_S, _S), bool)
+    bed.draw(img, bed.headboard, bed.blanket, bed.pillow, _scale(bed.blanket, 1.25))
+    _draw_mask(drawn, lambda c: bed.draw(c))
+    _occlude(masks, drawn)
+    masks["bed"] |= drawn
+    return {"floor_y": floor_y, "rail_bottom": max(8, bed.head_top - 10)}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -54,3 +54,8 @@ class StopForward(Exception):  # noqa: N818 (a signal, not an error)
     recorded layer has run, so that the rest of the model is neither run nor traced (feature visualisation
     needs only the layers it reads), and caught where the walk started. Deliberately not a
     ``CnnExposedError`` (a ``ValueError``), so that no ``except ValueError`` on the way can swallow it."""
+
+
+class LayerAccessError(ModelError):
+    """A method that needs the model's layers (the CAM family, LRP, guided backprop, ...) asked of a model whose
+    layers cannot be reached, such as a SavedModel; the message names the methods that work on it."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from .compat import built_input_shape, functional_graph, inbound_nodes, node_outputs, patched_calls, unpatched_call
 from .errors import LayerNotFoundError, NoSpatialLayerError
+from .savedmodel import require_layer_access
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,6 +292,7 @@ def find_last_spatial_layer(model: keras.Model) -> LayerRef:
         return plain[-1]
     if spatial:
         return spatial[-1]
+    require_layer_access(model, "Finding a feature map (for a CAM method, the audit, TCAV or visualisation)")
     raise NoSpatialLayerError(
         f"Model {model.name!r} has no layer with a 4-D (N, H, W, C) output, so a CAM method has no "
         "feature map to weight. Use a gradient method (saliency, integrated_gradients, ...) or "

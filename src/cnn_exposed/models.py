@@ -11,6 +11,7 @@ import numpy as np
 
 from .bundled import demo_metadata, demo_model
 from .errors import CnnExposedError, ModelError, OfflineError
+from .savedmodel import is_saved_model, load_saved_model
 from .targets import class_count
 
 # name -> (keras.applications constructor, preprocessing module, input size)
@@ -162,6 +163,10 @@ def load_model(
     preprocess: str | Callable | None = None,
     class_names: str | Path | Sequence[str] | None = None,
     weights: str | None = "imagenet",
+    endpoint: str = "serving_default",
+    output: str | int | None = None,
+    head: str = "auto",
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Load a model with its preprocessing, class names and input size.
 
@@ -172,7 +177,8 @@ def load_model(
         ``"demo-fair"`` (its negative control: the same architecture trained where rails appear in every
         class equally often, ``scripts/train_demo.py --fair``); a ``keras.applications`` name
         (``"mobilenet_v2"``, ``"resnet50"``, ``"efficientnet_b0"``, ``"vgg16"``, ... see
-        :data:`APPLICATIONS`); a ``.keras`` or ``.h5`` file; or a model object.
+        :data:`APPLICATIONS`); a ``.keras`` or ``.h5`` file; a TensorFlow SavedModel directory (the one holding
+        ``saved_model.pb``: see :mod:`cnn_exposed.savedmodel` for what works on it); or a model object.
     preprocess : str or callable, optional
         For a user's model: ``"scale_0_1"`` (default), ``"scale_-1_1"``, ``"none"``, a
         ``keras.applications`` name, or a function. Applications and the demo bring their own.
@@ -181,7 +187,14 @@ def load_model(
         folder (its sorted sub-folder names, the ``image_dataset_from_directory`` order).
     weights : str or None
         For ``keras.applications`` models: ``"imagenet"`` (downloaded as Keras normally does) or None.
+    endpoint, output, head, input_size
+        For a SavedModel: the signature or function to call (default ``"serving_default"``), which of its
+        outputs to explain when it has several (a dict key), whether that output is ``"softmax"`` or
+        ``"sigmoid"`` probabilities or ``"logits"`` (default ``"auto"``: decided on a probe batch), and the
+        ``(height, width)`` of the images when its signature leaves them open; see
+        :func:`cnn_exposed.savedmodel.load_saved_model`. What was read is in ``metadata``.
     """
+    metadata: dict = {}
     if isinstance(name_or_path, keras.Model):
         model, name = name_or_path, name_or_path.name
     elif str(name_or_path) in ("demo", "demo-fair"):
@@ -189,19 +202,8 @@ def load_model(
     elif str(name_or_path) in APPLICATIONS:
         return _load_application(str(name_or_path), weights)
     else:
-        path = Path(name_or_path)
-        if not path.exists():
-            raise CnnExposedError(
-                f"No model named or found at {str(name_or_path)!r}. Give 'demo', 'demo-fair', one of "
-                f"{', '.join(APPLICATIONS)}, or the path of a .keras / .h5 file."
-            )
-        if path.suffix not in (".keras", ".h5", ".hdf5"):
-            raise CnnExposedError(f"{path.name}: expected a .keras or .h5 model file.")
-        try:
-            model = keras.models.load_model(path, compile=False)
-        except Exception as err:
-            raise ModelError(f"Could not load {path}: {err}") from err
-        name = path.stem
+        options = {"endpoint": endpoint, "output": output, "head": head, "input_size": input_size}
+        model, name, metadata = _load_file(Path(name_or_path), **options)
     shape = tuple(model.inputs[0].shape[1:3])
     return LoadedModel(
         model=model,
@@ -209,4 +211,31 @@ def load_model(
         class_names=read_class_names(class_names, _output_classes(model)),
         input_size=shape,
         name=name,
+        metadata=metadata,
     )
+
+
+def _load_file(path: Path, **saved_model_options) -> tuple[keras.Model, str, dict]:
+    """A model file or SavedModel directory: (model, name, metadata)."""
+    if path.name in ("saved_model.pb", "saved_model.pbtxt"):  # the SavedModel's own file: its directory
+        path = path.parent
+    if not path.exists():
+        raise CnnExposedError(
+            f"No model named or found at {str(path)!r}. Give 'demo', 'demo-fair', one of "
+            f"{', '.join(APPLICATIONS)}, the path of a .keras / .h5 file, or a SavedModel directory."
+        )
+    if path.is_dir():
+        if not is_saved_model(path):
+            raise CnnExposedError(
+                f"{path} is a directory without saved_model.pb, so not a TensorFlow SavedModel. Give the "
+                "SavedModel's own directory (the one holding saved_model.pb and variables/), or a .keras / .h5 file."
+            )
+        model, info = load_saved_model(path, **saved_model_options)
+        return model, path.resolve().name, {"saved_model": str(path), **info}
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise CnnExposedError(f"{path.name}: expected a .keras or .h5 model file, or a SavedModel directory.")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:
+        raise ModelError(f"Could not load {path}: {err}") from err
+    return model, path.stem, {}

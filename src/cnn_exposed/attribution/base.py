@@ -15,6 +15,7 @@ from ..explanation import Explanation, channel_max_abs, concatenate, normalize_m
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
 from ..rules import GRADIENT_RULES
+from ..savedmodel import LAYER_FREE_METHODS, require_layer_access
 from ..targets import resolve_predicted, resolve_targets
 
 
@@ -68,6 +69,8 @@ class AttributionMethod:
         batch_size: int | None = None,
         progress: bool = True,
     ) -> None:
+        if self.name not in LAYER_FREE_METHODS:  # a SavedModel's layers cannot be reached: say what works
+            require_layer_access(model, f"Method {self.name!r}")
         if self.uses_layer:
             layer = find_last_spatial_layer(model) if layer is None else layer
         elif layer is not None:
