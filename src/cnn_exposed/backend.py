@@ -98,3 +98,23 @@ def stateless_noise(shape: tuple, seeds):
         tf.convert_to_tensor(seeds, tf.int32),
         fn_output_signature=tf.TensorSpec(shape, tf.float32),
     )
+
+
+def scaled_backward(attempt: Callable, n, exponent: float, step: float, retries: int) -> tuple:
+    """``attempt(exponents) -> (..., gradients)`` run with every row's seed exponent at ``exponent``, then again,
+    up to ``retries`` times, with ``step`` less for the rows whose gradients are not finite (the scaled float16
+    backward pass overflowed there); rows that were finite run with the same exponent, so keep their values."""
+
+    def bad(g):
+        return tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1))
+
+    def more(i, exponents, out):
+        return tf.logical_and(i < retries, tf.reduce_any(bad(out[-1])))
+
+    def again(i, exponents, out):
+        exponents = tf.where(bad(out[-1]), exponents - step, exponents)
+        return i + 1, exponents, attempt(exponents)
+
+    exponents = tf.fill([n], tf.constant(exponent, tf.float32))
+    start = (tf.constant(0), exponents, attempt(exponents))
+    return tf.while_loop(more, again, start)[-1]
