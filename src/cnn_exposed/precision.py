@@ -29,9 +29,11 @@ LOW = ("float16", "bfloat16")
 # Seeds of float16 backward passes: about 2**SEED_EXPONENT, so that gradients many orders of magnitude below the
 # seed stay above float16's smallest normal number (6e-5) while the seed itself (largest 65504 = 2**16) has room
 # to grow through the last layers. A batch row whose gradient overflows is run again with its seed
-# 2**RETRY_STEP smaller, at most RETRIES times.
+# 2**RETRY_STEP smaller; one whose largest scaled gradient is below 1 (most of it subnormal: a float32 head with
+# tiny weights) again with its largest at about 2**PEAK_EXPONENT; at most RETRIES times.
 SEED_EXPONENT = 12.0
 RETRY_STEP = 6.0
+PEAK_EXPONENT = 8.0
 RETRIES = 3
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ..backend import own_key, scaled_backward
 from ..compat import apply_adam
-from ..precision import RETRIES, RETRY_STEP, SEED_EXPONENT
+from ..precision import PEAK_EXPONENT, RETRIES, RETRY_STEP, SEED_EXPONENT
 
 
 class GradientAscent:
@@ -68,12 +68,13 @@ class GradientAscent:
         if exponent is None:
             return values, tape.gradient(loss, self.params)
         scale = tf.pow(2.0, exponent[0])
-        return values, (tape.gradient(loss, self.params, output_gradients=scale) / scale)[None]
+        grad = tape.gradient(loss, self.params, output_gradients=scale)
+        return values, (grad / scale)[None], tf.reduce_max(tf.abs(grad))[None]
 
     def _step_impl(self, *inputs, **options):
         if self._scaled:  # one row: the whole parameter tensor
             attempt = functools.partial(self._gradient, inputs, options)
-            values, grad = scaled_backward(attempt, 1, SEED_EXPONENT, RETRY_STEP, RETRIES)
+            values, grad = scaled_backward(attempt, 1, SEED_EXPONENT, RETRY_STEP, RETRIES, PEAK_EXPONENT)
             grad = grad[0]
         else:
             values, grad = self._gradient(inputs, options)
