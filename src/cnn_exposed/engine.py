@@ -154,7 +154,8 @@ class Engine:
 
     # ------------------------------------------------------------ in-graph parts
     def _forward(self, x, record: bool = False):
-        """(score-space outputs (N, K), probabilities (N, K), recorded layer output or None)."""
+        """(score-space outputs (N, K) and probabilities (N, K), float32; the recorded layer's output in its own
+        dtype, or None)."""
         recorded: dict = {}
         out = to_float32(run_model(self.model, x, self._plan, recorded))
         squashing = self.head.activation in ("softmax", "sigmoid")
