@@ -98,3 +98,30 @@ def stateless_noise(shape: tuple, seeds):
         tf.convert_to_tensor(seeds, tf.int32),
         fn_output_signature=tf.TensorSpec(shape, tf.float32),
     )
+
+
+def scaled_backward(attempt: Callable, n, exponent: float, step: float, retries: int, peak: float) -> tuple:
+    """``attempt(exponents) -> (..., gradients, peaks)`` run with every row's seed exponent at ``exponent``, then
+    again, up to ``retries`` times, for the rows to correct: where the gradients are not finite (the scaled float16
+    pass overflowed) with an exponent ``step`` smaller; where the largest scaled gradient (``peaks``, as the float16
+    pass carried it) is below 1, so that most of its values are subnormal or zero, with one that brings it to about
+    ``2**peak``. Rows left as they were run with the same exponent, so keep their values. Returns ``attempt``'s
+    outputs without the peaks."""
+
+    def corrected(exponents, out):
+        g, peaks = out[-2], out[-1]
+        finite = tf.reduce_all(tf.math.is_finite(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1)
+        small = tf.logical_and(finite, tf.logical_and(peaks > 0.0, peaks < 1.0))
+        raised = exponents + peak - tf.floor(tf.math.log(tf.maximum(peaks, 1e-30)) / tf.math.log(2.0))
+        return tf.where(finite, tf.where(small, raised, exponents), exponents - step)
+
+    def more(i, exponents, out):
+        return tf.logical_and(i < retries, tf.reduce_any(tf.not_equal(corrected(exponents, out), exponents)))
+
+    def again(i, exponents, out):
+        exponents = corrected(exponents, out)
+        return i + 1, exponents, attempt(exponents)
+
+    exponents = tf.fill([n], tf.constant(exponent, tf.float32))
+    start = (tf.constant(0), exponents, attempt(exponents))
+    return tf.while_loop(more, again, start)[-1][:-1]

@@ -21,11 +21,21 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .backend import own_key, stateless_noise
+from .backend import own_key, scaled_backward, stateless_noise
 from .compat import built_input_shape
 from .errors import ModelError
 from .graph import Plan, classifier_head, run_model
-from .layers import LayerRef, resolve_layer
+from .layers import LayerRef, iter_layers, resolve_layer
+from .precision import (
+    PEAK_EXPONENT,
+    RETRIES,
+    RETRY_STEP,
+    SEED_EXPONENT,
+    low_precision,
+    needs_scaling,
+    seed_scale,
+    to_float32,
+)
 from .targets import class_count
 
 DEFAULT_BATCH_SIZE = 32
@@ -122,6 +132,7 @@ class Engine:
         self.binary = self.head.units == 1
         self.num_classes = class_count(self.head.units)
         self.rules = rules
+        self.precision = low_precision(r.layer for r in iter_layers(model))  # None: a float32 model
         replace = rules.replacements(model, self.head, keep=[self.layer] if self.layer else ()) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
@@ -143,9 +154,10 @@ class Engine:
 
     # ------------------------------------------------------------ in-graph parts
     def _forward(self, x, record: bool = False):
-        """(score-space outputs (N, K), probabilities (N, K), recorded layer output or None)."""
+        """(score-space outputs (N, K) and probabilities (N, K), float32; the recorded layer's output in its own
+        dtype, or None)."""
         recorded: dict = {}
-        out = ops.cast(run_model(self.model, x, self._plan, recorded), "float32")
+        out = to_float32(run_model(self.model, x, self._plan, recorded))
         squashing = self.head.activation in ("softmax", "sigmoid")
         if squashing and self.head.pre_activation is None:
             logits, probs = None, out
@@ -177,8 +189,9 @@ class Engine:
                     "subclassed model (whose graph cannot be walked) or not on the path to the output. "
                     "Pick a layer of a Sequential or functional model."
                 )
-            # A layer called several times: the last call is the one nearest the output.
-            layer_out = ops.cast(recorded[self.layer.path][-1], "float32")
+            # A layer called several times: the last call is the one nearest the output. In its own dtype
+            # (float16 in a mixed model): the gradient at it is taken there, then cast.
+            layer_out = recorded[self.layer.path][-1]
         return scores, probs, layer_out
 
     @staticmethod
@@ -196,19 +209,48 @@ class Engine:
         scores, _, _ = self._forward(x)
         return self._select(scores, targets)[0]
 
+    def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False):
+        """One forward pass and the backward pass from the explained score: ``(s, t, probs, a, g)``, with ``a``
+        the recorded layer's output (with ``record``; else None) and ``g`` the gradient at ``a`` (with ``record``)
+        or at ``x``, both float32. ``seed_with_score``: the backward pass starts from the score itself (LRP's
+        relevance) instead of 1.
+
+        A float16 model's backward pass is seeded with a power of two per image, about 2**12 times the seed, and
+        unscaled in float32, so gradients far below float16's smallest normal number (6e-5) keep their digits; a
+        row that overflows runs again with a smaller scale, one whose gradients stay below 1 with a larger one
+        (:func:`~cnn_exposed.backend.scaled_backward`). A
+        float32 (or bfloat16) model's pass is the plain one: what to run is decided here, at trace time.
+        """
+
+        def attempt(exponent=None):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                scores, probs, a = self._forward(x, record=record)
+                s, t = self._select(scores, targets)
+            seed = s if seed_with_score else None
+            if exponent is not None:
+                scale = seed_scale(ops.ones_like(s) if seed is None else s, exponent)
+                seed = scale if seed is None else seed * scale
+            source, zero = (a, {"unconnected_gradients": tf.UnconnectedGradients.ZERO}) if record else (x, {})
+            g = to_float32(tape.gradient(s, source, output_gradients=seed, **zero))
+            out = (s, t, probs, to_float32(a), g) if record else (s, t, probs, g)
+            if exponent is None:
+                return out
+            peaks = ops.max(ops.abs(ops.reshape(g, (ops.shape(g)[0], -1))), axis=1)
+            return (*out[:-1], g / ops.reshape(scale, (-1,) + (1,) * (len(g.shape) - 1)), peaks)
+
+        if needs_scaling(self.precision):
+            out = scaled_backward(attempt, tf.shape(x)[0], SEED_EXPONENT, RETRY_STEP, RETRIES, PEAK_EXPONENT)
+        else:
+            out = attempt()
+        return out if record else (*out[:3], None, out[3])
+
     def _fn_input_gradients(self, x, targets):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            scores, probs, _ = self._forward(x)
-            s, t = self._select(scores, targets)
-        return s, tape.gradient(s, x), t, probs
+        s, t, probs, _, g = self._backward(x, targets)
+        return s, g, t, probs
 
     def _fn_layer_gradients(self, x, targets):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            scores, probs, a = self._forward(x, record=True)
-            s, t = self._select(scores, targets)
-        g = tape.gradient(s, a, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        s, t, probs, a, g = self._backward(x, targets, record=True)
         return s, a, g, t, probs
 
     def _fn_relevance(self, x, targets):
@@ -217,19 +259,12 @@ class Engine:
         LRP rules carry relevance backward, so the explained score is seeded with its own value and what
         reaches the input is the relevance itself; other rules (guided backprop) carry a gradient.
         """
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            scores, probs, _ = self._forward(x)
-            s, t = self._select(scores, targets)
-        seed = s if self.rules.output == "relevance" else None
-        return s, tape.gradient(s, x, output_gradients=seed), t, probs
+        s, t, probs, _, g = self._backward(x, targets, seed_with_score=self.rules.output == "relevance")
+        return s, g, t, probs
 
     def _fn_layer_relevance(self, x, targets):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            scores, _, a = self._forward(x, record=True)
-            s, _ = self._select(scores, targets)
-        return s, tape.gradient(s, a, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        s, _, _, _, g = self._backward(x, targets, record=True, seed_with_score=True)
+        return s, g
 
     def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> LayerRelevance:
         """Scores and the LRP relevance at the recorded layer's output, for one batch."""
@@ -244,7 +279,7 @@ class Engine:
 
     def _fn_activations(self, x):
         scores, probs, a = self._forward(x, record=True)
-        return a, scores, probs
+        return to_float32(a), scores, probs
 
     def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool) -> Callable:
         """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once."""
@@ -314,11 +349,7 @@ class Engine:
                 noise = stateless_noise(shape, seeds)
                 scale = tf.reshape(tf.gather(sigma, segments), (-1,) + (1,) * len(shape))
                 noisy = tf.gather(images, segments) + scale * noise
-                with tf.GradientTape() as tape:
-                    tape.watch(noisy)
-                    scores, _, _ = self._forward(noisy)
-                    s, _ = self._select(scores, targets)
-                a = tape.gradient(s, noisy)
+                a = self._backward(noisy, targets)[-1]
                 a = a * noisy if times_input else a
                 count = tf.shape(images)[0]
                 return tf.math.unsorted_segment_sum(a, segments, count), tf.math.unsorted_segment_sum(

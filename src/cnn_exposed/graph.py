@@ -32,6 +32,7 @@ from .layers import (
     probe_subclassed,
     traced,
 )
+from .precision import to_compute
 
 _SQUASHING = ("softmax", "sigmoid")
 
@@ -79,11 +80,10 @@ def _pre_activation(op) -> Callable | None:
         return lambda x, *args, **kwargs: x
     if isinstance(op, keras.layers.Dense):
 
-        def dense_logits(x, *args, **kwargs):
-            z = ops.matmul(x, ops.cast(op.kernel, x.dtype))
-            if op.bias is not None:
-                z = ops.add(z, ops.cast(op.bias, x.dtype))
-            return z
+        def dense_logits(x, *args, **kwargs):  # in the layer's compute dtype, as its own call
+            x, kernel, bias = to_compute(op, x, op.kernel, op.bias)
+            z = ops.matmul(x, kernel)
+            return z if bias is None else ops.add(z, bias)
 
         return dense_logits
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from keras import ops
 
 from ..backend import fused, vjp, with_backward
+from ..precision import FLOAT32, float32_rule
 from .rewrite import Stack, linear_map
 
 LRP_RULES = ("epsilon", "zplus", "alpha1beta0", "alpha2beta1", "zb")
@@ -28,9 +29,12 @@ def weighted_rule(layer, rule: str, epsilon: float, kernel, bias, bounds=None, n
     ``bounds``: the z^B rule's ``x -> (low, high)``. ``non_negative``: the layer's input is known to be
     >= 0 (it comes from a ReLU, possibly through pooling or padding), so the z⁺ / αβ rules skip the half of
     their sums that only negative inputs feed.
+
+    The forward pass is the layer's own, in its compute dtype; the rule's arithmetic is float32 (``kernel`` and
+    ``bias`` are, :func:`~cnn_exposed.precision.float32_rule`), whatever the layer computes in.
     """
     full = linear_map(layer, kernel, bias, pads)
-    plain = linear_map(layer, kernel, None, pads)
+    plain = linear_map(layer, kernel, None, pads, FLOAT32)
     kpos, kneg = ops.maximum(kernel, 0.0), ops.minimum(kernel, 0.0)
 
     if rule == "epsilon":
@@ -40,13 +44,13 @@ def weighted_rule(layer, rule: str, epsilon: float, kernel, bias, bounds=None, n
             (c,) = vjp(plain, [x], stabilised_ratio(r, z, epsilon))
             return [x * c]
 
-        return with_backward(full, backward)
+        return with_backward(full, float32_rule(backward))
     if rule in ("zplus", "alpha1beta0", "alpha2beta1"):
         alpha, beta = (2.0, 1.0) if rule == "alpha2beta1" else (1.0, 0.0)
         # z⁺_j = Σ_i (x_i w_ij)⁺ = Σ x⁺ w⁺ + Σ x⁻ w⁻, and z⁻_j = Σ x⁺ w⁻ + Σ x⁻ w⁺: sums of same-signed terms,
         # so a neuron with no positive (negative) contribution gets exactly 0 and passes no relevance
-        positive = Stack(layer, [kpos] if non_negative else [kpos, kneg], pads)
-        negative = Stack(layer, [kneg] if non_negative else [kneg, kpos], pads) if beta else None
+        positive = Stack(layer, [kpos] if non_negative else [kpos, kneg], pads, FLOAT32)
+        negative = Stack(layer, [kneg] if non_negative else [kneg, kpos], pads, FLOAT32) if beta else None
 
         def split(x):
             return positive.inputs([ops.maximum(x, 0.0), ops.minimum(x, 0.0)])
@@ -62,16 +66,16 @@ def weighted_rule(layer, rule: str, epsilon: float, kernel, bias, bounds=None, n
                 out = out - negative.relevance(parts, lambda zn: ops.divide_no_nan(beta * r, zn))
             return [out]
 
-        return with_backward(full, backward)
+        return with_backward(full, float32_rule(backward))
     if rule == "zb":
         # (x, low, high) -> Σ x w - low w⁺ - high w⁻; no pads: replacements() keeps z^B's padding layer
-        bounded = Stack(layer, [kernel, -kpos, -kneg])
+        bounded = Stack(layer, [kernel, -kpos, -kneg], dtype=FLOAT32)
 
         def backward(inputs, z, r):
             parts = bounded.inputs([inputs[0], *bounds(inputs[0])])
             return [bounded.relevance(parts, lambda zb: stabilised_ratio(r, zb, 1e-9))]
 
-        return with_backward(full, backward)
+        return with_backward(full, float32_rule(backward))
     raise ValueError(f"Unknown LRP rule {rule!r}; choose from {LRP_RULES}.")
 
 
@@ -88,7 +92,7 @@ def epsilon_backward(forward, epsilon: float):
         cs = vjp(forward, list(inputs), stabilised_ratio(r, z, epsilon))
         return [t * c for t, c in zip(inputs, cs, strict=True)]
 
-    return backward
+    return float32_rule(backward)
 
 
 def gate_backward(signal: int):
@@ -177,5 +181,5 @@ def layer_norm_rule(op, epsilon: float):
         (c,) = vjp(linear, [x], stabilised_ratio(r, z, epsilon))
         return [x * c]
 
-    rule = with_backward(lambda x: op(x), backward)
+    rule = with_backward(lambda x: op(x), float32_rule(backward))
     return lambda x, *a, **k: rule(x)

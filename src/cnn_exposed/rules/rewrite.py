@@ -16,14 +16,16 @@ from ..backend import fused, padded_conv, vjp, with_backward
 from ..compat import causal_padding, flip, producer
 from ..graph import call_count
 from ..layers import iter_layers
+from ..precision import compute_dtype, to_dtype, to_float32
 from .kinds import WEIGHTED, is_linear_activation
 
 
 # ------------------------------------------------------------------------------------------ linear maps
 def kernel_and_bias(layer, bn=None):
-    """The layer's kernel and bias as tensors, with a following batch normalisation folded in."""
-    kernel = ops.convert_to_tensor(layer.kernel)
-    bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
+    """The layer's kernel and bias as float32 tensors (its variables' dtype under a mixed policy), with a following
+    batch normalisation folded in; :func:`linear_map` casts them to the layer's compute dtype after folding."""
+    kernel = to_float32(ops.convert_to_tensor(layer.kernel))
+    bias = to_float32(ops.convert_to_tensor(layer.bias)) if getattr(layer, "bias", None) is not None else None
     return fold_bn(layer, kernel, bias, bn)
 
 
@@ -77,12 +79,15 @@ def transposed_conv(layer, kernel):
     return transpose
 
 
-def linear_map(layer, kernel, bias, pads=None):
+def linear_map(layer, kernel, bias, pads=None, dtype=None):
     """``x -> layer's linear map with this kernel and bias`` (no activation).
 
     ``pads``: the ``((top, bottom), (left, right))`` zeros of a ``ZeroPadding2D`` layer just before this
-    one, added inside the convolution instead (:func:`pad_pairs`).
+    one, added inside the convolution instead (:func:`pad_pairs`). ``dtype``: what the map computes in (kernel,
+    bias and input cast to it), by default the layer's compute dtype (float16 under a mixed policy).
     """
+    dtype = dtype or compute_dtype(layer)
+    kernel, bias = to_dtype(kernel, dtype), None if bias is None else to_dtype(bias, dtype)
     transpose = None if pads is not None else transposed_conv(layer, kernel)
 
     def conv(x):
@@ -100,6 +105,7 @@ def linear_map(layer, kernel, bias, pads=None):
         conv = with_backward(conv, lambda inputs, z, g: [transpose(g)])
 
     def apply(x):
+        x = to_dtype(x, dtype)
         if isinstance(layer, keras.layers.Dense):
             z = ops.matmul(x, kernel)
         elif isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -122,16 +128,16 @@ class Stack:
     axis: one call each way instead of k, and no sum of k full-size outputs.
     """
 
-    def __init__(self, layer, kernels: list, pads=None) -> None:
+    def __init__(self, layer, kernels: list, pads=None, dtype=None) -> None:
         self.k = len(kernels)
         grouped = isinstance(layer, keras.layers.DepthwiseConv2D) or getattr(layer, "groups", 1) != 1
         channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
         self.fused = self.k > 1 and not grouped and channels_last
         if self.fused:
-            self.maps = [linear_map(layer, ops.concatenate(kernels, axis=-2), None, pads)]
+            self.maps = [linear_map(layer, ops.concatenate(kernels, axis=-2), None, pads, dtype)]
             self._combine = fused(self._weighted_sum)  # one pass instead of a product, then a sum
         else:
-            self.maps = [linear_map(layer, kernel, None, pads) for kernel in kernels]
+            self.maps = [linear_map(layer, kernel, None, pads, dtype) for kernel in kernels]
 
     def inputs(self, xs: list) -> list:
         return [ops.concatenate(xs, axis=-1)] if self.fused else list(xs)
@@ -168,12 +174,14 @@ def stages(layer, bn=None) -> list:
     depthwise = keras.layers.DepthwiseConv2D(
         layer.kernel_size, strides=layer.strides, padding=layer.padding, depth_multiplier=layer.depth_multiplier,
         data_format=layer.data_format, dilation_rate=layer.dilation_rate, use_bias=False,
-        name=f"{layer.name}__depthwise",
+        name=f"{layer.name}__depthwise", dtype=layer.dtype_policy,
     )  # fmt: skip
-    pointwise = keras.layers.Conv2D(layer.filters, 1, data_format=layer.data_format, name=f"{layer.name}__pointwise")
-    bias = ops.convert_to_tensor(layer.bias) if getattr(layer, "bias", None) is not None else None
-    kernel, bias = fold_bn(pointwise, ops.convert_to_tensor(layer.pointwise_kernel), bias, bn)
-    return [(depthwise, ops.convert_to_tensor(layer.depthwise_kernel), None), (pointwise, kernel, bias)]
+    pointwise = keras.layers.Conv2D(
+        layer.filters, 1, data_format=layer.data_format, name=f"{layer.name}__pointwise", dtype=layer.dtype_policy
+    )
+    bias = to_float32(ops.convert_to_tensor(layer.bias)) if getattr(layer, "bias", None) is not None else None
+    kernel, bias = fold_bn(pointwise, to_float32(ops.convert_to_tensor(layer.pointwise_kernel)), bias, bn)
+    return [(depthwise, to_float32(ops.convert_to_tensor(layer.depthwise_kernel)), None), (pointwise, kernel, bias)]
 
 
 def chain_maps(maps: list):

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from ..backend import own_key
+from ..backend import own_key, scaled_backward
 from ..compat import apply_adam
+from ..precision import PEAK_EXPONENT, RETRIES, RETRY_STEP, SEED_EXPONENT
 
 
 class GradientAscent:
@@ -32,6 +33,10 @@ class GradientAscent:
         fixed per phase of the optimisation (each distinct set is traced once).
     learning_rate : float
         Adam's step size (Lucid's default: 0.05).
+    scaled : bool
+        The loss runs through float16 layers (a mixed-precision model): its gradient is taken with a seed of
+        2**12 and unscaled in float32, so that it does not underflow to zero on the way back
+        (:mod:`cnn_exposed.precision`).
 
     Notes
     -----
@@ -40,13 +45,14 @@ class GradientAscent:
     optimisation with the compiled steps kept, so a later call with the same set-up does not trace again.
     """
 
-    def __init__(self, init: np.ndarray, loss_fn: Callable, learning_rate: float = 0.05) -> None:
+    def __init__(self, init: np.ndarray, loss_fn: Callable, learning_rate: float = 0.05, scaled: bool = False) -> None:
         self.params = tf.Variable(np.asarray(init, dtype=np.float32))
         self._m = tf.Variable(tf.zeros_like(self.params))
         self._v = tf.Variable(tf.zeros_like(self.params))
         self._t = tf.Variable(0.0)
         self._loss_fn = loss_fn
         self._lr = float(learning_rate)
+        self._scaled = bool(scaled)
         self._steps: dict = {}
 
     def reset(self, init: np.ndarray) -> None:
@@ -56,10 +62,22 @@ class GradientAscent:
         self._v.assign(tf.zeros_like(self._v))
         self._t.assign(0.0)
 
-    def _step_impl(self, *inputs, **options):
+    def _gradient(self, inputs, options, exponent=None):
         with tf.GradientTape() as tape:
             loss, values = self._loss_fn(self.params, *inputs, **options)
-        grad = tape.gradient(loss, self.params)
+        if exponent is None:
+            return values, tape.gradient(loss, self.params)
+        scale = tf.pow(2.0, exponent[0])
+        grad = tape.gradient(loss, self.params, output_gradients=scale)
+        return values, (grad / scale)[None], tf.reduce_max(tf.abs(grad))[None]
+
+    def _step_impl(self, *inputs, **options):
+        if self._scaled:  # one row: the whole parameter tensor
+            attempt = functools.partial(self._gradient, inputs, options)
+            values, grad = scaled_backward(attempt, 1, SEED_EXPONENT, RETRY_STEP, RETRIES, PEAK_EXPONENT)
+            grad = grad[0]
+        else:
+            values, grad = self._gradient(inputs, options)
         t = self._t.assign_add(1.0)
         apply_adam(
             self.params, self._m, self._v, grad, step=t, learning_rate=self._lr, beta1=0.9, beta2=0.999,

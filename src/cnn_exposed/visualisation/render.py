@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from ..backend import compiled
 from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
-from ..layers import LayerRef, layer_output_shape, resolve_layer
+from ..layers import LayerRef, iter_layers, layer_output_shape, resolve_layer
+from ..precision import low_precision, needs_scaling
 from ..targets import class_count
 from .grid import plot_grid
 from .objectives import Objective, channel, class_logit
@@ -232,7 +233,8 @@ class Program:
 
     def ascent(self, init: np.ndarray, learning_rate: float) -> GradientAscent:
         if self._ascent is None:
-            self._ascent = GradientAscent(init, self.loss, learning_rate)
+            scaled = needs_scaling(low_precision(r.layer for r in iter_layers(self.runner.model)))
+            self._ascent = GradientAscent(init, self.loss, learning_rate, scaled)
         else:
             self._ascent.reset(init)
         return self._ascent
