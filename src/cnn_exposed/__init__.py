@@ -34,6 +34,7 @@ from .errors import (
     InputError,
     LayerNotFoundError,
     ModelError,
+    ModelIOError,
     NoSpatialLayerError,
     OfflineError,
     TargetError,
@@ -42,6 +43,7 @@ from .errors import (
 from .explanation import Explanation, normalize_maps, signed_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
 from .metrics import pointing_game
+from .model_io import held_inputs
 from .models import LoadedModel, load_model
 from .plotting import colorize, draw_map, overlay_heatmap, overlay_signed, plot_explanations, save_png, to_uint8
 from .tcav import TCAVResult, tcav
@@ -78,6 +80,7 @@ __all__ = [
     "LayerNotFoundError",
     "LoadedModel",
     "ModelError",
+    "ModelIOError",
     "NoSpatialLayerError",
     "OfflineError",
     "Occlusion",
@@ -95,6 +98,7 @@ __all__ = [
     "draw_map",
     "explain",
     "find_last_spatial_layer",
+    "held_inputs",
     "images",
     "list_layers",
     "load_model",

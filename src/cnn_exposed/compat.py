@@ -102,6 +102,12 @@ def node_outputs(node) -> list:
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
+def node_inputs(node) -> list:
+    """A graph node's input tensors, flattened (``Node.input_tensors`` in Keras 3; ``inputs`` in some releases)."""
+    ins = getattr(node, "input_tensors", None) or getattr(node, "inputs", None) or []
+    return list(keras.tree.flatten(ins))
+
+
 def flip(x, axes: tuple[int, ...]):
     """``x`` reversed along each of ``axes``.
 

@@ -21,6 +21,7 @@ import numpy as np
 from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
+from .model_io import held_inputs, rows, split_inputs
 from .targets import one_per_image
 
 
@@ -100,16 +101,18 @@ class Curves:
 
 def _curves(
     model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
-    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None,
+    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None, input=None, output=None,
 ) -> Curves:  # fmt: skip
-    engine = engine_for(model, None, score)
+    engine = engine_for(model, None, score, input=input, output=output)
+    images, sides = split_inputs(model, images, engine.input_index)
     _, x = prepare_images(images, engine.input_shape, preprocess)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape != x.shape[:3]:
         raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]}.")
     n, h, w = maps.shape
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    outputs, _ = engine.predict_all(x, batch_size)
+    with held_inputs(sides):
+        outputs, _ = engine.predict_all(x, batch_size)
     targets = one_per_image(target, outputs)
     # rank patches by their mean attribution (ties broken by position: reproducible)
     gh, gw = -(-h // patch), -(-w // patch)
@@ -127,7 +130,8 @@ def _curves(
             chosen[order[i, :c]] = True
             pixel_mask = np.kron(chosen.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
             variants[i * (steps + 1) + k] = np.where(pixel_mask[..., None], end[i], start[i])
-    scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
+    with held_inputs(sides), rows(np.repeat(np.arange(n), steps + 1)):  # each variant with its image's side inputs
+        scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
     scores = scores.reshape(n, steps + 1)
     fractions = counts / (gh * gw)
     auc = trapezoid(scores, fractions, axis=1)
@@ -139,7 +143,8 @@ def deletion_curve(model, images, maps, **options) -> Curves:
 
     Options: ``target`` ("predicted" or indices), ``preprocess``, ``steps`` (points after the start, 16),
     ``patch`` (pixels per side of the removed cells, 4), ``fill`` ("blur" default, "mean", "zeros" or a
-    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``. All
+    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``, ``input`` and
+    ``output`` (a model with several: ``images`` is then a dict keyed by input name, see :func:`explain`). All
     the modified images are evaluated in batches. A low area under the curve means a faithful map.
     """
     return _curves(model, images, maps, "deletion", **options)

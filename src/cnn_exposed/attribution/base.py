@@ -12,6 +12,7 @@ from ..engine import DEFAULT_BATCH_SIZE, engine_for
 from ..explanation import Explanation, channel_max_abs, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
+from ..model_io import held_inputs, input_names, output_names, split_inputs
 from ..rules import GRADIENT_RULES
 from ..targets import resolve_predicted, resolve_targets
 
@@ -49,6 +50,10 @@ class AttributionMethod:
         Most images (or noisy samples, path points, masked or occluded copies) per compiled call.
     progress : bool
         Show a progress bar when work spans several batches.
+    input, output : str, int or None
+        A model with several inputs: the explained image input (a name or an index into ``model.inputs``; default
+        the only 4-D input); ``explain`` then takes a dict keyed by input name (or a list in ``model.inputs``
+        order) and holds the other inputs at their given values. A model with several outputs: the explained one.
     """
 
     name = ""
@@ -65,9 +70,12 @@ class AttributionMethod:
         preprocess: Callable | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        input: int | str | None = None,
+        output: int | str | None = None,
     ) -> None:
+        self.input, self.output = input, output
         if self.uses_layer:
-            layer = find_last_spatial_layer(model) if layer is None else layer
+            layer = find_last_spatial_layer(model, input) if layer is None else layer
         elif layer is not None:
             raise ValueError(
                 f"Method {self.name!r} works on the input and does not use a layer; drop layer=... "
@@ -78,7 +86,7 @@ class AttributionMethod:
         # The fast layer plan: the same gradient, with batch norm folded, padding inside the convolution and
         # stride-1 convolutions differentiated by a transposed convolution (layers it does not know, and
         # subclassed models, run as they are). Rule-based methods replace the engine with their own rules.
-        self.engine = engine_for(model, layer, self.score, GRADIENT_RULES)
+        self.engine = engine_for(model, layer, self.score, GRADIENT_RULES, input, output)
         if self.uses_layer and (self.engine.layer is None or len(self.engine.layer.output_shape or ()) != 4):
             assert self.engine.layer is not None  # a CAM method's engine always has its layer
             from ..errors import NoSpatialLayerError
@@ -120,14 +128,19 @@ class AttributionMethod:
         return resolved, outputs[np.arange(len(x)), resolved], probs
 
     def explain(self, images, target="predicted") -> Explanation:
-        """Explain ``images`` (N, H, W, C) or (H, W, C) for ``target`` (see :func:`cnn_exposed.explain`)."""
+        """Explain ``images`` (N, H, W, C) or (H, W, C) for ``target`` (see :func:`cnn_exposed.explain`); for a
+        model with several inputs, a dict ``{input name: values}`` or a list in ``model.inputs`` order."""
+        images, sides = split_inputs(self.model, images, self.engine.input_index)
         display, x = prepare_images(images, self.engine.input_shape, self.preprocess)
-        targets, index = resolve_targets(
-            target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
-        )
+        with held_inputs(sides):
+            targets, index = resolve_targets(
+                target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
+            )
         if len(index) != len(x) or (index != np.arange(len(x))).any():
             x, display = x[index], display[index]
-        result = self.compute(x, targets, display)
+            sides = None if sides is None else [s[index] for s in sides]
+        with held_inputs(sides):
+            result = self.compute(x, targets, display)
         params = {
             "score": self.score,
             "batch_size": self.batch_size,
@@ -138,6 +151,10 @@ class AttributionMethod:
         layer = self.layer_ref
         if layer is not None:
             params["layer"] = layer.path
+        if self.engine.multi_input:
+            params["input"] = input_names(self.model)[self.engine.input_index]
+        if self.engine.multi_output:
+            params["output"] = output_names(self.model)[self.engine.output_index]
         return Explanation(
             maps=normalize_maps(np.maximum(result.raw_maps, 0.0)),
             attributions=result.attributions,
