@@ -228,3 +228,24 @@ def test_deletion_curve_pairs_each_variant_with_its_images_side_inputs(image_met
     single = ce.metrics.deletion_curve(twin, x, maps, steps=4, batch_size=3)
     np.testing.assert_allclose(multi.scores[1], single.scores[1], rtol=1e-4, atol=1e-6)
     assert not np.allclose(multi.scores[0], single.scores[0], rtol=1e-3)
+
+
+def test_lrp_starts_its_composite_on_the_explained_inputs_first_layer():
+    """The metadata goes through dense layers that come first in the graph (their branch is deeper): LRP's z^B
+    "first" rule belongs to the image's first convolution all the same, as in the twin."""
+    keras.utils.set_random_seed(9)
+    meta, photo = keras.Input((3,), name="meta"), keras.Input((SIZE, SIZE, 3), name="photo")
+    embedded = meta
+    for i in range(4):
+        embedded = layers.Dense(5, activation="relu", bias_initializer="random_normal", name=f"embed{i}")(embedded)
+    embedding = keras.Model(meta, embedded)
+    g = layers.GlobalAveragePooling2D(name="gap")(convs(photo))
+    model = keras.Model([meta, photo], head(layers.Concatenate()([g, embedded]), 3))
+    names = [layer.name for layer in model.layers]
+    assert names.index("embed0") < names.index("c1")  # the case this test is about
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.0, 1.0, (2, SIZE, SIZE, 3)).astype(np.float32)
+    m = (2.0 * rng.normal(size=(2, 3))).astype(np.float32)
+    twin = folded_twin(model, keras.Model(photo, g), np.asarray(embedding(m[1:]))[0], True, 3, "twin_lrp")
+    multi, single = explain_both(model, twin, {"photo": x, "meta": m}, x, "lrp", {})
+    assert_same(multi, single, 1)

@@ -144,7 +144,8 @@ class Engine:
         self.binary = self.head.units == 1
         self.num_classes = class_count(self.head.units)
         self.rules = rules
-        replace = rules.replacements(model, self.head, keep=[self.layer] if self.layer else ()) if rules else {}
+        keep = [self.layer] if self.layer else ()
+        replace = rules.replacements(model, self.head, keep, self.input_index) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
 

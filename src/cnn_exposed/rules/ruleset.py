@@ -10,6 +10,7 @@ from keras import ops
 
 from ..errors import UnsupportedLayerError
 from ..layers import is_subclassed, iter_layers, trace_subclassed
+from ..model_io import branch_operations, input_index, on_branch
 from .kinds import (
     OP_RELU,
     activation_fn,
@@ -95,14 +96,16 @@ class RuleSet:
         low, high = (np.asarray(b, dtype=np.float32) for b in self.bounds)
         return ops.ones_like(x) * low, ops.ones_like(x) * high
 
-    def replacements(self, model, head, keep=()) -> dict:
+    def replacements(self, model, head, keep=(), input=None) -> dict:
         """``id(layer) -> factory(layer, final)`` for every layer (nested ones included) that needs one.
 
         In every mode, a batch normalisation that follows a linear layer is folded into that layer's kernel
         and bias (one pass instead of two, forward and backward), and stride-1 convolutions are
         differentiated through a transposed forward convolution (:func:`transposed_conv`). ``keep``: layers
         (or :class:`LayerRef`) whose own output is read, so that no batch normalisation is folded into them
-        (LRP folds regardless: the relevance at a convolution and at its normalisation is the same).
+        (LRP folds regardless: the relevance at a convolution and at its normalisation is the same). ``input``: the
+        explained input of a model with several (a name or an index): the composite's "first" layer is the first
+        weighted layer that input reaches.
         """
         subclassed = [m for m in [model] + [r.layer for r in iter_layers(model)] if is_subclassed(m)]
         if subclassed and self.mode in ("gradient", "redirect"):
@@ -116,7 +119,8 @@ class RuleSet:
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
         folds = {k: bn for k, bn in fold_pairs(model).items() if k not in kept}
         folded_bns = {id(bn) for bn in folds.values()}
-        weighted = [r for r in refs if layer_kind(r.layer) == "weighted"]
+        branch = branch_operations(model, input_index(model, input))  # None: a single input reaches everything
+        weighted = [r for r in refs if layer_kind(r.layer) == "weighted" and on_branch(r, branch)]
         first_id = id(weighted[0].layer) if weighted else None  # the composite's "first" entry applies here
         # z^B keeps its padding layer: its bounds cover the padded border too
         zb_first = self.mode == "lrp" and self.composite["first"] == "zb"
@@ -129,7 +133,7 @@ class RuleSet:
         zb_bounds = self._bounds
         if zb_first and weighted:
             first = weighted[0]
-            before = refs[: refs.index(first)]
+            before = [r for r in refs[: refs.index(first)] if on_branch(r, branch)]
             odd = next((r for r in before if layer_kind(r.layer) not in ("routing", "model", "elementwise")), None)
             if odd is not None:
                 raise UnsupportedLayerError(
