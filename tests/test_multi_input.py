@@ -249,3 +249,27 @@ def test_lrp_starts_its_composite_on_the_explained_inputs_first_layer():
     twin = folded_twin(model, keras.Model(photo, g), np.asarray(embedding(m[1:]))[0], True, 3, "twin_lrp")
     multi, single = explain_both(model, twin, {"photo": x, "meta": m}, x, "lrp", {})
     assert_same(multi, single, 1)
+
+
+def test_filters_of_a_shared_trunk_render_as_in_the_trunk_alone(siamese):
+    """A filter of the siamese trunk, optimised through the left image with the right one fixed, is the same
+    optimisation as on the trunk alone: the same images (the right image's call is not the one read)."""
+    model, _, left, right = siamese
+    base = model.get_layer("base")
+    options = dict(steps=3, size=SIZE, progress=False, seed=2)
+    alone = ce.visualisation.visualise_filters(base, "c2", [0, 3], **options)
+    got = ce.visualisation.visualise_filters(
+        model, "base/c2", [0, 3], input="left", fixed={"right": right[0]}, **options
+    )
+    np.testing.assert_array_equal(got.images, alone.images)
+    np.testing.assert_allclose(got.objective, alone.objective, rtol=1e-5)
+
+
+def test_class_visualisation_holds_the_metadata_fixed(image_meta):
+    model, twin, _, m = image_meta
+    options = dict(steps=3, size=SIZE, progress=False)
+    want = ce.visualisation.visualise_classes(twin, [2], **options)
+    got = ce.visualisation.visualise_classes(model, [2], output="cls", fixed={"meta": m[1]}, **options)
+    np.testing.assert_array_equal(got.images, want.images)
+    zeros = ce.visualisation.visualise_classes(model, [2], output="cls", **options)  # metadata zeros: other images
+    assert not np.array_equal(zeros.images, want.images)

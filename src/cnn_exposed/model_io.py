@@ -144,6 +144,39 @@ def split_inputs(model, images, index: int):
     return values[index], sides
 
 
+def fixed_inputs(model, index: int, fixed=None) -> list:
+    """The side inputs held fixed while an image input is optimised (feature visualisation): one example each,
+    ``(1, ...)``, in ``model.inputs`` order without input ``index``; from ``fixed`` (a dict keyed by input name, one
+    example each, with or without its batch axis) or zeros for the inputs it leaves out."""
+    tensors = model_inputs(model)
+    names = input_names(model)
+    fixed = dict(fixed or {})
+    unknown = [k for k in fixed if k not in names or names.index(k) == index]
+    if unknown:
+        raise ModelIOError(
+            f"fixed= names {unknown}, which are not side inputs of model {model.name!r}: {_describe(names, tensors)}."
+        )
+    out = []
+    for i, (name, tensor) in enumerate(zip(names, tensors)):
+        if i == index:
+            continue
+        want = tuple(tensor.shape[1:])
+        dtype = np.float32 if "float" in str(tensor.dtype) else np.dtype(str(tensor.dtype))
+        if name in fixed:
+            value = np.array(fixed[name], dtype=dtype)
+            value = value[None] if value.ndim == len(want) else value
+        elif None in want:
+            raise ModelIOError(
+                f"Input {name!r} has shape {(None, *want)}: give its value with fixed={{{name!r}: ...}}."
+            )
+        else:
+            value = np.zeros((1, *want), dtype)
+        if value.shape[0] != 1 or not all(w is None or w == g for w, g in zip(want, value.shape[1:])):
+            raise ModelIOError(f"fixed[{name!r}] has shape {value.shape}; give one example of shape {want}.")
+        out.append(value)
+    return out
+
+
 @contextlib.contextmanager
 def held_inputs(sides) -> Iterator[None]:
     """Hold ``sides`` (a list of side-input arrays aligned with the rows of the explained images, or None) for the
