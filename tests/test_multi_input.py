@@ -273,3 +273,17 @@ def test_class_visualisation_holds_the_metadata_fixed(image_meta):
     np.testing.assert_array_equal(got.images, want.images)
     zeros = ce.visualisation.visualise_classes(model, [2], output="cls", **options)  # metadata zeros: other images
     assert not np.array_equal(zeros.images, want.images)
+
+
+def test_the_engine_reads_held_side_inputs_and_traces_once(image_meta):
+    model, _, x, m = image_meta
+    engine = ce.Engine(model, input="photo", output="cls")
+    with ce.held_inputs([m]):
+        _, probabilities = engine.predict(x)
+    np.testing.assert_allclose(probabilities, np.asarray(model({"photo": x, "meta": m})[0]), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ce.ModelIOError, match=r"other inputs' values for each of its 2 rows.*held_inputs"):
+        engine.predict(x)
+    method = ce.GradCAM(model, output="cls", progress=False)
+    for n in (2, 1, 2):  # another number of images, and of side-input rows: the same graphs
+        method.explain({"photo": x[:n], "meta": m[:n]})
+    assert set(method.engine.tracing_counts().values()) == {1}
