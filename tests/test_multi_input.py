@@ -19,6 +19,7 @@ import cnn_exposed as ce
 
 SIZE = 16
 HIDDEN = 8
+BATCH = 4  # copies per compiled call: batches that mix two images' copies (3 noisy copies, 7 path points, ...)
 OPTIONS = {
     "smoothgrad": dict(samples=3),
     "integrated_gradients": dict(steps=6),
@@ -127,10 +128,10 @@ def assert_same(multi, single, i: int) -> None:
 
 def explain_both(model, twin, inputs: dict, x_twin, name, opts, **ports):
     kept = {k: v.copy() for k, v in inputs.items()}
-    multi = ce.explain(model, inputs, name, batch_size=3, progress=False, **ports, **opts)
+    multi = ce.explain(model, inputs, name, batch_size=BATCH, progress=False, **ports, **opts)
     for key, value in inputs.items():  # the arrays passed are not modified
         np.testing.assert_array_equal(value, kept[key])
-    single = ce.explain(twin, x_twin, name, batch_size=3, progress=False, **opts)
+    single = ce.explain(twin, x_twin, name, batch_size=BATCH, progress=False, **opts)
     return multi, single
 
 
@@ -144,21 +145,24 @@ def test_image_and_metadata_match_the_twin_with_the_metadata_built_in(image_meta
         assert not np.allclose(multi.raw_maps[0], single.raw_maps[0], rtol=1e-2)
 
 
-@pytest.mark.parametrize(("name", "opts"), CASES, ids=IDS)
-@pytest.mark.parametrize("side", ["left", "right"])
+# The left image with every method; the right one with one method of each kind (cost).
+RIGHT = ("saliency", "smoothgrad", "gradcam", "scorecam", "occlusion", "lrp")
+SIAMESE = [("left", *case) for case in CASES] + [("right", *case) for case in CASES if case[0] in RIGHT]
+SIAMESE_IDS = [f"left-{i}" for i in IDS] + [f"right-{i}" for i, case in zip(IDS, CASES) if case[0] in RIGHT]
+
+
+@pytest.mark.parametrize(("side", "name", "opts"), SIAMESE, ids=SIAMESE_IDS)
 @pytest.mark.filterwarnings("ignore:integrated gradients. 1 image")
-def test_each_image_of_a_siamese_pair_matches_its_twin(siamese, name, opts, side):
+def test_each_image_of_a_siamese_pair_matches_its_twin(siamese, side, name, opts):
     model, twins, left, right = siamese
-    if side == "right" and name not in ("saliency", "smoothgrad", "gradcam", "scorecam", "occlusion", "lrp"):
-        pytest.skip("the right side: one method of each kind (cost)")
     x = left if side == "left" else right
     # A list in model.inputs order for the left side, a dict for the right.
     inputs = [left, right] if side == "left" else {"left": left, "right": right}
     kept = [a.copy() for a in (left, right)]
-    multi = ce.explain(model, inputs, name, input=side, batch_size=3, progress=False, **opts)
+    multi = ce.explain(model, inputs, name, input=side, batch_size=BATCH, progress=False, **opts)
     np.testing.assert_array_equal(left, kept[0])
     np.testing.assert_array_equal(right, kept[1])
-    single = ce.explain(twins[side], x, name, batch_size=3, progress=False, **opts)
+    single = ce.explain(twins[side], x, name, batch_size=BATCH, progress=False, **opts)
     assert_same(multi, single, 1)
     if multi.layer is not None:  # the default CAM layer: the shared trunk's, recorded on this side's call
         assert multi.layer == single.layer == "base/c2"

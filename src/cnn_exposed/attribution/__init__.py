@@ -60,8 +60,10 @@ def explain(
     ----------
     model : keras.Model
         Sequential, functional or nested (e.g. a ``keras.applications`` base inside a ``Sequential``).
-    images : array-like, (N, H, W, C) or (H, W, C)
-        In the model's input range, or raw pixels when ``preprocess`` is given.
+    images : array-like, (N, H, W, C) or (H, W, C); or a dict keyed by input name
+        In the model's input range, or raw pixels when ``preprocess`` is given. A model with several inputs takes
+        ``{input name: values}`` (or a list in ``model.inputs`` order): ``input=`` says which image input is
+        explained (default: the only 4-D one), the others are held at their given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
         ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
@@ -76,7 +78,8 @@ def explain(
     batch_size : int or None
         Most images per compiled call (default 32); bounds memory.
     **method_options
-        ``score`` ("logit" or "probability"), ``progress``, and the method's own options: ``samples``,
+        ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
+        input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
         (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
         (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
