@@ -291,3 +291,23 @@ def test_the_engine_reads_held_side_inputs_and_traces_once(image_meta):
     for n in (2, 1, 2):  # another number of images, and of side-input rows: the same graphs
         method.explain({"photo": x[:n], "meta": m[:n]})
     assert set(method.engine.tracing_counts().values()) == {1}
+
+
+def test_rule_based_methods_leave_a_metadata_branch_as_it_is():
+    """Category ids through an Embedding (no LRP rule): the relevance into the metadata is dropped, so the
+    rule-based methods run, and the top-2 targets repeat each image with its own metadata."""
+    keras.utils.set_random_seed(10)
+    ids, photo = keras.Input((2,), dtype="int32", name="ids"), keras.Input((SIZE, SIZE, 3), name="photo")
+    embedded = layers.Flatten()(layers.Embedding(5, 2, name="embed")(ids))
+    g = layers.GlobalAveragePooling2D(name="gap")(convs(photo))
+    model = keras.Model([photo, ids], head(layers.Concatenate()([g, embedded]), 3))
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.0, 1.0, (2, SIZE, SIZE, 3)).astype(np.float32)
+    categories = np.array([[4, 0], [1, 3]], np.int32)
+    constant = np.asarray(model.get_layer("embed")(categories[1:])).reshape(-1)
+    twin = folded_twin(model, keras.Model(photo, g), constant, True, 3, "twin_ids")
+    for name, compared in (("lrp", (2, 3)), ("guided_backprop", (2,))):  # (its map for image 1's second is 0)
+        multi, single = explain_both(model, twin, {"photo": x, "ids": categories}, x, name, {"target": "top-2"})
+        np.testing.assert_array_equal(multi.image_index, [0, 0, 1, 1])
+        for i in compared:  # image 1
+            assert_same(multi, single, i)

@@ -112,15 +112,17 @@ class RuleSet:
             return {}  # the model's own gradient (feature visualisation of a subclassed model)
         for m in subclassed:  # walked through their functional twins (run_model)
             trace_subclassed(m)
-        refs = list(iter_layers(model, graph_order=True))
-        operations = list(operations_in(model))
+        # A model with several inputs: only the explained input's branch is differentiated; the other inputs'
+        # branches run as they are (the relevance flowing into them is dropped), whatever their layers.
+        branch = branch_operations(model, input_index(model, input))  # None: a single input reaches everything
+        refs = [r for r in iter_layers(model, graph_order=True) if on_branch(r, branch)]
+        operations = [r for r in operations_in(model) if on_branch(r, branch)]
         if self.mode == "lrp":
             _refuse_nodes_without_rule(refs, operations)
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()
         folds = {k: bn for k, bn in fold_pairs(model).items() if k not in kept}
         folded_bns = {id(bn) for bn in folds.values()}
-        branch = branch_operations(model, input_index(model, input))  # None: a single input reaches everything
-        weighted = [r for r in refs if layer_kind(r.layer) == "weighted" and on_branch(r, branch)]
+        weighted = [r for r in refs if layer_kind(r.layer) == "weighted"]
         first_id = id(weighted[0].layer) if weighted else None  # the composite's "first" entry applies here
         # z^B keeps its padding layer: its bounds cover the padded border too
         zb_first = self.mode == "lrp" and self.composite["first"] == "zb"
@@ -133,7 +135,7 @@ class RuleSet:
         zb_bounds = self._bounds
         if zb_first and weighted:
             first = weighted[0]
-            before = [r for r in refs[: refs.index(first)] if on_branch(r, branch)]
+            before = refs[: refs.index(first)]
             odd = next((r for r in before if layer_kind(r.layer) not in ("routing", "model", "elementwise")), None)
             if odd is not None:
                 raise UnsupportedLayerError(
