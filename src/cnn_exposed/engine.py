@@ -291,7 +291,7 @@ class Engine:
 
     def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=()) -> Callable:
         """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once."""
-        key = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
+        key: tuple = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
         if sides:
             key += tuple((s.shape[1:], s.dtype.str) for s in sides)
         fn = self._compiled.get(key)

@@ -335,7 +335,7 @@ def render(
     regs = tuple((name, float(weight)) for name, weight in (regularisers or {}).items())
     colour = affine_colour_map(preprocess, input_channels(model, index))
     kind = parameterisation if isinstance(parameterisation, str) else id(parameterisation)
-    setup = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
+    setup: tuple = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
     ports = (index, output_index(model, output), fixed)
     if len(model_inputs(model)) > 1:
         setup += (*ports[:2], tuple(v.tobytes() for v in fixed_inputs(model, index, fixed)))
