@@ -311,3 +311,15 @@ def test_rule_based_methods_leave_a_metadata_branch_as_it_is():
         np.testing.assert_array_equal(multi.image_index, [0, 0, 1, 1])
         for i in compared:  # image 1
             assert_same(multi, single, i)
+
+
+def test_randomisation_check_and_method_table_take_the_side_inputs(image_meta):
+    model, twin, x, m = image_meta
+    inputs = {"photo": x, "meta": m}
+    multi = ce.metrics.randomisation_check(model, inputs, "saliency", layers=["cls", "c2"], output="cls")
+    single = ce.metrics.randomisation_check(twin, x, "saliency", layers=["cls", "c2"])
+    assert [p.rsplit("/", 1)[-1] for p in single.layers] == multi.layers == ["cls", "c2"]  # (the twin nests c2)
+    np.testing.assert_allclose(multi.maps[:, 1], single.maps[:, 1], rtol=1e-3, atol=1e-5)
+    rows = ce.metrics.compare_methods(model, inputs, ["saliency"], options={"saliency": {"output": "cls"}})
+    curve = ce.metrics.deletion_curve(model, inputs, multi.maps[0], output="cls")
+    np.testing.assert_allclose(rows[0]["deletion_auc"], curve.auc.mean(), rtol=1e-6)

@@ -21,7 +21,7 @@ import numpy as np
 from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
-from .model_io import held_inputs, rows, split_inputs
+from .model_io import held_inputs, model_inputs, rows, split_inputs
 from .targets import one_per_image
 
 
@@ -278,13 +278,15 @@ def randomisation_check(
 
     The user's model is not touched: a clone carries the randomised weights. ``explain_fn`` is a method
     name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. The target is
-    fixed to the original model's prediction, so only the weights change.
+    fixed to the original model's prediction, so only the weights change. A model with several inputs takes the
+    images as :func:`explain` does (a dict keyed by input name), with ``input``/``output`` in ``method_options``.
     """
     import keras
 
     from .attribution import explain
 
-    x = np.asarray(images)
+    ports = {k: method_options[k] for k in ("input", "output") if k in method_options}
+    x = images if len(model_inputs(model)) > 1 else np.asarray(images)
     if isinstance(explain_fn, str):
         name = explain_fn
 
@@ -297,9 +299,11 @@ def randomisation_check(
         def run(m, t):
             return np.asarray(explain_fn(m, x))
 
-    engine = engine_for(model)
-    _, model_input = prepare_images(x, engine.input_shape, preprocess)
-    outputs, _ = engine.predict_all(model_input)
+    engine = engine_for(model, **ports)
+    explained, sides = split_inputs(model, x, engine.input_index)
+    _, model_input = prepare_images(explained, engine.input_shape, preprocess)
+    with held_inputs(sides):
+        outputs, _ = engine.predict_all(model_input)
     targets = one_per_image(target, outputs)
     original = run(model, targets)
     clone = keras.models.clone_model(model)
@@ -356,18 +360,19 @@ def compare_methods(
     for m in methods:
         opts = options.get(m, {})
         exp = explain(model, images, m, preprocess=preprocess, progress=False, **opts)
+        ports = {k: opts[k] for k in ("input", "output") if k in opts}  # a model with several inputs or outputs
         row: dict[str, object] = {"method": m}
         if masks is not None:
             row["pointing_game"] = float(pointing_game(exp.maps, masks).mean())
             row["mass_in_mask"] = float(mass_in_mask(exp.maps, masks).mean())
         row["deletion_auc"] = float(
             deletion_curve(
-                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
+                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **ports, **curve_options
             ).auc.mean()
         )
         row["insertion_auc"] = float(
             insertion_curve(
-                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options
+                model, images, exp.maps, target=exp.targets, preprocess=preprocess, **ports, **curve_options
             ).auc.mean()
         )
         if sanity:
