@@ -88,6 +88,14 @@ def test_node_outputs_are_the_tensors_a_call_produced():
     assert len(outs) == 1 and tuple(outs[0].shape) == (None, 4, 4, 3)
 
 
+def test_node_inputs_are_the_tensors_a_call_took():
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    merge = keras.layers.Concatenate()
+    keras.Model([a, b], merge([a, b]))
+    got = compat.node_inputs(compat.inbound_nodes(merge)[-1])
+    assert len(got) == 2 and got[0] is a and got[1] is b
+
+
 @pytest.mark.parametrize("axes", [(0,), (0, 1), (0, 1, 2), (1, 3)])
 def test_flip_reverses_every_axis_given(axes):
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)

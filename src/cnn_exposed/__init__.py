@@ -36,6 +36,7 @@ from .errors import (
     LayerAccessError,
     LayerNotFoundError,
     ModelError,
+    ModelIOError,
     NoSpatialLayerError,
     OfflineError,
     TargetError,
@@ -44,6 +45,7 @@ from .errors import (
 from .explanation import Explanation, normalize_maps, signed_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
 from .metrics import pointing_game
+from .model_io import held_inputs
 from .models import LoadedModel, load_model
 from .plotting import colorize, draw_map, overlay_heatmap, overlay_signed, plot_explanations, save_png, to_uint8
 from .tcav import TCAVResult, tcav
@@ -81,6 +83,7 @@ __all__ = [
     "LayerNotFoundError",
     "LoadedModel",
     "ModelError",
+    "ModelIOError",
     "NoSpatialLayerError",
     "OfflineError",
     "Occlusion",
@@ -99,6 +102,7 @@ __all__ = [
     "explain",
     "explain_batches",
     "find_last_spatial_layer",
+    "held_inputs",
     "images",
     "list_layers",
     "load_model",

@@ -26,6 +26,25 @@ def own_key(fn: Callable) -> Callable:
     return functools.partial(fn)
 
 
+def depends_on(tensor, source) -> bool:
+    """Whether a graph tensor is computed from ``source`` (walked back through the traced graph's operations, at
+    trace time: no operation is added). Outside a traced graph (eager tensors carry no history) it answers True."""
+    if not (hasattr(tensor, "op") and hasattr(source, "op")) or tf.executing_eagerly():
+        return True
+    target = source.op.name
+    seen: set[str] = set()
+    todo = [tensor.op]
+    while todo:
+        op = todo.pop()
+        if op.name == target:
+            return True
+        for t in op.inputs:
+            if t.op.name not in seen:
+                seen.add(t.op.name)
+                todo.append(t.op)
+    return False
+
+
 def with_backward(forward: Callable, backward: Callable) -> Callable:
     """``forward(*inputs)`` whose backward pass is ``backward(inputs, output, upstream) -> input grads``.
 

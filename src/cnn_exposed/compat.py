@@ -103,6 +103,21 @@ def node_outputs(node) -> list:
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
+def node_inputs(node) -> list:
+    """A graph node's input tensors, flattened (``Node.input_tensors`` in Keras 3; ``inputs`` in some releases)."""
+    ins = getattr(node, "input_tensors", None) or getattr(node, "inputs", None) or []
+    flat, todo = [], [ins]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, (list, tuple)):
+            todo.extend(reversed(item))
+        elif isinstance(item, dict):
+            todo.extend(reversed(list(item.values())))
+        else:
+            flat.append(item)
+    return flat
+
+
 def flip(x, axes: tuple[int, ...]):
     """``x`` reversed along each of ``axes``.
 

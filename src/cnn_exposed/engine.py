@@ -21,11 +21,21 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .backend import own_key, scaled_backward, stateless_noise
+from .backend import depends_on, own_key, scaled_backward, stateless_noise
 from .compat import built_input_shape
-from .errors import ModelError
+from .errors import ModelError, ModelIOError
 from .graph import Plan, classifier_head, run_model
-from .layers import LayerRef, iter_layers, resolve_layer
+from .layers import LayerRef, iter_layers, list_layers, resolve_layer
+from .model_io import (
+    branch_operations,
+    current_sides,
+    input_index,
+    input_names,
+    model_inputs,
+    on_branch,
+    output_index,
+    rows,
+)
 from .precision import (
     PEAK_EXPONENT,
     RETRIES,
@@ -104,6 +114,10 @@ class Engine:
     score : {"logit", "probability", "log_probability"}
         What is explained: the pre-softmax/sigmoid score (default), the probability or its logarithm
         (which, unlike the logit, does not rise when every class's logit rises together).
+    input, output : str, int or None
+        A model with several inputs: the explained one (a name or an index into ``model.inputs``; default the only
+        4-D input); the others are *side inputs*, read from :func:`cnn_exposed.model_io.held_inputs` aligned with
+        each pass's rows. A model with several outputs: the explained one (a name or an index).
 
     Notes
     -----
@@ -117,6 +131,8 @@ class Engine:
         layer: str | keras.layers.Layer | LayerRef | None = None,
         score: str = "logit",
         rules=None,
+        input: int | str | None = None,
+        output: int | str | None = None,
     ) -> None:
         if not isinstance(model, keras.Model):
             raise ModelError(
@@ -127,37 +143,59 @@ class Engine:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
         self.model = model
         self.score = score
-        self.head = classifier_head(model)
+        self.input_index = input_index(model, input)
+        self.output_index = output_index(model, output)
+        self.multi_input = len(model_inputs(model)) > 1
+        self.multi_output = len(getattr(model, "outputs", None) or []) > 1
+        self.head = classifier_head(model, self.output_index)
         self.layer = resolve_layer(model, layer) if layer is not None else None
+        if self.multi_input and self.layer is not None:
+            self._check_branch()
         self.binary = self.head.units == 1
         self.num_classes = class_count(self.head.units)
         self.rules = rules
         self.precision = low_precision(r.layer for r in iter_layers(model))  # None: a float32 model
-        replace = rules.replacements(model, self.head, keep=[self.layer] if self.layer else ()) if rules else {}
+        keep = [self.layer] if self.layer else ()
+        replace = rules.replacements(model, self.head, keep, self.input_index) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
+
+    def _check_branch(self) -> None:
+        """A recorded layer of a model with several inputs must be one the explained input reaches."""
+        assert self.layer is not None
+        branch = branch_operations(self.model, self.input_index)
+        if not on_branch(self.layer, branch):
+            names = input_names(self.model)
+            spatial = list_layers(self.model, spatial_only=True)
+            reached = [p for p in spatial if on_branch(resolve_layer(self.model, p), branch)]
+            raise ModelIOError(
+                f"Layer {self.layer.path!r} is not on the path of input {names[self.input_index]!r}, so it says "
+                f"nothing about that input. Pick a layer it reaches (spatial ones: {reached[-8:]}) or explain "
+                f"another input (input=..., one of {names})."
+            )
 
     # ------------------------------------------------------------------ shapes
     @property
     def input_shape(self) -> tuple:
-        """The model's input shape without the batch axis, ``(H, W, C)`` (entries may be None)."""
-        inputs = getattr(self.model, "inputs", None)
-        if inputs and len(inputs) != 1:
-            raise ModelError(
-                f"Model {self.model.name!r} has {len(inputs)} inputs; cnn-exposed explains "
-                "single-input image classifiers."
-            )
+        """The explained input's shape without the batch axis, ``(H, W, C)`` (entries may be None)."""
+        if self.multi_input:
+            return tuple(self.model.inputs[self.input_index].shape[1:])
         shape = built_input_shape(self.model)  # a subclassed model: the shape it was built with
         if shape is None:
             raise ModelError(f"Model {self.model.name!r} is not built: call it on data once first.")
         return tuple(shape[1:])
 
     # ------------------------------------------------------------ in-graph parts
-    def _forward(self, x, record: bool = False):
+    def _forward(self, x, record: bool = False, sides=()):
         """(score-space outputs (N, K) and probabilities (N, K), float32; the recorded layer's output in its own
-        dtype, or None)."""
+        dtype, or None); ``sides``: the side inputs of a model with several, aligned with ``x``."""
         recorded: dict = {}
-        out = to_float32(run_model(self.model, x, self._plan, recorded))
+        inputs = x
+        if self.multi_input:
+            inputs = list(sides)
+            inputs.insert(self.input_index, x)
+        out = run_model(self.model, inputs, self._plan, recorded)
+        out = to_float32(out[self.output_index] if self.multi_output else out)
         squashing = self.head.activation in ("softmax", "sigmoid")
         if squashing and self.head.pre_activation is None:
             logits, probs = None, out
@@ -189,9 +227,13 @@ class Engine:
                     "subclassed model (whose graph cannot be walked) or not on the path to the output. "
                     "Pick a layer of a Sequential or functional model."
                 )
-            # A layer called several times: the last call is the one nearest the output. In its own dtype
-            # (float16 in a mixed model): the gradient at it is taken there, then cast.
-            layer_out = recorded[self.layer.path][-1]
+            # A layer called several times: the last call is the one nearest the output; in a model with several
+            # inputs (a trunk shared by two images), the last call on the explained input's path. In its own
+            # dtype (float16 in a mixed model): the gradient at it is taken there, then cast.
+            calls = recorded[self.layer.path]
+            if self.multi_input and len(calls) > 1:
+                calls = [a for a in calls if depends_on(a, x)] or calls
+            layer_out = calls[-1]
         return scores, probs, layer_out
 
     @staticmethod
@@ -201,19 +243,19 @@ class Engine:
         targets = ops.where(targets < 0, top, targets)
         return ops.take_along_axis(scores, ops.expand_dims(targets, 1), axis=1)[:, 0], targets
 
-    def _fn_predict(self, x):
-        scores, probs, _ = self._forward(x)
+    def _fn_predict(self, x, *sides):
+        scores, probs, _ = self._forward(x, sides=sides)
         return scores, probs
 
-    def _fn_scores(self, x, targets):
-        scores, _, _ = self._forward(x)
+    def _fn_scores(self, x, targets, *sides):
+        scores, _, _ = self._forward(x, sides=sides)
         return self._select(scores, targets)[0]
 
-    def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False):
+    def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False, sides=()):
         """One forward pass and the backward pass from the explained score: ``(s, t, probs, a, g)``, with ``a``
         the recorded layer's output (with ``record``; else None) and ``g`` the gradient at ``a`` (with ``record``)
         or at ``x``, both float32. ``seed_with_score``: the backward pass starts from the score itself (LRP's
-        relevance) instead of 1.
+        relevance) instead of 1. ``sides``: the side inputs, as :meth:`_forward` takes them.
 
         A float16 model's backward pass is seeded with a power of two per image, about 2**12 times the seed, and
         unscaled in float32, so gradients far below float16's smallest normal number (6e-5) keep their digits; a
@@ -225,7 +267,7 @@ class Engine:
         def attempt(exponent=None):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                scores, probs, a = self._forward(x, record=record)
+                scores, probs, a = self._forward(x, record=record, sides=sides)
                 s, t = self._select(scores, targets)
             seed = s if seed_with_score else None
             if exponent is not None:
@@ -245,25 +287,25 @@ class Engine:
             out = attempt()
         return out if record else (*out[:3], None, out[3])
 
-    def _fn_input_gradients(self, x, targets):
-        s, t, probs, _, g = self._backward(x, targets)
+    def _fn_input_gradients(self, x, targets, *sides):
+        s, t, probs, _, g = self._backward(x, targets, sides=sides)
         return s, g, t, probs
 
-    def _fn_layer_gradients(self, x, targets):
-        s, t, probs, a, g = self._backward(x, targets, record=True)
+    def _fn_layer_gradients(self, x, targets, *sides):
+        s, t, probs, a, g = self._backward(x, targets, record=True, sides=sides)
         return s, a, g, t, probs
 
-    def _fn_relevance(self, x, targets):
+    def _fn_relevance(self, x, targets, *sides):
         """Rule-based backward pass: (scores, relevance or modified gradient, targets, probabilities).
 
         LRP rules carry relevance backward, so the explained score is seeded with its own value and what
         reaches the input is the relevance itself; other rules (guided backprop) carry a gradient.
         """
-        s, t, probs, _, g = self._backward(x, targets, seed_with_score=self.rules.output == "relevance")
+        s, t, probs, _, g = self._backward(x, targets, seed_with_score=self.rules.output == "relevance", sides=sides)
         return s, g, t, probs
 
-    def _fn_layer_relevance(self, x, targets):
-        s, _, _, _, g = self._backward(x, targets, record=True, seed_with_score=True)
+    def _fn_layer_relevance(self, x, targets, *sides):
+        s, _, _, _, g = self._backward(x, targets, record=True, seed_with_score=True, sides=sides)
         return s, g
 
     def layer_relevance(self, x: np.ndarray, targets: np.ndarray) -> LayerRelevance:
@@ -277,18 +319,21 @@ class Engine:
             raise ValueError("This engine has no backward rules; build it with rules=...")
         return Relevance(*self._call(self._fn_relevance, x, targets))
 
-    def _fn_activations(self, x):
-        scores, probs, a = self._forward(x, record=True)
+    def _fn_activations(self, x, *sides):
+        scores, probs, a = self._forward(x, record=True, sides=sides)
         return to_float32(a), scores, probs
 
-    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool) -> Callable:
+    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=()) -> Callable:
         """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once."""
-        key = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
+        key: tuple = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
+        if sides:
+            key += tuple((s.shape[1:], s.dtype.str) for s in sides)
         fn = self._compiled.get(key)
         if fn is None:
             sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
+            sig += [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]
             fn = tf.function(own_key(graph_fn), input_signature=sig)
             self._compiled[key] = fn
         return fn
@@ -297,11 +342,28 @@ class Engine:
         """``(pass, input shape) -> how many times it was traced``: 1 each, unless something retraces."""
         return {key: fn.experimental_get_tracing_count() for key, fn in self._compiled.items()}
 
+    def side_inputs(self, count: int) -> tuple:
+        """The held side inputs (:func:`cnn_exposed.model_io.held_inputs`) for a pass on ``count`` rows: ``()`` for
+        a single-input model; a :class:`ModelIOError` when a model with several inputs has none or the wrong
+        number of rows held."""
+        if not self.multi_input:
+            return ()
+        sides = current_sides()
+        names = input_names(self.model)
+        if sides is None or any(len(s) != count for s in sides):
+            raise ModelIOError(
+                f"Model {self.model.name!r} has inputs {names}: a pass on its input {names[self.input_index]!r} "
+                f"needs the other inputs' values for each of its {count} rows; hold them around the call with "
+                "cnn_exposed.model_io.held_inputs([...]) (explain() does so from a dict of inputs)."
+            )
+        return sides
+
     def _call(self, graph_fn: Callable, x: np.ndarray, targets: np.ndarray | None = None):
         x = np.asarray(x, dtype=np.float32)
-        fn = self._compiled_fn(graph_fn, x, targets is not None)
+        sides = self.side_inputs(len(x))
+        fn = self._compiled_fn(graph_fn, x, targets is not None, sides)
         args = (x,) if targets is None else (x, np.asarray(targets, dtype=np.int32))
-        out = fn(*args)
+        out = fn(*args, *sides)
         if isinstance(out, (tuple, list)):
             return tuple(np.asarray(o) for o in out)
         return np.asarray(out)
@@ -341,15 +403,17 @@ class Engine:
         ``(len(images), H, W, C)``: only per-image sums leave the graph, not every copy's gradient."""
         images = np.asarray(images, np.float32)
         shape = tuple(images.shape[1:])
-        key = ("noisy_moments", times_input, shape)
+        sides = self.side_inputs(len(images))  # aligned with images; each copy gets its image's, in the graph
+        key = ("noisy_moments", times_input, shape) + tuple((s.shape[1:], s.dtype.str) for s in sides)
         fn = self._compiled.get(key)
         if fn is None:
 
-            def graph(images, targets, sigma, seeds, segments):
+            def graph(images, targets, sigma, seeds, segments, *sides):
                 noise = stateless_noise(shape, seeds)
                 scale = tf.reshape(tf.gather(sigma, segments), (-1,) + (1,) * len(shape))
                 noisy = tf.gather(images, segments) + scale * noise
-                a = self._backward(noisy, targets)[-1]
+                copies = [tf.gather(s, segments) for s in sides]
+                a = self._backward(noisy, targets, sides=copies)[-1]
                 a = a * noisy if times_input else a
                 count = tf.shape(images)[0]
                 return tf.math.unsorted_segment_sum(a, segments, count), tf.math.unsorted_segment_sum(
@@ -360,12 +424,12 @@ class Engine:
             sig = [
                 tf.TensorSpec((None,) + shape, tf.float32), vector, tf.TensorSpec((None,), tf.float32),
                 tf.TensorSpec((None, 2), tf.int32), vector,
-            ]  # fmt: skip
+            ] + [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]  # fmt: skip
             fn = tf.function(own_key(graph), input_signature=sig)
             self._compiled[key] = fn
         args = (images, np.asarray(targets, np.int32), np.asarray(sigma, np.float32), np.asarray(seeds, np.int32),
                 np.asarray(segments, np.int32))  # fmt: skip
-        sums, squares = fn(*args)
+        sums, squares = fn(*args, *sides)
         return np.asarray(sums), np.asarray(squares)
 
     def _require_layer(self) -> None:
@@ -381,9 +445,10 @@ class Engine:
     def map_batches(fn: Callable, arrays: tuple, batch_size: int, progress: bool = False, desc=None):
         """Apply a one-batch function over aligned arrays in batches; concatenate each of its outputs (a named
         result stays named: ``map_batches(engine.input_gradients, ...)`` is an :class:`InputGradients`)."""
-        parts = [
-            fn(*(a[s] for a in arrays)) for s in batch_slices(len(arrays[0]), batch_size, progress=progress, desc=desc)
-        ]
+        parts = []
+        for s in batch_slices(len(arrays[0]), batch_size, progress=progress, desc=desc):
+            with rows(s):  # a model with several inputs: the batch's own side inputs
+                parts.append(fn(*(a[s] for a in arrays)))
         if isinstance(parts[0], tuple):
             joined = [np.concatenate(p, axis=0) for p in zip(*parts)]
             return type(parts[0])(*joined) if hasattr(parts[0], "_fields") else tuple(joined)
@@ -409,6 +474,8 @@ def engine_for(
     layer: str | keras.layers.Layer | LayerRef | None = None,
     score: str = "logit",
     rules=None,
+    input: int | str | None = None,
+    output: int | str | None = None,
 ) -> Engine:
     """A cached :class:`Engine`, so that calling ``explain`` in a loop reuses the compiled graphs.
 
@@ -416,12 +483,13 @@ def engine_for(
     so that an ``id`` is never reused while its entry is alive.
     """
     layer_key = resolve_layer(model, layer).path if layer is not None else None
-    key = (id(model), layer_key, score, None if rules is None else rules.key)
+    ports = (input_index(model, input), output_index(model, output))
+    key = (id(model), layer_key, score, None if rules is None else rules.key, ports)
     entry = _ENGINES.get(key)
     if entry is not None and entry.model is model:
         _ENGINES.move_to_end(key)
         return entry
-    engine = Engine(model, layer, score, rules)
+    engine = Engine(model, layer, score, rules, input, output)
     _ENGINES[key] = engine
     while len(_ENGINES) > _ENGINE_CACHE_SIZE:
         _ENGINES.popitem(last=False)

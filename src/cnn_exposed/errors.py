@@ -32,6 +32,11 @@ class ModelError(CnnExposedError):
     """A model this package cannot explain (e.g. several outputs, no classification head)."""
 
 
+class ModelIOError(ModelError):
+    """An ``input=`` or ``output=`` that is ambiguous or not in a model with several inputs or outputs, or side
+    inputs that do not fit (the message lists the model's inputs or outputs with their shapes)."""
+
+
 class UnsupportedLayerError(CnnExposedError):
     """A layer or ``keras.ops`` operation a rule-based backward pass (LRP) has no rule for (the message names
     it and the methods that work instead)."""

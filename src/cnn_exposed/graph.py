@@ -32,26 +32,21 @@ from .layers import (
     probe_subclassed,
     traced,
 )
+from .model_io import output_index
 from .precision import to_compute
 
 _SQUASHING = ("softmax", "sigmoid")
 
 
-def output_operation(model: keras.Model):
-    """The operation (layer or op) whose output is the model's output."""
+def output_operation(model: keras.Model, output: int | str | None = None):
+    """The operation (layer or op) whose output is the model's output (``output``: which one, by name or index,
+    of a model with several; :class:`~cnn_exposed.errors.ModelIOError` lists them when it is not said)."""
     if isinstance(model, keras.Sequential):
         return model.layers[-1]
     graph = functional_graph(model)
     if graph is None:
         return None
-    outputs = graph.outputs
-    if len(outputs) != 1:
-        raise ModelError(
-            f"Model {model.name!r} has {len(outputs)} outputs; cnn-exposed explains single-output "
-            "classifiers. Build a model with the output you want: keras.Model(model.inputs, "
-            "model.outputs[i])."
-        )
-    return producer(outputs[0])
+    return producer(graph.outputs[output_index(model, output)])
 
 
 def _activation_name(op) -> str | None:
@@ -113,19 +108,21 @@ class Head:
     units: int = 0
 
 
-def classifier_head(model: keras.Model) -> Head:
-    """Inspect how ``model`` turns features into class scores (through nested models).
+def classifier_head(model: keras.Model, output: int | str | None = None) -> Head:
+    """Inspect how ``model`` turns features into class scores (through nested models); ``output``: which output
+    of a model with several (a name or an index).
 
     A subclassed model is run once on zeros to see which of its layers it calls last (:func:`probe_subclassed`).
     """
     if is_subclassed(model):
         return _subclassed_head(model)
-    shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
+    index = output_index(model, output)
+    shape = tuple(model.outputs[index].shape) if getattr(model, "outputs", None) else None
     shape = _check_output(model, shape)
     chain = []
     current = model
     while True:
-        op = output_operation(current)
+        op = output_operation(current, index if current is model else None)
         if op is None:
             break
         chain.append((current, op))

@@ -18,6 +18,7 @@ import numpy as np
 
 from .compat import built_input_shape, functional_graph, inbound_nodes, node_outputs, patched_calls, unpatched_call
 from .errors import LayerNotFoundError, NoSpatialLayerError
+from .model_io import branch_operations, input_index, on_branch
 from .savedmodel import require_layer_access
 
 
@@ -273,8 +274,12 @@ def list_layers(model: keras.Model, spatial_only: bool = False) -> list[str]:
     return [ref.path for ref in iter_layers(model) if not spatial_only or is_spatial(ref.layer)]
 
 
-def find_last_spatial_layer(model: keras.Model) -> LayerRef:
+def find_last_spatial_layer(model: keras.Model, input: int | str | None = None) -> LayerRef:
     """The last layer with a 4-D output, searching inside nested models (the default CAM layer).
+
+    In a model with several inputs, only the layers the explained input reaches count (``input``: a name or an
+    index; by default the only image input): for a two-image model, the default layer is on that image's branch,
+    or on the trunk both share.
 
     Raises
     ------
@@ -282,7 +287,8 @@ def find_last_spatial_layer(model: keras.Model) -> LayerRef:
         When no layer of the model (nested ones included) has a 4-D output.
     """
     probe_if_needed(model)
-    spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer)]
+    branch = branch_operations(model, input_index(model, input))
+    spatial = [ref for ref in iter_layers(model) if is_spatial(ref.layer) and on_branch(ref, branch)]
     # A nested model whose output is spatial comes before its own layers; its last inner layer is the
     # same tensor or closer to it, and naming it is more useful, so prefer non-model layers.
     plain = [ref for ref in spatial if not is_nested_model(ref.layer)]

@@ -22,6 +22,7 @@ from . import sources
 from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
+from .model_io import held_inputs, model_inputs, rows, split_inputs
 from .targets import one_per_image
 
 
@@ -101,14 +102,15 @@ class Curves:
 
 def _curves(
     model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
-    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None,
+    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None, input=None, output=None,
 ) -> Curves:  # fmt: skip
-    engine = engine_for(model, None, score)
+    engine = engine_for(model, None, score, input=input, output=output)
     maps = np.asarray(maps, dtype=np.float32)
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
     parts, done = [], 0
     for batch in _batches(images, engine, batch_size):
-        _, x = prepare_images(batch.images, engine.input_shape, preprocess)
+        explained, sides = split_inputs(model, batch.images, engine.input_index)
+        _, x = prepare_images(explained, engine.input_shape, preprocess)
         part = maps[done : done + len(x)]
         if part.shape[1:] != x.shape[1:3] or maps.ndim != 3:
             raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]} (one per image).")
@@ -118,9 +120,10 @@ def _curves(
                 f"{len(maps)} images."
             )
         positions = np.arange(done, done + len(x))
-        outputs, _ = engine.predict_all(x, batch_size)
+        with held_inputs(sides):
+            outputs, _ = engine.predict_all(x, batch_size)
         targets = one_per_image(sources.batch_target(target, batch, positions), outputs)
-        parts.append((_curve_scores(engine, x, part, targets, mode, steps, patch, fill, batch_size), targets))
+        parts.append((_curve_scores(engine, x, part, targets, mode, steps, patch, fill, batch_size, sides), targets))
         done += len(x)
     if done != len(maps):
         raise ValueError(f"maps {maps.shape} must be (N, H, W), one per image: got {len(maps)} maps for {done} images.")
@@ -138,8 +141,9 @@ def _batches(images, engine, batch_size: int):
     return sources.iter_batches(images, batch_size=batch_size, size=size, whole_arrays=True)
 
 
-def _curve_scores(engine, x, maps, targets, mode, steps, patch, fill, batch_size) -> tuple[np.ndarray, np.ndarray]:
-    """(fractions, scores (n, steps + 1)) of one batch's deletion or insertion curves."""
+def _curve_scores(engine, x, maps, targets, mode, steps, patch, fill, batch_size, sides):
+    """(fractions, scores (n, steps + 1)) of one batch's deletion or insertion curves; ``sides``: the batch's
+    side inputs (a model with several inputs), or None."""
     n, h, w = maps.shape
     # rank patches by their mean attribution (ties broken by position: reproducible)
     gh, gw = -(-h // patch), -(-w // patch)
@@ -157,7 +161,8 @@ def _curve_scores(engine, x, maps, targets, mode, steps, patch, fill, batch_size
             chosen[order[i, :c]] = True
             pixel_mask = np.kron(chosen.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
             variants[i * (steps + 1) + k] = np.where(pixel_mask[..., None], end[i], start[i])
-    scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
+    with held_inputs(sides), rows(np.repeat(np.arange(n), steps + 1)):  # each variant with its image's side inputs
+        scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
     return counts / (gh * gw), scores.reshape(n, steps + 1)
 
 
@@ -172,7 +177,8 @@ def deletion_curve(model, images, maps, **options) -> Curves:
     Options: ``target`` ("predicted", "true" for the labels that come with the images, or one index per map),
     ``preprocess``, ``steps`` (points after the start, 16),
     ``patch`` (pixels per side of the removed cells, 4), ``fill`` ("blur" default, "mean", "zeros" or a
-    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``. All
+    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``, ``input`` and
+    ``output`` (a model with several: ``images`` is then a dict keyed by input name, see :func:`explain`). All
     the modified images are evaluated in batches. A low area under the curve means a faithful map.
     """
     return _curves(model, images, maps, "deletion", **options)
@@ -307,16 +313,20 @@ def randomisation_check(
     The user's model is not touched: a clone carries the randomised weights. ``explain_fn`` is a method
     name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. ``images``: an array
     or any source :mod:`cnn_exposed.sources` reads (read into memory: the maps of every step are kept). The target is
-    fixed to the original model's prediction, so only the weights change.
+    fixed to the original model's prediction, so only the weights change. A model with several inputs takes the
+    images as :func:`explain` does (a dict keyed by input name), with ``input``/``output`` in ``method_options``.
     """
     import keras
 
     from .attribution import explain
 
+    ports = {k: method_options[k] for k in ("input", "output") if k in method_options}
     x, labels = sources.collect(images)  # every image is explained again after each step: held at once
     if isinstance(target, str) and target == "true":
-        target = sources.batch_target(target, sources.Batch(None, labels, np.arange(len(x))))
-    x = np.asarray(x)
+        target = sources.batch_target(
+            target, sources.Batch(None, labels, np.arange(0 if labels is None else len(labels)))
+        )
+    x = x if len(model_inputs(model)) > 1 else np.asarray(x)
     if isinstance(explain_fn, str):
         name = explain_fn
 
@@ -329,9 +339,11 @@ def randomisation_check(
         def run(m, t):
             return np.asarray(explain_fn(m, x))
 
-    engine = engine_for(model)
-    _, model_input = prepare_images(x, engine.input_shape, preprocess)
-    outputs, _ = engine.predict_all(model_input)
+    engine = engine_for(model, **ports)
+    explained, sides = split_inputs(model, x, engine.input_index)
+    _, model_input = prepare_images(explained, engine.input_shape, preprocess)
+    with held_inputs(sides):
+        outputs, _ = engine.predict_all(model_input)
     targets = one_per_image(target, outputs)
     original = run(model, targets)
     clone = keras.models.clone_model(model)
@@ -400,6 +412,8 @@ def compare_methods(
     explainers = {
         m: make_method(model, m, preprocess=preprocess, progress=False, **options.get(m, {})) for m in methods
     }
+    # a model with several inputs or outputs: each method's curves score the input and output it explains
+    ports = {m: {k: options.get(m, {})[k] for k in ("input", "output") if k in options.get(m, {})} for m in methods}
     values: dict = {m: {} for m in methods}
     done = 0
     for batch in _batches(images, next(iter(explainers.values())).engine, DEFAULT_BATCH_SIZE):
@@ -411,7 +425,15 @@ def compare_methods(
                 found.setdefault("pointing_game", []).append(pointing_game(exp.maps, part))
                 found.setdefault("mass_in_mask", []).append(mass_in_mask(exp.maps, part))
             for key, curve in (("deletion_auc", deletion_curve), ("insertion_auc", insertion_curve)):
-                auc = curve(model, batch.images, exp.maps, target=exp.targets, preprocess=preprocess, **curve_options)
+                auc = curve(
+                    model,
+                    batch.images,
+                    exp.maps,
+                    target=exp.targets,
+                    preprocess=preprocess,
+                    **ports[m],
+                    **curve_options,
+                )
                 found.setdefault(key, []).append(auc.auc)
         done += len(batch)
     rows = []

@@ -60,13 +60,17 @@ def explain(
     ----------
     model : keras.Model
         Sequential, functional or nested (e.g. a ``keras.applications`` base inside a ``Sequential``).
-    images : array-like, (N, H, W, C) or (H, W, C); or a dataset, PyDataset, iterable of batches or image files
+    images : array-like, (N, H, W, C) or (H, W, C); a dict keyed by input name; or a dataset, PyDataset, iterable of
+        batches or image files
         In the model's input range, or raw pixels when ``preprocess`` is given. A ``tf.data.Dataset`` (batched
         or not, of ``images``, ``(images, labels)``, ``(images, labels, weights)`` or dicts keyed by input
         name), a ``keras.utils.PyDataset``, any iterable of such batches (a generator is read once), or image
         files (a path, a list of paths, a folder; read and resized to the model's input size, unreadable ones
         skipped with a warning) is explained batch by batch and the batches joined: fine for a validation set;
         for more images than fit in memory use :func:`explain_batches`. See :mod:`cnn_exposed.sources`.
+        A model with several inputs takes ``{input name: values}`` (or a list in ``model.inputs`` order):
+        ``input=`` says which image input is explained (default: the only 4-D one), the others are held at their
+        given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
         ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
@@ -82,7 +86,8 @@ def explain(
     batch_size : int or None
         Most images per compiled call (default 32); bounds memory.
     **method_options
-        ``score`` ("logit" or "probability"), ``progress``, and the method's own options: ``samples``,
+        ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
+        input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
         (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
         (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).

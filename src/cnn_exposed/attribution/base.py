@@ -14,6 +14,7 @@ from ..errors import TargetError
 from ..explanation import Explanation, channel_max_abs, concatenate, normalize_maps
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
+from ..model_io import held_inputs, input_names, output_names, split_inputs
 from ..rules import GRADIENT_RULES
 from ..savedmodel import LAYER_FREE_METHODS, require_layer_access
 from ..targets import resolve_predicted, resolve_targets
@@ -52,6 +53,10 @@ class AttributionMethod:
         Most images (or noisy samples, path points, masked or occluded copies) per compiled call.
     progress : bool
         Show a progress bar when work spans several batches.
+    input, output : str, int or None
+        A model with several inputs: the explained image input (a name or an index into ``model.inputs``; default
+        the only 4-D input); ``explain`` then takes a dict keyed by input name (or a list in ``model.inputs``
+        order) and holds the other inputs at their given values. A model with several outputs: the explained one.
     """
 
     name = ""
@@ -68,11 +73,14 @@ class AttributionMethod:
         preprocess: Callable | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        input: int | str | None = None,
+        output: int | str | None = None,
     ) -> None:
         if self.name not in LAYER_FREE_METHODS:  # a SavedModel's layers cannot be reached: say what works
             require_layer_access(model, f"Method {self.name!r}")
+        self.input, self.output = input, output
         if self.uses_layer:
-            layer = find_last_spatial_layer(model) if layer is None else layer
+            layer = find_last_spatial_layer(model, input) if layer is None else layer
         elif layer is not None:
             raise ValueError(
                 f"Method {self.name!r} works on the input and does not use a layer; drop layer=... "
@@ -83,7 +91,7 @@ class AttributionMethod:
         # The fast layer plan: the same gradient, with batch norm folded, padding inside the convolution and
         # stride-1 convolutions differentiated by a transposed convolution (layers it does not know, and
         # subclassed models, run as they are). Rule-based methods replace the engine with their own rules.
-        self.engine = engine_for(model, layer, self.score, GRADIENT_RULES)
+        self.engine = engine_for(model, layer, self.score, GRADIENT_RULES, input, output)
         if self.uses_layer and (self.engine.layer is None or len(self.engine.layer.output_shape or ()) != 4):
             assert self.engine.layer is not None  # a CAM method's engine always has its layer
             from ..errors import NoSpatialLayerError
@@ -127,8 +135,8 @@ class AttributionMethod:
     def explain(self, images, target="predicted") -> Explanation:
         """Explain ``images`` for ``target`` (see :func:`cnn_exposed.explain`): an array ``(N, H, W, C)`` or
         ``(H, W, C)``, or anything :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a ``PyDataset``,
-        an iterable of batches, image files), whose batches are explained in turn and joined into one
-        :class:`Explanation`. To keep memory bounded by a batch, use :meth:`explain_batches` instead."""
+        an iterable of batches, image files; for a model with several inputs, dicts ``{input name: values}``),
+        whose batches are explained in turn and joined into one :class:`Explanation`. To keep memory bounded by a batch, use :meth:`explain_batches` instead."""
         if sources.is_array(images):
             if isinstance(target, str) and target == "true":
                 raise TargetError(sources.NO_LABELS)
@@ -158,13 +166,19 @@ class AttributionMethod:
             yield exp
 
     def _explain_array(self, images, target) -> Explanation:
+        """Explain an array ``(N, H, W, C)`` or ``(H, W, C)``; for a model with several inputs, a dict
+        ``{input name: values}`` or a list in ``model.inputs`` order."""
+        images, sides = split_inputs(self.model, images, self.engine.input_index)
         display, x = prepare_images(images, self.engine.input_shape, self.preprocess)
-        targets, index = resolve_targets(
-            target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
-        )
+        with held_inputs(sides):
+            targets, index = resolve_targets(
+                target, self.engine.num_classes, len(x), lambda: self.engine.predict_all(x, self.batch_size)[0]
+            )
         if len(index) != len(x) or (index != np.arange(len(x))).any():
             x, display = x[index], display[index]
-        result = self.compute(x, targets, display)
+            sides = None if sides is None else [s[index] for s in sides]
+        with held_inputs(sides):
+            result = self.compute(x, targets, display)
         params = {
             "score": self.score,
             "batch_size": self.batch_size,
@@ -175,6 +189,10 @@ class AttributionMethod:
         layer = self.layer_ref
         if layer is not None:
             params["layer"] = layer.path
+        if self.engine.multi_input:
+            params["input"] = input_names(self.model)[self.engine.input_index]
+        if self.engine.multi_output:
+            params["output"] = output_names(self.model)[self.engine.output_index]
         return Explanation(
             maps=normalize_maps(np.maximum(result.raw_maps, 0.0)),
             attributions=result.attributions,

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..engine import batch_slices
 from ..explanation import normalize_maps, upsample_maps
+from ..model_io import rows
 from ..targets import resolve_predicted
 from .base import AttributionMethod, Result
 
@@ -137,7 +138,8 @@ class ScoreCAM(CAMMethod):
             small = acts[img, :, :, chosen[img, slot]]  # (b, h, w)
             masks = normalize_maps(upsample_maps(small, size))
             masked = x[img] * masks[..., None]
-            channel_scores[img, slot] = self.engine.scores(masked, targets[img])
+            with rows(img):  # each masked copy with its image's side inputs
+                channel_scores[img, slot] = self.engine.scores(masked, targets[img])
         w = np.exp(channel_scores - channel_scores.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
         picked = np.take_along_axis(acts, chosen[:, None, None, :], axis=-1)

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..backend import stateless_noise
 from ..engine import batch_slices
+from ..model_io import rows
 from .base import GradientMethod, Result, gradient_result
 
 
@@ -113,9 +114,12 @@ class SmoothGrad(GradientMethod):
         preprocess=None,
         batch_size=None,
         progress: bool = True,
+        input=None,
+        output=None,
         **base_options,
     ) -> None:
-        super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress)
+        ports = dict(input=input, output=output)
+        super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress, **ports)
         wrappable = _gradient_methods()
         base_cls = wrappable.get(base, base) if isinstance(base, str) else base
         if not (isinstance(base_cls, type) and issubclass(base_cls, GradientMethod)):
@@ -135,6 +139,7 @@ class SmoothGrad(GradientMethod):
             preprocess=preprocess,
             batch_size=self.batch_size,
             progress=False,
+            **ports,
             **base_options,
         )
         self.samples = int(samples)
@@ -172,7 +177,8 @@ class SmoothGrad(GradientMethod):
             eps = eps.reshape((n, self.samples) + x.shape[1:])
             noisy = x[s, None] + eps * sigma[s, None, None, None, None]
             noisy = noisy.reshape((n * self.samples,) + x.shape[1:])
-            a = self.base.attribute(noisy, np.repeat(targets[s], self.samples))
+            with rows(np.repeat(np.arange(s.start, s.stop), self.samples)):  # each copy with its image's side inputs
+                a = self.base.attribute(noisy, np.repeat(targets[s], self.samples))
             a = a.reshape((n, self.samples) + x.shape[1:])
             out[s] = self._reduce(a.sum(axis=1, dtype=np.float64), np.square(a).sum(axis=1, dtype=np.float64))
         return out
@@ -189,10 +195,11 @@ class SmoothGrad(GradientMethod):
             copy = np.arange(s.start, s.stop)
             image = copy // self.samples
             first, last = int(image[0]), int(image[-1]) + 1
-            a, a2 = engine.noisy_moments(
-                x[first:last], targets[image], sigma[first:last], self.seeds(len(copy), s.start), image - first,
-                times_input,
-            )  # fmt: skip
+            with rows(slice(first, last)):  # side inputs of images first..last; copies gathered in the graph
+                a, a2 = engine.noisy_moments(
+                    x[first:last], targets[image], sigma[first:last], self.seeds(len(copy), s.start), image - first,
+                    times_input,
+                )  # fmt: skip
             sums[first:last] += a
             squares[first:last] += a2
         return self._reduce(sums, squares)

@@ -9,6 +9,7 @@ import numpy as np
 from ..engine import batch_slices
 from ..errors import InputError
 from ..inputs import BLUR_SIGMA, fill_images
+from ..model_io import rows
 from .base import GradientMethod, Result, gradient_result
 
 QUADRATURES = ("trapezoid", "riemann", "riemann_left", "riemann_right", "gausslegendre")
@@ -100,8 +101,13 @@ class IntegratedGradients(GradientMethod):
         preprocess=None,
         batch_size=None,
         progress: bool = True,
+        input=None,
+        output=None,
     ) -> None:
-        super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress)
+        super().__init__(
+            model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress, input=input,
+            output=output,
+        )  # fmt: skip
         if rule is not None:
             warnings.warn(
                 "integrated_gradients(rule=...) is deprecated: the quadrature is now quadrature=... ('rule' is "
@@ -173,7 +179,8 @@ class IntegratedGradients(GradientMethod):
             img, step = idx // n_steps, idx % n_steps
             a = alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
             points = baselines[img] + a * (x[img] - baselines[img])
-            g = self.engine.input_gradients(points, targets[img]).gradients
+            with rows(img):  # each path point with its image's side inputs
+                g = self.engine.input_gradients(points, targets[img]).gradients
             g = g * weights[step].reshape(a.shape)
             # idx is sorted, so each image's steps form one run.
             for i in np.unique(img):
@@ -219,7 +226,8 @@ class IntegratedGradients(GradientMethod):
                 group = todo[steps[todo] == n]
                 midpoints = (2 * np.arange(n, dtype=np.float32) + 1) / (2 * n)
                 ones = np.ones(n, np.float32)
-                sums[group] += self._gradient_sums(x[group], b[group], targets[group], midpoints, ones)
+                with rows(group):
+                    sums[group] += self._gradient_sums(x[group], b[group], targets[group], midpoints, ones)
                 steps[group] = 2 * n
                 error[group] = errors(group)
         attributions = result(everyone).astype(np.float32)

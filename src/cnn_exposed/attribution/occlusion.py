@@ -6,6 +6,7 @@ import numpy as np
 
 from ..engine import batch_slices
 from ..inputs import fill_images
+from ..model_io import rows
 from .base import AttributionMethod, Result
 
 
@@ -82,7 +83,8 @@ class Occlusion(AttributionMethod):
             for j, (i, p) in enumerate(zip(img, pos)):
                 y0, x0 = grid[p]
                 copies[j, y0 : y0 + ph, x0 : x0 + pw] = fills[i, y0 : y0 + ph, x0 : x0 + pw]
-            drop = scores[img] - self.engine.scores(copies, targets[img])
+            with rows(img):  # each occluded copy with its image's side inputs
+                drop = scores[img] - self.engine.scores(copies, targets[img])
             for j, (i, p) in enumerate(zip(img, pos)):
                 y0, x0 = grid[p]
                 drops[i, y0 : y0 + ph, x0 : x0 + pw] += drop[j]

@@ -17,9 +17,14 @@ class RuleMethod(GradientMethod):
     def _rules(self) -> RuleSet:
         raise NotImplementedError
 
-    def __init__(self, model, *, score=None, preprocess=None, batch_size=None, progress=True) -> None:
-        super().__init__(model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress)
-        self.engine = engine_for(model, None, self.score, self._rules())
+    def __init__(
+        self, model, *, score=None, preprocess=None, batch_size=None, progress=True, input=None, output=None
+    ) -> None:
+        super().__init__(
+            model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress, input=input,
+            output=output,
+        )  # fmt: skip
+        self.engine = engine_for(model, None, self.score, self._rules(), input, output)
 
     def _pass(self, x, targets):
         return self.engine.map_batches(self.engine.relevance, (x, targets), self.batch_size, self.progress, self.name)

@@ -10,6 +10,7 @@ from keras import ops
 
 from ..errors import UnsupportedLayerError
 from ..layers import is_subclassed, iter_layers, trace_subclassed
+from ..model_io import branch_operations, input_index, on_branch
 from .kinds import (
     OP_RELU,
     activation_fn,
@@ -95,22 +96,27 @@ class RuleSet:
         low, high = (np.asarray(b, dtype=np.float32) for b in self.bounds)
         return ops.ones_like(x) * low, ops.ones_like(x) * high
 
-    def replacements(self, model, head, keep=()) -> dict:
+    def replacements(self, model, head, keep=(), input=None) -> dict:
         """``id(layer) -> factory(layer, final)`` for every layer (nested ones included) that needs one.
 
         In every mode, a batch normalisation that follows a linear layer is folded into that layer's kernel
         and bias (one pass instead of two, forward and backward), and stride-1 convolutions are
         differentiated through a transposed forward convolution (:func:`transposed_conv`). ``keep``: layers
         (or :class:`LayerRef`) whose own output is read, so that no batch normalisation is folded into them
-        (LRP folds regardless: the relevance at a convolution and at its normalisation is the same).
+        (LRP folds regardless: the relevance at a convolution and at its normalisation is the same). ``input``: the
+        explained input of a model with several (a name or an index): the composite's "first" layer is the first
+        weighted layer that input reaches.
         """
         subclassed = [m for m in [model] + [r.layer for r in iter_layers(model)] if is_subclassed(m)]
         if subclassed and self.mode in ("gradient", "redirect"):
             return {}  # the model's own gradient (feature visualisation of a subclassed model)
         for m in subclassed:  # walked through their functional twins (run_model)
             trace_subclassed(m)
-        refs = list(iter_layers(model, graph_order=True))
-        operations = list(operations_in(model))
+        # A model with several inputs: only the explained input's branch is differentiated; the other inputs'
+        # branches run as they are (the relevance flowing into them is dropped), whatever their layers.
+        branch = branch_operations(model, input_index(model, input))  # None: a single input reaches everything
+        refs = [r for r in iter_layers(model, graph_order=True) if on_branch(r, branch)]
+        operations = [r for r in operations_in(model) if on_branch(r, branch)]
         if self.mode == "lrp":
             _refuse_nodes_without_rule(refs, operations)
         kept = {id(getattr(k, "layer", k)) for k in keep} if self.mode != "lrp" else set()

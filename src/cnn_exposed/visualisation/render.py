@@ -12,10 +12,11 @@ import numpy as np
 from keras import ops
 from tqdm.auto import tqdm
 
-from ..backend import compiled
+from ..backend import compiled, depends_on
 from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, iter_layers, layer_output_shape, resolve_layer
+from ..model_io import fixed_inputs, input_index, model_inputs, output_index
 from ..precision import low_precision, needs_scaling
 from ..targets import class_count
 from .grid import plot_grid
@@ -103,25 +104,29 @@ def affine_colour_map(preprocess: Callable | None, channels: int = 3) -> tuple[n
     return m.astype(np.float32), b.astype(np.float32)
 
 
-def _input_size(model) -> tuple:
-    return tuple(model.inputs[0].shape[1:3]) if getattr(model, "inputs", None) else (None, None)
+def _input_size(model, index: int = 0) -> tuple:
+    return tuple(model.inputs[index].shape[1:3]) if getattr(model, "inputs", None) else (None, None)
 
 
-def input_channels(model) -> int:
-    """How many channels the model's images have (3 when the model does not say)."""
-    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+def input_channels(model, index: int = 0) -> int:
+    """How many channels the model's images (its input ``index``) have (3 when the model does not say)."""
+    shape = tuple(model.inputs[index].shape) if getattr(model, "inputs", None) else ()
     return int(shape[-1]) if len(shape) == 4 and shape[-1] is not None else 3
 
 
-def _default_size(model, size: int | None) -> int:
+def _default_size(model, size: int | None, index: int = 0) -> int:
     if size is not None:
         return int(size)
-    h, w = _input_size(model)
+    h, w = _input_size(model, index)
     return int(h) if h is not None and h == w else 128
 
 
 class ObjectiveRunner:
-    """Evaluates an objective on images: records the layers it reads, stops the model there when it can."""
+    """Evaluates an objective on images: records the layers it reads, stops the model there when it can.
+
+    A model with several inputs: ``ports`` is ``(input, output, fixed)``, the optimised image input, the output
+    whose logits class objectives read, and the other inputs' values (:func:`~cnn_exposed.model_io.fixed_inputs`).
+    """
 
     def __init__(
         self,
@@ -131,28 +136,31 @@ class ObjectiveRunner:
         size: int,
         redirect_relu: bool = True,
         colour: tuple | None = None,
+        ports: tuple = (None, None, None),
     ) -> None:
         from ..rules import GRADIENT_RULES, RuleSet
 
         self.model, self.objective, self.preprocess = model, objective, preprocess
-        self.channels = input_channels(model)
+        self.input, self.output = input_index(model, ports[0]), output_index(model, ports[1])
+        self.sides = fixed_inputs(model, self.input, ports[2]) if len(model_inputs(model)) > 1 else []
+        self.channels = input_channels(model, self.input)
         self.refs = {spec: resolve_layer(model, spec) for spec in objective.layers}
-        head = classifier_head(model) if objective.uses_logits else None
+        head = classifier_head(model, self.output) if objective.uses_logits else None
         record = tuple(self.refs.values()) or None
-        stop = head is None
+        stop = head is None and not self.sides  # a trunk shared by two inputs runs once per input
         # scores: the model's own layers, exactly as a user would run them
         self.exact_plan = Plan(record=record, logits=head, stop_when_recorded=stop)
         # optimisation steps: the same function, faster (batch normalisation folded into the layer before
         # it, zero padding done inside the convolution after it, stride-1 convolutions differentiated by a
         # transposed forward convolution; see RuleSet.replacements)...
         keep = tuple(self.refs.values())
-        fast = GRADIENT_RULES.replacements(model, head, keep)
+        fast = GRADIENT_RULES.replacements(model, head, keep, self.input)
         self.plan = Plan(record=record, logits=head, replace=fast, stop_when_recorded=stop)
         # ... and for the first steps, ReLUs with Lucid's redirected gradient (same forward pass)
-        replace = RuleSet("redirect").replacements(model, head, keep) if redirect_relu else fast
+        replace = RuleSet("redirect").replacements(model, head, keep, self.input) if redirect_relu else fast
         self.redirected_plan = Plan(record=record, logits=head, replace=replace, stop_when_recorded=stop)
         self.colour_m, self.colour_b = colour if colour is not None else affine_colour_map(preprocess, self.channels)
-        in_shape = _input_size(model)
+        in_shape = _input_size(model, self.input)
         self.resize_to = None if None in in_shape or in_shape == (size, size) else in_shape
         self._compiled = compiled(functools.partial(self.values, exact=True))
 
@@ -160,13 +168,27 @@ class ObjectiveRunner:
         """The objective ``(B,)`` for model input ``x`` (keras ops; differentiable)."""
         recorded: dict = {}
         logits = None
+        inputs = x
+        if self.sides:  # the other inputs, fixed, one example repeated for every image
+            count = ops.shape(x)[0]
+            inputs = [ops.broadcast_to(ops.convert_to_tensor(s), (count, *s.shape[1:])) for s in self.sides]
+            inputs.insert(self.input, x)
         try:
             plan = self.exact_plan if exact else self.redirected_plan if redirect else self.plan
-            logits = ops.cast(run_model(self.model, x, plan, recorded), "float32")
+            out = run_model(self.model, inputs, plan, recorded)
+            multi_output = len(getattr(self.model, "outputs", None) or []) > 1
+            logits = ops.cast(out[self.output] if multi_output else out, "float32")
         except StopForward:  # the layers after the last recorded one are not needed
             pass
-        acts = {spec: ops.cast(recorded[ref.path][-1], "float32") for spec, ref in self.refs.items()}
+        acts = {spec: ops.cast(self._on_input(recorded[ref.path], x), "float32") for spec, ref in self.refs.items()}
         return self.objective(acts, logits)
+
+    def _on_input(self, calls: list, x):
+        """The last call of a recorded layer (for a trunk shared by several inputs, the last on the optimised
+        input's path)."""
+        if self.sides and len(calls) > 1:
+            calls = [a for a in calls if depends_on(a, x)] or calls
+        return calls[-1]
 
     def to_model_input(self, images01):
         """[0, 1] images -> model input, through the preprocessing's affine colour map."""
@@ -214,9 +236,11 @@ class Program:
     or rendering with another seed) reuses the traced steps instead of spending seconds tracing again.
     """
 
-    def __init__(self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour):
+    def __init__(
+        self, model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour, ports
+    ):
         _BUILT["programs"] += 1
-        self.runner = ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour)
+        self.runner = ObjectiveRunner(model, objective, preprocess, size, redirect_relu, colour, ports)
         self.param = make_parameterisation(parameterisation, size, self.runner.channels)
         self.transforms, self.size = transforms, size
         self.regs = [(REGULARISERS[name], weight) for name, weight in regs]
@@ -257,6 +281,9 @@ def render(
     progress: bool = True,
     redirect_relu: bool = True,
     redirect_steps: int = REDIRECT_STEPS,
+    input: int | str | None = None,
+    output: int | str | None = None,
+    fixed: dict | None = None,
 ) -> Visualisation:
     """Optimise ``n`` images together to maximise ``objective`` (one value per image).
 
@@ -288,9 +315,15 @@ def render(
         mostly at the start, and costs about half a forward-backward pass more per step. On the demo model
         (48 filters, 100 steps) 8, 16 and all 100 redirected steps gave identical final objectives, and with
         none 8 of the 48 filters never rose above their random start.
+    input, output, fixed
+        A model with several inputs: the image input optimised (a name or an index; default the only 4-D one) and
+        the other inputs' values, held fixed: ``fixed={name: one example}``, zeros for those it leaves out. A model
+        with several outputs: the one whose logits class objectives read. A layer on a trunk shared by two inputs
+        is read on the optimised input's call.
     """
     steps = int(steps)
-    size = _default_size(model, size)
+    index = input_index(model, input)
+    size = _default_size(model, size, index)
     rng = np.random.default_rng(seed)
     if transforms == "standard":
         transforms = Transforms.standard(size)
@@ -302,16 +335,21 @@ def render(
         if name not in REGULARISERS:
             raise CnnExposedError(f"Unknown regulariser {name!r}; choose from {sorted(REGULARISERS)}.")
     regs = tuple((name, float(weight)) for name, weight in (regularisers or {}).items())
-    colour = affine_colour_map(preprocess, input_channels(model))
+    colour = affine_colour_map(preprocess, input_channels(model, index))
     kind = parameterisation if isinstance(parameterisation, str) else id(parameterisation)
-    setup = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
+    setup: tuple = (id(model), objective.key, n, size, kind, astuple(transforms), regs, float(learning_rate))
+    ports = (index, output_index(model, output), fixed)
+    if len(model_inputs(model)) > 1:
+        setup += (*ports[:2], tuple(v.tobytes() for v in fixed_inputs(model, index, fixed)))
     key: tuple | None = (*setup, bool(redirect_relu), colour[0].tobytes(), colour[1].tobytes())
     try:
         program = _PROGRAMS.get(key)
     except TypeError:  # an objective whose key cannot be hashed: compile afresh
         key, program = None, None
     if program is None:
-        program = Program(model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour)
+        program = Program(
+            model, objective, preprocess, size, parameterisation, transforms, regs, redirect_relu, colour, ports
+        )
         if key is not None:
             _PROGRAMS[key] = program
             while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
@@ -467,7 +505,7 @@ def visualise_classes(
 ) -> Visualisation:
     """Render an image per class that maximises its pre-softmax score; titles are the class names."""
     classes = [int(c) for c in classes]
-    head = classifier_head(model)
+    head = classifier_head(model, render_options.get("output"))
     count = class_count(head.units)
     bad = [c for c in classes if not 0 <= c < count]
     if bad:
