@@ -136,7 +136,8 @@ class AttributionMethod:
         """Explain ``images`` for ``target`` (see :func:`cnn_exposed.explain`): an array ``(N, H, W, C)`` or
         ``(H, W, C)``, or anything :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a ``PyDataset``,
         an iterable of batches, image files; for a model with several inputs, dicts ``{input name: values}``),
-        whose batches are explained in turn and joined into one :class:`Explanation`. To keep memory bounded by a batch, use :meth:`explain_batches` instead."""
+        whose batches are explained in turn and joined into one :class:`Explanation`. To keep memory bounded by a
+        batch, use :meth:`explain_batches` instead."""
         if sources.is_array(images):
             if isinstance(target, str) and target == "true":
                 raise TargetError(sources.NO_LABELS)
