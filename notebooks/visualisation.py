@@ -53,7 +53,8 @@ FAST = os.environ.get("CNN_EXPOSED_FAST") == "1"  # set by the test suite: few s
 
 # %%
 # ===================== CONFIGURATION: the only cell to change for your own model =====================
-MODEL = "demo"  # "demo", a keras.applications name ("mobilenet_v2", "vgg16", ...) or "path/to/model.keras"
+MODEL = "demo"  # "demo", a keras.applications name, "model.keras", a SavedModel folder or a keras.Model
+# (a keras.Model you built or trained here, mixed precision included: MODEL = model)
 LAYERS = None  # None: early, middle and late layers picked for you; or a list of names / "outer/inner" paths
 CLASS_NAMES = None  # None (from the model), a list, a text file or the training folder
 PREPROCESS = None  # for your own model: "scale_0_1", "scale_-1_1", "none" or a keras.applications name
