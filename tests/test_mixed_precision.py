@@ -205,13 +205,15 @@ def test_metrics_and_audit_run_as_on_the_float32_twin(twin, reference):
     assert len(found.candidates) == len(expected.candidates)
 
 
-def test_float16_gradients_that_would_underflow_are_kept():
-    """A float32 head with tiny weights (2**-20): the gradient reaching the float16 layers is ~1e-8, below
-    float16's smallest subnormal (6e-8). The plain backward pass loses it (almost all zero); the scaled one
-    matches the float32 twin."""
-    with policy("float32"):
-        twin32 = build("float32", head="dense")
-    twin32.get_layer("logits").set_weights([w * 2.0**-20 for w in twin32.get_layer("logits").get_weights()])
+@pytest.mark.parametrize("factor", [2.0**-24, 2.0**10], ids=["underflow", "overflow"])
+def test_float16_gradients_that_would_underflow_or_overflow_are_right(factor):
+    """A float32 head whose weights are scaled by ``factor``. 2**-24: the gradient reaching the float16 layers is
+    ~1e-9, below float16's smallest subnormal (6e-8); the plain backward pass loses it (almost all zero), the
+    scaled one is raised until it is representable. 2**10: the first seed (2**12) overflows float16's 65504 at
+    once and is lowered. Both match the float32 twin."""
+    twin32 = build("float32", head="dense")
+    head32 = twin32.get_layer("logits")
+    head32.set_weights([w * factor for w in head32.get_weights()])
     model = build("mixed_float16", head="dense")
     model.set_weights(twin32.get_weights())
     x = batch()
@@ -228,8 +230,9 @@ def test_float16_gradients_that_would_underflow_are_kept():
         return tape.gradient(logit, x)
 
     unscaled = np.asarray(plain(tf.constant(x)))
-    assert np.mean(unscaled == 0) > 0.9 and np.abs(want).min() >= 0  # lost without the scale
-    assert np.mean(got == 0) < 0.1
+    if factor < 1:
+        assert np.mean(unscaled == 0) > 0.9  # lost without the scale
+    assert np.isfinite(got).all() and np.mean(got == 0) < 0.1 and np.mean(want == 0) < 0.1
     assert close(want, got, "mixed_float16"), agreement(want, got)
 
 

@@ -119,28 +119,29 @@ def stateless_noise(shape: tuple, seeds):
     )
 
 
-def scaled_backward(attempt: Callable, n, exponent: float, step: float, retries: int, peak: float) -> tuple:
-    """``attempt(exponents) -> (..., gradients, peaks)`` run with every row's seed exponent at ``exponent``, then
-    again, up to ``retries`` times, for the rows to correct: where the gradients are not finite (the scaled float16
-    pass overflowed) with an exponent ``step`` smaller; where the largest scaled gradient (``peaks``, as the float16
-    pass carried it) is below 1, so that most of its values are subnormal or zero, with one that brings it to about
-    ``2**peak``. Rows left as they were run with the same exponent, so keep their values. Returns ``attempt``'s
-    outputs without the peaks."""
+def scaled_backward(attempt: Callable, n, scaling) -> tuple:
+    """``attempt(exponents) -> (..., gradients, peaks)`` run with every row's seed exponent at ``scaling.start``,
+    then again, up to ``scaling.retries`` times, for the rows to correct: where the gradients are not finite (the
+    scaled float16 pass overflowed) with an exponent ``scaling.step`` smaller; where the largest scaled gradient
+    (``peaks``, as the float16 pass carried it) is below ``2**scaling.low``, so that much of it is subnormal or
+    zero, with one that brings it to about ``2**scaling.peak``. Rows left as they were run with the same exponent,
+    so keep their values. Returns ``attempt``'s outputs without the peaks (:class:`cnn_exposed.precision.Scaling`).
+    """
 
     def corrected(exponents, out):
         g, peaks = out[-2], out[-1]
         finite = tf.reduce_all(tf.math.is_finite(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1)
-        small = tf.logical_and(finite, tf.logical_and(peaks > 0.0, peaks < 1.0))
-        raised = exponents + peak - tf.floor(tf.math.log(tf.maximum(peaks, 1e-30)) / tf.math.log(2.0))
-        return tf.where(finite, tf.where(small, raised, exponents), exponents - step)
+        small = tf.logical_and(finite, tf.logical_and(peaks > 0.0, peaks < 2.0**scaling.low))
+        raised = exponents + scaling.peak - tf.floor(tf.math.log(tf.maximum(peaks, 1e-30)) / tf.math.log(2.0))
+        return tf.where(finite, tf.where(small, raised, exponents), exponents - scaling.step)
 
     def more(i, exponents, out):
-        return tf.logical_and(i < retries, tf.reduce_any(tf.not_equal(corrected(exponents, out), exponents)))
+        return tf.logical_and(i < scaling.retries, tf.reduce_any(tf.not_equal(corrected(exponents, out), exponents)))
 
     def again(i, exponents, out):
         exponents = corrected(exponents, out)
         return i + 1, exponents, attempt(exponents)
 
-    exponents = tf.fill([n], tf.constant(exponent, tf.float32))
+    exponents = tf.fill([n], tf.constant(scaling.start, tf.float32))
     start = (tf.constant(0), exponents, attempt(exponents))
     return tf.while_loop(more, again, start)[-1][:-1]

@@ -36,16 +36,7 @@ from .model_io import (
     output_index,
     rows,
 )
-from .precision import (
-    PEAK_EXPONENT,
-    RETRIES,
-    RETRY_STEP,
-    SEED_EXPONENT,
-    low_precision,
-    needs_scaling,
-    seed_scale,
-    to_float32,
-)
+from .precision import SCALING, low_precision, needs_scaling, seed_scale, to_float32
 from .targets import class_count
 
 DEFAULT_BATCH_SIZE = 32
@@ -259,7 +250,7 @@ class Engine:
 
         A float16 model's backward pass is seeded with a power of two per image, about 2**12 times the seed, and
         unscaled in float32, so gradients far below float16's smallest normal number (6e-5) keep their digits; a
-        row that overflows runs again with a smaller scale, one whose gradients stay below 1 with a larger one
+        row that overflows runs again with a smaller scale, one whose gradients stay below 2**-6 with a larger one
         (:func:`~cnn_exposed.backend.scaled_backward`). A
         float32 (or bfloat16) model's pass is the plain one: what to run is decided here, at trace time.
         """
@@ -282,7 +273,7 @@ class Engine:
             return (*out[:-1], g / ops.reshape(scale, (-1,) + (1,) * (len(g.shape) - 1)), peaks)
 
         if needs_scaling(self.precision):
-            out = scaled_backward(attempt, tf.shape(x)[0], SEED_EXPONENT, RETRY_STEP, RETRIES, PEAK_EXPONENT)
+            out = scaled_backward(attempt, tf.shape(x)[0], SCALING)
         else:
             out = attempt()
         return out if record else (*out[:3], None, out[3])

@@ -20,21 +20,34 @@ graph has no extra operation.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
 FLOAT32 = "float32"
 LOW = ("float16", "bfloat16")
 
-# Seeds of float16 backward passes: about 2**SEED_EXPONENT, so that gradients many orders of magnitude below the
-# seed stay above float16's smallest normal number (6e-5) while the seed itself (largest 65504 = 2**16) has room
-# to grow through the last layers. A batch row whose gradient overflows is run again with its seed
-# 2**RETRY_STEP smaller; one whose largest scaled gradient is below 1 (most of it subnormal: a float32 head with
-# tiny weights) again with its largest at about 2**PEAK_EXPONENT; at most RETRIES times.
-SEED_EXPONENT = 12.0
-RETRY_STEP = 6.0
-PEAK_EXPONENT = 8.0
-RETRIES = 3
+
+class Scaling(NamedTuple):
+    """How float16 backward passes are seeded (:func:`cnn_exposed.backend.scaled_backward`), as log2 values.
+
+    The seed is about ``2**start``, so that gradients many orders of magnitude below it stay above float16's
+    smallest normal number (6e-5) while the seed itself (largest 65504, about 2**16) has room to grow through the
+    last layers. A batch row whose gradient overflows runs again with its seed ``2**step`` smaller; one whose
+    largest scaled gradient is below ``2**low`` (values 2**8 below its largest are then subnormal, below
+    2**-14: a float32 head with tiny weights) again with its largest at about ``2**peak``; at most ``retries``
+    times.
+    """
+
+    start: float = 12.0
+    step: float = 6.0
+    low: float = -6.0
+    peak: float = 8.0
+    retries: int = 3
+
+
+SCALING = Scaling()
 
 
 def dtype_name(dtype) -> str:

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ..backend import own_key, scaled_backward
 from ..compat import apply_adam
-from ..precision import PEAK_EXPONENT, RETRIES, RETRY_STEP, SEED_EXPONENT
+from ..precision import SCALING
 
 
 class GradientAscent:
@@ -74,7 +74,7 @@ class GradientAscent:
     def _step_impl(self, *inputs, **options):
         if self._scaled:  # one row: the whole parameter tensor
             attempt = functools.partial(self._gradient, inputs, options)
-            values, grad = scaled_backward(attempt, 1, SEED_EXPONENT, RETRY_STEP, RETRIES, PEAK_EXPONENT)
+            values, grad = scaled_backward(attempt, 1, SCALING)
             grad = grad[0]
         else:
             values, grad = self._gradient(inputs, options)
