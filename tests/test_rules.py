@@ -539,13 +539,56 @@ def test_convolution_backward_as_a_transposed_forward_convolution(layer, shape, 
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4 * np.abs(grads[1]).max())
 
 
-def padded_cnn():
-    """Asymmetric zero padding before a strided depthwise and a plain convolution, as in MobileNetV2."""
+@pytest.mark.parametrize(
+    "layer, fast",
+    [
+        (keras.layers.DepthwiseConv2D(3, padding="same"), True),
+        (keras.layers.DepthwiseConv2D((5, 3), padding="same"), True),
+        (keras.layers.DepthwiseConv2D(3, padding="valid"), False),
+        (keras.layers.DepthwiseConv2D(2, padding="same"), False),
+        (keras.layers.DepthwiseConv2D(3, strides=2, padding="same"), False),
+        (keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same"), False),
+        (keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same"), False),
+    ],
+)
+def test_depthwise_backward_as_a_flipped_forward_depthwise_convolution(layer, fast):
+    """Stride-1 "same" depthwise convolutions with odd kernels are differentiated by the forward depthwise
+    convolution with the kernel flipped; the input gradient equals TensorFlow's own, and others keep it."""
+    import tensorflow as tf
+
+    from cnn_exposed.rules.rewrite import linear_map, transposed_depthwise
+
+    keras.utils.set_random_seed(3)
+    shape = (9, 8, 4)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32))
+    layer.build((None, *shape))
+    layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    kernel = keras.ops.convert_to_tensor(layer.kernel)
+    assert (transposed_depthwise(layer, kernel, layer.padding) is not None) == fast
+    w = tf.constant(np.random.default_rng(1).normal(size=layer(x).shape).astype(np.float32))
+
+    @tf.function
+    def gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(fn(x) * w)
+        return tape.gradient(out, x)
+
+    ours, own = gradient(linear_map(layer, kernel, None)).numpy(), gradient(layer).numpy()
+    np.testing.assert_allclose(ours, own, rtol=1e-4, atol=1e-5 * np.abs(own).max())
+
+
+def padded_cnn(size: int = SIZE):
+    """Zero padding before a strided depthwise convolution as MobileNetV2 pads (the same as "same" padding at
+    an even size, not at an odd one), before a depthwise one it is not the same for, and before a plain
+    convolution; every convolution with a bias and a ReLU."""
     keras.utils.set_random_seed(8)
-    inp = keras.Input((SIZE, SIZE, 3))
+    inp = keras.Input((size, size, 3))
     h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inp)
     h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad1")(h)
     h = keras.layers.DepthwiseConv2D(3, strides=2, activation="relu", name="dw")(h)
+    h = keras.layers.ZeroPadding2D(((2, 0), (0, 2)), name="pad3")(h)
+    h = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw2")(h)
     h = keras.layers.ZeroPadding2D(((1, 2), (2, 0)), name="pad2")(h)
     h = keras.layers.Conv2D(4, 3, activation="relu", name="c2")(h)
     h = keras.layers.Flatten(name="flat")(h)
@@ -556,17 +599,60 @@ def padded_cnn():
     "mode, rule", [("lrp", "composite"), ("lrp", "epsilon"), ("lrp", "alpha2beta1"), ("guided", "composite")]
 )
 def test_zero_padding_inside_the_convolution_changes_nothing(mode, rule):
-    """A ZeroPadding2D before a "valid" convolution is done inside the convolution (explicit padding)."""
+    """A ZeroPadding2D before a "valid" convolution is done inside the convolution."""
     from cnn_exposed.rules.rewrite import pad_pairs
 
     model = padded_cnn()
-    # The depthwise convolution keeps its padding layer (explicit padding there crashes TensorFlow).
-    assert sorted(p.name for p in pad_pairs(model).values()) == ["pad2"]
+    assert sorted(p.name for p in pad_pairs(model).values()) == ["pad1", "pad2", "pad3"]
     x, t = images(3, SIZE), np.array([0, 1, 2], np.int32)
     fused = Engine(model, rules=RuleSet(mode, rule)).relevance(x, t).relevance
     padded = Engine(model, rules=RuleSet(mode, rule, shortcuts=False)).relevance(x, t).relevance
     np.testing.assert_allclose(fused, padded, rtol=1e-4, atol=1e-5 * np.abs(padded).max())
     assert np.abs(padded).max() > 0
+
+
+@pytest.mark.parametrize("size", [SIZE, SIZE + 1])
+def test_padded_depthwise_convolution_with_a_bias_in_the_fast_plan_equals_the_models_own_layers(size):
+    """The pattern that aborted TensorFlow 2.19-2.21 when the padding was explicit in the depthwise
+    convolution (grappler fused it with the bias add, then failed a check): compiled, with the fast plan's
+    padding inside the depthwise convolution where it is "same" padding (even size) and a padded copy where
+    it is not (odd size, and the second depthwise convolution at both), equal to the model's own pass."""
+    model = padded_cnn(size)
+    x, t = images(2, size), np.array([0, 2], np.int32)
+    own = Engine(model).input_gradients(x, t)
+    fast = Engine(model, rules=RuleSet("gradient")).relevance(x, t)
+    np.testing.assert_allclose(fast.scores, own.scores, rtol=1e-5, atol=1e-6 * np.abs(own.scores).max())
+    np.testing.assert_allclose(fast.relevance, own.gradients, rtol=1e-4, atol=1e-6 * np.abs(own.gradients).max())
+    assert np.abs(own.gradients).max() > 0
+
+
+def test_padding_counts_as_same_padding_exactly_when_it_computes_the_same():
+    """``pads_as_same`` against TensorFlow: zero padding then a "valid" depthwise convolution equals the
+    "same" one (shape and values) exactly when it says so, over sizes, kernels, strides and paddings."""
+    import tensorflow as tf
+
+    from cnn_exposed.rules.rewrite import pads_as_same
+
+    rng = np.random.default_rng(0)
+    agreed = 0
+    for size in (5, 6, 7):
+        x = tf.constant(rng.normal(size=(1, size, 1, 1)).astype(np.float32))
+        for k in (1, 2, 3, 5):
+            kernel = tf.constant(rng.uniform(0.5, 1.5, (k, 1, 1, 1)).astype(np.float32))
+            for s in (1, 2, 3):
+                same = tf.nn.depthwise_conv2d(x, kernel, [1, s, s, 1], "SAME").numpy()
+                for before in range(4):
+                    for after in range(4):
+                        padded = tf.pad(x, [[0, 0], [before, after], [0, 0], [0, 0]])
+                        if size + before + after < k:
+                            continue
+                        valid = tf.nn.depthwise_conv2d(padded, kernel, [1, s, s, 1], "VALID").numpy()
+                        equal = valid.shape == same.shape and np.allclose(valid, same, rtol=1e-6, atol=1e-6)
+                        says = pads_as_same(((before, after), (0, 0)), (size, 1), (k, 1), (s, 1))
+                        assert says == equal, (size, k, s, before, after)
+                        agreed += says
+    assert agreed > 20
+    assert not pads_as_same(((0, 1), (0, 1)), (None, 8), (3, 3), (2, 2))  # an unknown size: never
 
 
 # ------------------------------------------------------------------ keras.ops operations between the layers

@@ -109,15 +109,85 @@ def linear_map(layer, kernel, bias, pads=None, dtype=None):
         if isinstance(layer, keras.layers.Dense):
             z = ops.matmul(x, kernel)
         elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            z = ops.depthwise_conv(
-                x, kernel, strides=layer.strides, padding=layer.padding, data_format=layer.data_format,
-                dilation_rate=layer.dilation_rate,
-            )  # fmt: skip
+            z = depthwise(layer, x, kernel, pads)
         else:
             z = conv(x)
         return z if bias is None else z + bias
 
     return apply
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """The zeros ``(before, after)`` that ``"same"`` padding adds on one side of an axis of ``size`` elements
+    (TensorFlow's rule: the output has ``ceil(size / stride)`` elements, the odd zero goes after)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pads_as_same(pads, sizes, kernel_sizes, strides) -> bool:
+    """Whether zero padding by ``pads`` ``((top, bottom), (left, right))`` then a ``"valid"`` convolution
+    computes what the ``"same"`` convolution of the unpadded input (spatial ``sizes``; None: unknown) does.
+
+    It does when, along each axis, the zeros before are those ``"same"`` puts there and the outputs are as
+    many: every window then reads the same inputs and zeros. Keras' ``correct_pad`` (MobileNet, EfficientNet:
+    before every strided depthwise convolution) pads this way whenever the size is known.
+    """
+    for (before, after), size, k, s in zip(pads, sizes, kernel_sizes, strides, strict=True):
+        if size is None or before != same_padding(size, k, s)[0]:
+            return False
+        if (size + before + after - k) // s + 1 != -(-size // s):
+            return False
+    return True
+
+
+def depthwise(layer, x, kernel, pads=None):
+    """``layer``'s depthwise convolution of ``x`` with ``kernel``; ``pads``: the zeros of a ``ZeroPadding2D``
+    just before it (:func:`pad_pairs`).
+
+    The padding is done inside the convolution where it amounts to ``"same"`` padding for ``x``'s size (known
+    when the step is traced), else by a padded copy as the padding layer would. Never by explicit padding: in
+    TensorFlow 2.19, 2.20 and 2.21 a compiled graph with an explicitly padded ``DepthwiseConv2dNative``
+    followed by a bias add aborts the whole process (grappler fuses the two, then "Check failed: ... Invalid
+    index from the dimension" in ``tensor_format.h``).
+    """
+    padding = layer.padding
+    if pads is not None:
+        if pads_as_same(pads, tuple(x.shape[1:3]), layer.kernel_size, layer.strides):
+            padding = "same"
+        else:
+            x = ops.pad(x, ((0, 0), *pads, (0, 0)))
+
+    def conv(x):
+        return ops.depthwise_conv(
+            x, kernel, strides=layer.strides, padding=padding, data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )  # fmt: skip
+
+    transpose = transposed_depthwise(layer, kernel, padding)
+    if transpose is not None:
+        conv = with_backward(conv, lambda inputs, z, g: [transpose(g)])
+    return conv(x)
+
+
+def transposed_depthwise(layer, kernel, padding: str):
+    """``g -> the depthwise convolution's input gradient``, written as a forward depthwise convolution, or None
+    where that is not exact: for stride 1, no dilation, one output per channel and odd-sized kernels with
+    ``"same"`` padding it is the same convolution of ``g`` with the kernel flipped in space (as
+    :func:`transposed_conv` for ordinary convolutions)."""
+    if (
+        layer.depth_multiplier != 1
+        or padding != "same"
+        or any(s != 1 for s in layer.strides)
+        or any(d != 1 for d in layer.dilation_rate)
+        or not all(k % 2 for k in layer.kernel_size)
+    ):
+        return None
+    flipped = flip(kernel, (0, 1))
+
+    def transpose(g):
+        return ops.depthwise_conv(g, flipped, strides=1, padding="same", data_format=layer.data_format)
+
+    return transpose
 
 
 class Stack:
@@ -234,14 +304,11 @@ def pad_pairs(model) -> dict:
     """``id(convolution) -> ZeroPadding2D`` for every zero padding whose only consumer is a 2-D convolution
     with ``"valid"`` padding, stride any, no dilation, channels last.
 
-    The convolution then pads inside itself (explicit padding) and the padding layer passes its input
-    through: no padded copy forward and no slice backward (ResNet pads this way before its 7x7 stem).
-
-    Depthwise convolutions keep their padding layer, although padding inside them measured faster (MobileNetV2's
-    stride-2 blocks, 8 images at 112x112x96: 95 ms padded then convolved, 50 ms inside): in TensorFlow 2.19,
-    2.20 and 2.21 a graph with an explicitly padded ``DepthwiseConv2dNative`` followed by a bias add aborts
-    the whole process (grappler fuses the two, then "Check failed: ... Invalid index from the dimension:
-    1, 0, H" in ``tensor_format.h``); ``padded_cnn`` in ``tests/test_rules.py`` has that pattern.
+    The convolution then pads inside itself and the padding layer passes its input through: no padded copy
+    forward and no slice backward. A convolution pads explicitly (ResNet pads this way before its 7x7 stem);
+    a depthwise one as ``"same"`` where that is the same padding (:func:`depthwise`; MobileNetV2's stride-2
+    blocks, 8 images at 112x112x96: 95 ms padded then convolved, 50 ms inside), as its padding layer would
+    otherwise.
     """
     pairs = {}
     for ref in iter_layers(model):
@@ -250,7 +317,7 @@ def pad_pairs(model) -> dict:
             continue
         conv: Any = only_consumer(pad, ref.models)
         if (
-            type(conv) is keras.layers.Conv2D
+            type(conv) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
             and conv.padding == "valid"
             and conv.data_format == "channels_last"
             and all(d == 1 for d in conv.dilation_rate)
