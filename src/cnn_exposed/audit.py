@@ -37,6 +37,7 @@ from .errors import ImageReadError, InputError
 from .images import collect_images, read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
+from .model_io import input_names
 from .plotting import to_uint8
 from .rules import GRADIENT_RULES
 from .tcav import MAX_SET, TCAVResult, tcav
@@ -516,7 +517,7 @@ def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np
     known = None
     what = sources.kind(images)
     if what in ("dataset", "pydataset", "batches"):
-        images, known = sources.spool(images, folder, batch_size=batch_size, names=sources.input_names(model))
+        images, known = sources.spool(images, folder, batch_size=batch_size, names=input_names(model))
     elif what == "files" and isinstance(images, (str, Path)):  # a folder: its files, labelled by class folders
         found, _ = collect_images([images])
         images = [f.path for f in found]

@@ -113,14 +113,6 @@ def reiterable(images) -> bool:
     return kind(images) != "batches" or iter(images) is not images
 
 
-def input_names(model) -> list:
-    """The names of the model's inputs (empty when they cannot be told)."""
-    try:
-        return [getattr(t, "name", None) for t in model.inputs]
-    except (AttributeError, ValueError):
-        return []
-
-
 def as_labels(labels, n: int) -> np.ndarray:
     """One class index per image from sparse, one-hot / categorical or binary ``(n, 1)`` labels."""
     y = np.asarray(labels)

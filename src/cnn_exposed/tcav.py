@@ -52,6 +52,7 @@ from .errors import InputError
 from .images import resize_image
 from .inputs import as_batch, prepare_images
 from .layers import LayerRef, find_last_spatial_layer, is_nested_model, is_spatial, iter_layers, resolve_layer
+from .model_io import input_names
 from .rules import GRADIENT_RULES
 from .targets import class_count
 
@@ -210,7 +211,7 @@ def _image_sets(model, shape: tuple, *sets) -> tuple:
     """The image sets as arrays, whatever holds them (:mod:`cnn_exposed.sources`), and the size they are
     resized to: the model's input size, or the target images' size for a model of any size."""
     fixed = tuple(shape[:2]) if None not in shape[:2] else None
-    names = sources.input_names(model)
+    names = input_names(model)
     arrays = [None if images is None else sources.collect(images, size=fixed, names=names)[0] for images in sets]
     return (*arrays, fixed or as_batch(arrays[1]).shape[1:3])
 

@@ -155,7 +155,7 @@ class AttributionMethod:
         explains each image's label; a per-image target sequence is indexed by those positions."""
         shape = self.engine.input_shape
         size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
-        names = sources.input_names(self.model)
+        names = input_names(self.model)
         for batch in sources.iter_batches(images, batch_size=self.batch_size, size=size, names=names):
             exp = self._explain_array(batch.images, sources.batch_target(target, batch))
             local = exp.image_index
