@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .backend import depends_on, own_key, scaled_backward, stateless_noise
+from .backend import compiled, depends_on, scaled_backward, stateless_noise
 from .compat import built_input_shape
 from .errors import ModelError, ModelIOError
 from .graph import Plan, classifier_head, run_model
@@ -325,7 +325,7 @@ class Engine:
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
             sig += [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]
-            fn = tf.function(own_key(graph_fn), input_signature=sig)
+            fn = compiled(graph_fn, input_signature=sig)
             self._compiled[key] = fn
         return fn
 
@@ -416,7 +416,7 @@ class Engine:
                 tf.TensorSpec((None,) + shape, tf.float32), vector, tf.TensorSpec((None,), tf.float32),
                 tf.TensorSpec((None, 2), tf.int32), vector,
             ] + [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]  # fmt: skip
-            fn = tf.function(own_key(graph), input_signature=sig)
+            fn = compiled(graph, input_signature=sig)
             self._compiled[key] = fn
         args = (images, np.asarray(targets, np.int32), np.asarray(sigma, np.float32), np.asarray(seeds, np.int32),
                 np.asarray(segments, np.int32))  # fmt: skip
