@@ -136,6 +136,20 @@ def test_eigencam_and_fem_equal_their_definitions_without_a_backward_pass():
     assert {key[0] for key in eigen.engine.tracing_counts()} == {"activations"}
 
 
+def test_eigencam_with_fewer_positions_than_channels():
+    """hw = 16 positions, k = 20 channels: the other side of the projection's computation."""
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((SIZE, SIZE, 3))
+    wide = layers.Conv2D(20, 3, strides=3, activation="relu", bias_initializer="random_normal", name="wide")(inp)
+    model = keras.Model(inp, layers.Dense(3)(layers.GlobalAveragePooling2D()(wide)))
+    x = images(2, SIZE, seed=4)
+    a = keras.Model(inp, wide)(x).numpy()
+    assert a.shape[1] * a.shape[2] < a.shape[3]
+    exp = ce.explain(model, x, "eigencam", progress=False)
+    want = numpy_first_component(a)
+    np.testing.assert_allclose(exp.layer_maps, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("channels", [None, 2])
 def test_ablationcam_weights_equal_score_drops_measured_one_channel_at_a_time(channels):
     """A residual branch skips past the ablated layer (it must still run from the input); the targets include
