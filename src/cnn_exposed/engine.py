@@ -317,13 +317,15 @@ class Engine:
         scores, probs, a = self._forward(x, record=True, sides=sides)
         return to_float32(a), scores, probs
 
-    def _fn_ablated_scores(self, x, targets, activations, keep, *sides):
-        """The explained score with the recorded layer's output (the call the other passes read) replaced by
-        ``activations`` (its output on these rows) times ``keep`` (N, k), one channel multiplier per row."""
+    def _fn_ablated_scores(self, images, activations, segments, targets, keep, *sides):
+        """The explained score of each row ``i`` (image ``segments[i]``) with the recorded layer's output (the call
+        the other passes read) replaced by the image's ``activations`` times ``keep[i]`` (k,) channel by channel."""
         assert self.layer is not None and self._read_call is not None  # ablated_scores() made sure
         dtype = getattr(self.layer.layer, "compute_dtype", None) or "float32"
         shape = (-1,) + (1,) * (len(activations.shape) - 2) + (activations.shape[-1],)
-        fed = ops.cast(activations * ops.reshape(keep, shape), dtype)
+        fed = ops.cast(tf.gather(activations, segments) * ops.reshape(keep, shape), dtype)
+        x = tf.gather(images, segments)  # for the layers a branch runs past the recorded one; else pruned
+        sides = [tf.gather(s, segments) for s in sides]
         path, read = self.layer.path, self._read_call
         plan = Plan(
             record=self.layer,
@@ -336,7 +338,7 @@ class Engine:
 
     def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=(), extra=()) -> Callable:
         """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once; ``extra``:
-        further float32 arrays aligned with ``x`` that it takes after the targets."""
+        further arrays it takes after the targets (any number of rows, their own dtype)."""
         key: tuple = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
         if sides or extra:
             key += tuple((s.shape[1:], s.dtype.str) for s in (*extra, *sides))
@@ -345,7 +347,7 @@ class Engine:
             sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
-            sig += [tf.TensorSpec((None,) + e.shape[1:], tf.float32) for e in extra]
+            sig += [tf.TensorSpec((None,) + e.shape[1:], e.dtype) for e in extra]
             sig += [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]
             fn = tf.function(own_key(graph_fn), input_signature=sig)
             self._compiled[key] = fn
@@ -373,7 +375,7 @@ class Engine:
 
     def _call(self, graph_fn: Callable, x: np.ndarray, targets: np.ndarray | None = None, *extra: np.ndarray):
         x = np.asarray(x, dtype=np.float32)
-        extra = tuple(np.asarray(e, dtype=np.float32) for e in extra)
+        extra = tuple(np.asarray(e) for e in extra)
         sides = self.side_inputs(len(x))
         fn = self._compiled_fn(graph_fn, x, targets is not None, sides, extra)
         args = (x,) if targets is None else (x, np.asarray(targets, dtype=np.int32))
@@ -409,16 +411,21 @@ class Engine:
         self._require_layer()
         return Activations(*self._call(self._fn_activations, x))
 
-    def ablated_scores(self, x: np.ndarray, targets: np.ndarray, activations: np.ndarray, keep: np.ndarray):
-        """The explained score ``(N,)`` of ``targets`` (resolved, not -1) when the recorded layer's output on
-        ``x`` is ``activations`` (its :meth:`activations` on these rows) with channel ``j`` of row ``i`` multiplied
-        by ``keep[i, j]`` (Ablation-CAM's zeroed channels). The layers that only feed the recorded one do not run;
-        layers that skip past it (a residual branch) run from ``x``."""
+    def ablated_scores(self, images, activations, segments, targets, keep) -> np.ndarray:
+        """Ablation-CAM's scores for one batch of rows: row ``i`` is image ``segments[i]`` of ``images`` (b, H, W, C)
+        with the recorded layer's output replaced by the image's ``activations`` (b, h, w, k; its output from
+        :meth:`activations`) with channel ``j`` multiplied by ``keep[i, j]`` (0: zeroed); the explained score
+        ``(N,)`` of ``targets`` (resolved classes, not -1). Side inputs are held aligned with ``images``. The
+        layers that only feed the recorded one do not run; layers a branch runs past it (a residual connection)
+        run from the images."""
         self._require_layer()
+        images = np.asarray(images, np.float32)
         if self._read_call is None:  # which call of the layer is read: known once the activations pass is traced
-            x32 = np.asarray(x, np.float32)
-            self._compiled_fn(self._fn_activations, x32, False, self.side_inputs(len(x32))).get_concrete_function()
-        return self._call(self._fn_ablated_scores, x, targets, activations, keep)
+            self._compiled_fn(
+                self._fn_activations, images, False, self.side_inputs(len(images))
+            ).get_concrete_function()
+        rows_in = (np.asarray(segments, np.int32), np.asarray(targets, np.int32), np.asarray(keep, np.float32))
+        return self._call(self._fn_ablated_scores, images, None, np.asarray(activations, np.float32), *rows_in)
 
     def noisy_moments(self, images, targets, sigma, seeds, segments, times_input: bool = False):
         """SmoothGrad's inner pass, all in one compiled call: for each copy ``k``, noise drawn from

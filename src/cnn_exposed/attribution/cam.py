@@ -146,14 +146,13 @@ class ChannelScoring(CAMMethod):
 
     def score_pairs(self, state: LayerState, chosen: np.ndarray, score: Callable) -> np.ndarray:
         """``(b, k')`` scores: ``score(img, channel)`` on packed (image, channel) pairs (``img`` indexes the
-        batch), each pass holding its images' side inputs."""
+        batch), at most ``batch_size`` pairs a call."""
         n_ch = chosen.shape[1]
         out = np.empty(chosen.shape, dtype=np.float32)
         for s in batch_slices(len(chosen) * n_ch, self.batch_size, progress=self.progress, desc=self.name):
             idx = np.arange(s.start, s.stop)
             img, slot = idx // n_ch, idx % n_ch
-            with rows(img):  # each copy with its image's side inputs
-                out[img, slot] = score(img, chosen[img, slot])
+            out[img, slot] = score(img, chosen[img, slot])
         return out
 
 
@@ -302,7 +301,8 @@ class ScoreCAM(ChannelScoring):
 
         def masked_score(img, channel):
             masks = normalize_maps(upsample_maps(acts[img, :, :, channel], size))
-            return self.engine.scores(state.x[img] * masks[..., None], state.targets[img])
+            with rows(img):  # each masked copy with its image's side inputs
+                return self.engine.scores(state.x[img] * masks[..., None], state.targets[img])
 
         scores = self.score_pairs(state, chosen, masked_score)
         state.extras["channel_scores"] = scores
@@ -352,7 +352,9 @@ class AblationCAM(ChannelScoring):
         def ablated_score(img, channel):
             keep = np.ones((len(img), k), np.float32)
             keep[np.arange(len(img)), channel] = 0.0
-            return self.engine.ablated_scores(state.x[img], state.targets[img], acts[img], keep)
+            used, segments = np.unique(img, return_inverse=True)  # each image once; the pass gathers its rows
+            with rows(used):
+                return self.engine.ablated_scores(state.x[used], acts[used], segments, state.targets[img], keep)
 
         ablated = self.score_pairs(state, chosen, ablated_score)
         state.extras.update(ablated_scores=ablated, channels=chosen)
