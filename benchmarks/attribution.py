@@ -16,7 +16,10 @@ methods within 1.2x of their floor, SmoothGrad and Grad-CAM at least 3x faster t
 integrated gradients (50 steps) within 1.2x of 51 forward+backward passes; (issue 7) LRP within 1.5x;
 (issue 16) saliency, SmoothGrad and integrated gradients at or below 1.0x their floor (the fast layer plan),
 SmoothGrad at least 3x faster than tf-keras-vis, and steps="auto" meeting 1 % completeness on every image of
-the demo and of a sharp model with fewer passes than the fewest fixed steps that would.
+the demo and of a sharp model with fewer passes than the fewest fixed steps that would; (issue 23) the CAM
+family within 1.1x of the passes each needs: one forward+backward pass (HiResCAM, XGrad-CAM, EigenGrad-CAM),
+one forward pass (Eigen-CAM, FEM; plus the SVD) and one forward pass per ablated channel (Ablation-CAM; ours
+only runs the layers after the ablated one). ``--only cams`` runs the CAM family.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cnn_exposed as ce  # noqa: E402
+
+CAMS = ("eigencam", "eigengradcam", "hirescam", "xgradcam", "ablationcam", "fem")
 
 
 def best_of(fns: dict, repeats: int) -> tuple[dict, float]:
@@ -119,7 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--only",
         help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,integrated_gradients,gradcam,"
-        "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,occlusion,auto (IG auto steps)",
+        "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,eigencam,eigengradcam,hirescam,"
+        "xgradcam,ablationcam,fem,occlusion,auto (IG auto steps), cams (the CAM family)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -157,6 +163,8 @@ def main(argv=None) -> None:
     rows = []  # (method, floor description, floor s, ours s, tf-keras-vis s or None)
 
     only = set(args.only.split(",")) if args.only else None
+    if only is not None and "cams" in only:
+        only |= {"gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam", *CAMS}
 
     def record(method, floor_desc, fns):
         if only is not None and method.split(" ")[0] not in only:
@@ -229,6 +237,15 @@ def main(argv=None) -> None:
             "ours": ours("scorecam", layer=layer, channels=n),
             "tkv": lambda: tkv_score(score, x, penultimate_layer=layer, max_N=n),
         },
+    )
+    for name in ("hirescam", "xgradcam", "eigengradcam"):
+        record(name, "1 fwd+bwd", {"floor": floor(1), "ours": ours(name, layer=layer)})
+    for name in ("eigencam", "fem"):
+        record(name, "1 fwd", {"floor": floor(1, forward_pass), "ours": ours(name, layer=layer)})
+    record(
+        f"ablationcam (top {n})",
+        f"{n + 1} fwd",
+        {"floor": floor(n + 1, forward_pass), "ours": ours("ablationcam", layer=layer, channels=n)},
     )
     occ = ce.Occlusion(model, batch_size=args.batch, progress=False)
     (ph, pw), (sy, sx) = occ._geometry(args.size, args.size)

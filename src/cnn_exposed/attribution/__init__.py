@@ -7,7 +7,19 @@ name.
 from __future__ import annotations
 
 from .base import AttributionMethod, GradientMethod, Result
-from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from .cam import (
+    FEM,
+    AblationCAM,
+    CAMMethod,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import IntegratedGradients, path_nodes
 from .occlusion import Occlusion
@@ -24,6 +36,12 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GradCAMPlusPlus,
         LayerCAM,
         ScoreCAM,
+        EigenCAM,
+        EigenGradCAM,
+        HiResCAM,
+        XGradCAM,
+        AblationCAM,
+        FEM,
         Occlusion,
         LRP,
         GuidedBackprop,
@@ -73,7 +91,8 @@ def explain(
         given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
+        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``,
+        ``"hirescam"``, ``"xgradcam"``, ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"lrp"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
@@ -89,8 +108,8 @@ def explain(
         ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
-        (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
-        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
+        (integrated gradients); ``channels`` (Score-CAM, Ablation-CAM); ``normalize`` (Ablation-CAM); ``k``
+        (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
     -------
@@ -137,16 +156,21 @@ def make_method(model, method, *, layer=None, **kwargs) -> AttributionMethod:
 
 
 __all__ = [
+    "FEM",
     "METHODS",
+    "AblationCAM",
     "AttributionMethod",
     "CAMMethod",
     "Deconvnet",
+    "EigenCAM",
+    "EigenGradCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
     "GradientXInput",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "HiResCAM",
     "IntegratedGradients",
     "LRP",
     "LayerCAM",
@@ -155,6 +179,7 @@ __all__ = [
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "XGradCAM",
     "explain",
     "explain_batches",
     "make_method",
