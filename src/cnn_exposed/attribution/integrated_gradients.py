@@ -1,4 +1,18 @@
-"""Integrated gradients (Sundararajan et al. 2017) with its completeness check."""
+"""Path methods: integrated gradients (Sundararajan et al. 2017) and its family, with their completeness check.
+
+A path method sums gradients along a path from a starting point x′ to the input x, each weighted by how far its
+step moves: ``a = Σ_k m_k ⊙ ∇f(p_k)``, so that ``Σ a ≈ f(x) − f(x′)`` (the gradient theorem). Members differ only
+in the path and the starting point:
+
+- integrated gradients: the straight path from a baseline (:class:`IntegratedGradients`);
+- Blur IG: a path of ever stronger Gaussian blur (:class:`BlurIG`);
+- Guided IG: a path that moves the features of smallest gradient first (:class:`GuidedIG`);
+- GradientSHAP / expected gradients: one random point on the straight path from a random background image per
+  sample (:class:`GradientSHAP`).
+
+What they share lives in :class:`PathMethod`: the baselines, the packing of every image's path points into the same
+batches (:meth:`PathMethod.path_sums`), and the completeness check (:func:`completeness_errors`).
+"""
 
 from __future__ import annotations
 
@@ -49,7 +63,97 @@ def path_nodes(steps: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
-class IntegratedGradients(GradientMethod):
+def make_baselines(x: np.ndarray, baseline, preprocess=None, blur_sigma: float = BLUR_SIGMA, seed=0) -> np.ndarray:
+    """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space.
+
+    ``"black"``: a black image (``preprocess`` of zeros when given, else zeros); ``"blur"``: the image blurred with
+    a Gaussian of σ = ``blur_sigma`` × its size; ``"noise"``: uniform noise over each image's value range (seeded
+    by ``seed``); an array: model-input values broadcastable to the images.
+    """
+    if not isinstance(baseline, str):
+        b = np.asarray(baseline, dtype=np.float32)
+        try:
+            return np.broadcast_to(b, x.shape).astype(np.float32)
+        except ValueError:
+            raise InputError(f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}.") from None
+    if baseline == "black":
+        if preprocess is None:
+            return np.zeros_like(x)
+        black = np.zeros(x.shape, dtype=np.uint8)
+        return np.asarray(preprocess(black), dtype=np.float32).reshape(x.shape)
+    if baseline == "blur":
+        return fill_images(x, "blur", blur_sigma)
+    rng = np.random.default_rng(seed)
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    u = rng.random(x.shape, dtype=np.float32)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
+
+
+def check_baseline(baseline) -> None:
+    """A baseline option must be one of :data:`BASELINES` or an array."""
+    if isinstance(baseline, str) and baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
+
+
+def completeness_errors(attributions: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(|Σ a − Δ| / |Δ|, Σ a)`` per image: how far the attributions' sum is from ``Δ = f(x) − f(x′)``, the
+    score change along the path (relative; ``|Δ|`` floored at 1e-12)."""
+    total = attributions.reshape(len(attributions), -1).sum(axis=1)
+    return np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12), total
+
+
+class PathMethod(GradientMethod):
+    """Base of the path methods: attributions ``Σ_k m_k ⊙ ∇f(p_k)`` over the points ``p_k`` of a path from a
+    starting point ``x′`` to ``x``, whose sum approximates ``f(x) − f(x′)``.
+
+    A member implements :meth:`attribute` (usually with :meth:`path_sums`, which packs the path points of all
+    images into the same batches) and :meth:`start_scores` (the explained score at each path's start). The result's
+    ``completeness_error`` is ``|Σ attributions − (f(x) − f(x′))| / |f(x) − f(x′)|``, and its ``extras`` hold
+    ``baseline_scores`` (f(x′)) and ``attribution_sums``.
+    """
+
+    signed = True
+
+    def start_scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The explained score ``f(x′)`` at the start of each image's path, ``(M,)``."""
+        raise NotImplementedError
+
+    def path_sums(self, x: np.ndarray, n_points: int, point_fn, targets: np.ndarray) -> np.ndarray:
+        """``Σ_k m_k ⊙ ∇f(p_k)`` for every image, ``(M, H, W, C)`` float32: ``n_points`` points per image, the
+        points of all images packed into batches of ``batch_size``. ``point_fn(image, step)`` gets the image and
+        step index of each point of a batch and returns ``(points, multipliers)``; the multipliers broadcast to the
+        points (a weight per point, or an array per point)."""
+        total = np.zeros(x.shape, dtype=np.float32)
+        for s in batch_slices(len(x) * n_points, self.batch_size, progress=self.progress, desc=self.name):
+            idx = np.arange(s.start, s.stop)
+            img, step = idx // n_points, idx % n_points
+            points, multipliers = point_fn(img, step)
+            with rows(img):  # each path point with its image's side inputs
+                g = self.engine.input_gradients(points, targets[img]).gradients
+            g = g * multipliers
+            # idx is sorted, so each image's steps form one run.
+            for i in np.unique(img):
+                total[i] += g[img == i].sum(axis=0)
+        return total
+
+    def path_result(self, attributions, targets, scores, probs, start, **extras) -> Result:
+        """The :class:`Result` with the completeness error against ``scores − start``."""
+        attributions = np.asarray(attributions, dtype=np.float32)
+        error, total = completeness_errors(attributions, scores - start)
+        return gradient_result(
+            attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
+            extras={"baseline_scores": start, "attribution_sums": total, **extras},
+        )  # fmt: skip
+
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
+        attributions = self.attribute(x, targets)
+        return self.path_result(attributions, targets, scores, probs, self.start_scores(x, targets))
+
+
+class IntegratedGradients(PathMethod):
     """Integrated gradients: ``(x − x′) ⊙ ∫₀¹ ∇f(x′ + α(x − x′)) dα``.
 
     Path points of all images are packed into the same batches. The result's ``completeness_error`` is
@@ -83,7 +187,6 @@ class IntegratedGradients(GradientMethod):
     """
 
     name = "integrated_gradients"
-    signed = True
 
     def __init__(
         self,
@@ -131,8 +234,7 @@ class IntegratedGradients(GradientMethod):
         elif isinstance(steps, str):
             raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}.")
         self.alphas, self.weights = path_nodes(int(steps), quadrature)
-        if isinstance(baseline, str) and baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
+        check_baseline(baseline)
         self.steps, self.quadrature, self.baseline = int(steps), quadrature, baseline
         self.tolerance, self.max_steps = float(tolerance), int(max_steps)
         self.blur_sigma, self.seed = float(blur_sigma), seed
@@ -146,46 +248,25 @@ class IntegratedGradients(GradientMethod):
 
     def baselines(self, x: np.ndarray) -> np.ndarray:
         """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space."""
-        if not isinstance(self.baseline, str):
-            b = np.asarray(self.baseline, dtype=np.float32)
-            try:
-                return np.broadcast_to(b, x.shape).astype(np.float32)
-            except ValueError:
-                raise InputError(
-                    f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}."
-                ) from None
-        if self.baseline == "black":
-            if self.preprocess is None:
-                return np.zeros_like(x)
-            black = np.zeros(x.shape, dtype=np.uint8)
-            return np.asarray(self.preprocess(black), dtype=np.float32).reshape(x.shape)
-        if self.baseline == "blur":
-            return fill_images(x, "blur", self.blur_sigma)
-        rng = np.random.default_rng(self.seed)
-        flat = x.reshape(len(x), -1)
-        lo, hi = flat.min(axis=1), flat.max(axis=1)
-        u = rng.random(x.shape, dtype=np.float32)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
+        return make_baselines(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)
+
+    def start_scores(self, x, targets):
+        return self.engine.scores_all(self.baselines(x), targets, self.batch_size)
 
     def _gradient_sums(self, x, baselines, targets, alphas, weights) -> np.ndarray:
-        """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``: the path points of all
-        images packed into the same batches."""
-        n_steps = len(alphas)
-        total = np.zeros(x.shape, dtype=np.float32)
-        pairs = len(x) * n_steps
-        for s in batch_slices(pairs, self.batch_size, progress=self.progress, desc=self.name):
-            idx = np.arange(s.start, s.stop)
-            img, step = idx // n_steps, idx % n_steps
-            a = alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
-            points = baselines[img] + a * (x[img] - baselines[img])
-            with rows(img):  # each path point with its image's side inputs
-                g = self.engine.input_gradients(points, targets[img]).gradients
-            g = g * weights[step].reshape(a.shape)
-            # idx is sorted, so each image's steps form one run.
-            for i in np.unique(img):
-                total[i] += g[img == i].sum(axis=0)
-        return total
+        """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+
+        def points(img, step):
+            a = alphas[step].reshape(shape)
+            return baselines[img] + a * (x[img] - baselines[img]), weights[step].reshape(shape)
+
+        return self.path_sums(x, len(alphas), points, targets)
+
+    def integrate(self, x: np.ndarray, baselines: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Integrated gradients of inputs ``x`` from the given ``baselines`` (both ``(M, H, W, C)``, model-input
+        values) for resolved ``targets``, with this object's steps and quadrature: ``(M, H, W, C)`` float32."""
+        return ((x - baselines) * self._integrate(x, baselines, targets)).astype(np.float32)
 
     def _integrate(self, x, baselines, targets) -> np.ndarray:
         """Weighted sum of gradients along each path, ``(M, H, W, C)``."""
@@ -196,7 +277,7 @@ class IntegratedGradients(GradientMethod):
         if self.auto:
             targets, scores, _ = self.resolve(x, targets)
             return self._auto(x, b, targets, scores)[0]
-        return (x - b) * self._integrate(x, b, targets)
+        return self.integrate(x, b, targets)
 
     def _auto(self, x, b, targets, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """steps="auto": (attributions, steps per image, completeness errors, baseline scores)."""
@@ -248,22 +329,9 @@ class IntegratedGradients(GradientMethod):
         b = self.baselines(x)
         if self.auto:
             attributions, steps, error, base_scores = self._auto(x, b, targets, scores)
-            total = attributions.reshape(len(x), -1).sum(axis=1)
-            return gradient_result(
-                attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
-                extras={"baseline_scores": base_scores, "attribution_sums": total},
-                params={"steps": steps.tolist(), "passes": int((steps + 1).sum())},
-            )  # fmt: skip
-        attributions = ((x - b) * self._integrate(x, b, targets)).astype(np.float32)
-        base_scores = self.engine.scores_all(b, targets, self.batch_size)
-        delta = scores - base_scores
-        total = attributions.reshape(len(x), -1).sum(axis=1)
-        error = np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)
-        return gradient_result(
-            attributions,
-            targets,
-            scores,
-            probs,
-            completeness_error=error.astype(np.float32),
-            extras={"baseline_scores": base_scores, "attribution_sums": total},
-        )
+            result = self.path_result(attributions, targets, scores, probs, base_scores)
+            result.completeness_error = error.astype(np.float32)  # as the refinement measured it
+            result.params = {"steps": steps.tolist(), "passes": int((steps + 1).sum())}
+            return result
+        attributions = self.integrate(x, b, targets)
+        return self.path_result(attributions, targets, scores, probs, self.engine.scores_all(b, targets, self.batch_size))
