@@ -9,9 +9,10 @@ from __future__ import annotations
 from .base import AttributionMethod, GradientMethod, Result
 from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from .gradients import GradientXInput, Saliency, SmoothGrad
-from .integrated_gradients import IntegratedGradients, path_nodes
+from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
 from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .xrai import XRAI
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -20,6 +21,10 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GradientXInput,
         SmoothGrad,
         IntegratedGradients,
+        BlurIG,
+        GuidedIG,
+        GradientSHAP,
+        XRAI,
         GradCAM,
         GradCAMPlusPlus,
         LayerCAM,
@@ -73,8 +78,9 @@ def explain(
         given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
-        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
+        ``"blur_ig"``, ``"guided_ig"``, ``"gradient_shap"``, ``"xrai"``, ``"gradcam"``, ``"gradcam++"``,
+        ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``,
+        ``"guided_gradcam"``.
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -89,7 +95,9 @@ def explain(
         ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
-        (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
+        (integrated gradients); ``max_sigma``, ``steps`` (Blur IG); ``steps``, ``fraction``, ``max_dist``,
+        ``baseline`` (Guided IG); ``samples``, ``background``, ``noise``, ``seed`` (GradientSHAP); ``steps``,
+        ``area_threshold`` (XRAI); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
         (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
@@ -139,22 +147,27 @@ def make_method(model, method, *, layer=None, **kwargs) -> AttributionMethod:
 __all__ = [
     "METHODS",
     "AttributionMethod",
+    "BlurIG",
     "CAMMethod",
     "Deconvnet",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GradientSHAP",
     "GradientXInput",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "GuidedIG",
     "IntegratedGradients",
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "PathMethod",
     "Result",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "XRAI",
     "explain",
     "explain_batches",
     "make_method",
