@@ -17,7 +17,7 @@ from scipy import ndimage
 
 import cnn_exposed as ce
 from cnn_exposed.attribution.integrated_gradients import gaussian_blur
-from cnn_exposed.attribution.xrai import felzenszwalb_segments, grow_regions
+from cnn_exposed.attribution.xrai import dilated_label_masks, felzenszwalb_segments, grow_regions
 
 SIZE = 24
 
@@ -184,6 +184,15 @@ def test_xrai_regions_match_pair_given_the_same_attribution(setup):
     np.testing.assert_allclose(got, want.attribution_mask, rtol=1e-9)
     np.testing.assert_array_equal(ranks, want.segments)
     assert len(np.unique(ranks)) > 5 and len(np.unique(exp.extras["region_ranks"])) > 2
+
+
+def test_segments_are_dilated_as_skimage_dilates_each_mask():
+    from skimage.morphology import dilation, disk
+
+    labels = np.random.default_rng(0).integers(2, 40, (50, 37))
+    labels[:10] = 3  # a large region next to speckle
+    want = [dilation(labels == label, footprint=disk(5)) for label in range(2, 40)]
+    np.testing.assert_array_equal(dilated_label_masks(labels, 5), want)
 
 
 def test_xrai_integrated_gradients_average_a_black_and_a_white_baseline(setup):

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backend import stateless_noise
+from ..backend import separable_filter, stateless_noise
 from ..engine import batch_slices
 from ..errors import InputError
 from ..inputs import BLUR_SIGMA, fill_images
@@ -357,14 +357,6 @@ def gaussian_matrix(sigma: float, n: int) -> np.ndarray:
     return np.where(np.abs(offset) <= radius, kernel[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
-def _separable(x: np.ndarray, along_h: np.ndarray, along_w: np.ndarray) -> np.ndarray:
-    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` per image and channel: ``x`` (N, H, W, C), the matrices (N, H, H) and
-    (N, W, W); batched matrix products (no per-pixel convolution, so a σ of 50 costs what a σ of 1 costs)."""
-    n, h, w, c = x.shape
-    y = np.matmul(along_h, x.reshape(n, h, w * c)).reshape(n, h, w, c).transpose(0, 2, 1, 3)
-    return np.matmul(along_w, y.reshape(n, w, h * c)).reshape(n, w, h, c).transpose(0, 2, 1, 3)
-
-
 def gaussian_blur(x: np.ndarray, sigmas) -> np.ndarray:
     """Each image of ``x`` (N, H, W, C) blurred by its own σ over height and width, as
     ``scipy.ndimage.gaussian_filter(image, [σ, σ, 0], mode="constant")`` blurs it (float32)."""
@@ -372,7 +364,7 @@ def gaussian_blur(x: np.ndarray, sigmas) -> np.ndarray:
     sig = np.broadcast_to(np.asarray(sigmas, np.float64), (len(x),))
     gh = np.stack([gaussian_matrix(s, h) for s in sig]).astype(np.float32)
     gw = gh if h == w else np.stack([gaussian_matrix(s, w) for s in sig]).astype(np.float32)
-    return _separable(np.asarray(x, np.float32), gh, gw)
+    return separable_filter(np.asarray(x, np.float32), gh, gw)
 
 
 class BlurIG(PathMethod):
@@ -436,9 +428,9 @@ class BlurIG(PathMethod):
         def points(img, step):
             gh, gh2, dh = self._operators(sigmas[step], h)
             gw, gw2, dw = (gh, gh2, dh) if h == w else self._operators(sigmas[step], w)
-            blurred = _separable(x[img], gh, gw)
+            blurred = separable_filter(x[img], gh, gw)
             # (G'XG'ᵀ − GXGᵀ)/h = D X G'ᵀ + G X Dᵀ, D = (G' − G)/h: no cancellation of two near-equal blurs
-            derivative = _separable(x[img], dh, gw2) + _separable(x[img], gh, dw)
+            derivative = separable_filter(x[img], dh, gw2) + separable_filter(x[img], gh, dw)
             return blurred, -step_sizes[step].reshape(-1, 1, 1, 1) * derivative
 
         return self.path_sums(x, self.steps, points, targets)
