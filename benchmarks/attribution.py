@@ -19,7 +19,9 @@ SmoothGrad at least 3x faster than tf-keras-vis, and steps="auto" meeting 1 % co
 the demo and of a sharp model with fewer passes than the fewest fixed steps that would; (issue 23) the CAM
 family within 1.1x of the passes each needs: one forward+backward pass (HiResCAM, XGrad-CAM, EigenGrad-CAM),
 one forward pass (Eigen-CAM, FEM; plus the SVD) and one forward pass per ablated channel (Ablation-CAM; ours
-only runs the layers after the ablated one). ``--only cams`` runs the CAM family.
+only runs the layers after the ablated one), and Blur IG, Guided IG, GradientSHAP and XRAI within 1.1x of
+their gradient passes (XRAI's floor leaves out its Felzenszwalb segmentation, CPU work of its own, reported
+separately). ``--only cams`` runs the CAM family, ``--only paths`` the four path methods.
 """
 
 from __future__ import annotations
@@ -112,6 +114,26 @@ def auto_steps(repeats: int, tolerance: float = 0.01) -> None:
         )
 
 
+def path_methods(args, record, floor, ours, x, only) -> None:
+    """Blur IG, Guided IG, GradientSHAP and XRAI against the gradient passes each needs."""
+    n = args.blur_steps
+    record(f"blur_ig ({n})", f"{n} fwd+bwd", {"floor": floor(n), "ours": ours("blur_ig", steps=n)})
+    n = args.guided_steps
+    record(f"guided_ig ({n})", f"{n} fwd+bwd", {"floor": floor(n), "ours": ours("guided_ig", steps=n)})
+    n = args.shap_samples
+    record(f"gradient_shap ({n})", f"{n} fwd+bwd", {"floor": floor(n), "ours": ours("gradient_shap", samples=n)})
+    n = args.xrai_steps
+    record(f"xrai ({n})", f"{2 * (n + 1)} fwd+bwd", {"floor": floor(2 * (n + 1)), "ours": ours("xrai", steps=n)})
+    if only is not None and "xrai" not in only:
+        return
+    from cnn_exposed.attribution.xrai import felzenszwalb_segments
+
+    start = time.perf_counter()
+    for image in x:
+        felzenszwalb_segments(image)
+    print(f"    xrai: Felzenszwalb segments of {len(x)} images {time.perf_counter() - start:.2f}s (in 'ours')")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -120,16 +142,22 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=20, help="SmoothGrad samples")
     parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     parser.add_argument("--channels", type=int, default=64, help="Score-CAM top-N channels")
+    parser.add_argument("--blur-steps", type=int, default=100, help="Blur IG steps")
+    parser.add_argument("--guided-steps", type=int, default=200, help="Guided IG steps")
+    parser.add_argument("--shap-samples", type=int, default=50, help="GradientSHAP samples")
+    parser.add_argument("--xrai-steps", type=int, default=100, help="XRAI's integrated-gradients steps per baseline")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument(
         "--only",
         help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,integrated_gradients,gradcam,"
         "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,eigencam,eigengradcam,hirescam,"
-        "xgradcam,ablationcam,fem,occlusion,auto (IG auto steps), cams (the CAM family)",
+        "xgradcam,ablationcam,fem,occlusion,auto (IG auto steps),blur_ig,guided_ig,gradient_shap,xrai, cams (the CAM "
+        "family), paths (the four path methods)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.repeats, args.samples, args.steps, args.channels = 96, 2, 1, 4, 4, 8
+        args.blur_steps, args.guided_steps, args.shap_samples, args.xrai_steps = 8, 8, 8, 4
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(args.size, args.size, 3))
@@ -165,6 +193,8 @@ def main(argv=None) -> None:
     only = set(args.only.split(",")) if args.only else None
     if only is not None and "cams" in only:
         only |= {"gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam", *CAMS}
+    if only is not None and "paths" in only:
+        only |= {"blur_ig", "guided_ig", "gradient_shap", "xrai"}
 
     def record(method, floor_desc, fns):
         if only is not None and method.split(" ")[0] not in only:
@@ -255,6 +285,8 @@ def main(argv=None) -> None:
         f"{positions**2} fwd",
         {"floor": floor(positions**2, forward_pass), "ours": lambda: occ.explain(x, target=targets)},
     )
+
+    path_methods(args, record, floor, ours, x, only)
 
     if only is None or "auto" in only:
         auto_steps(args.repeats)

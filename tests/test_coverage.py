@@ -40,6 +40,10 @@ ODD = {name: size + (3 if size % 2 == 0 else 4) for name, (_, size) in FAMILIES.
 OPTIONS = {
     "smoothgrad": {"samples": 2},
     "integrated_gradients": {"steps": 4},
+    "blur_ig": {"steps": 2},
+    "guided_ig": {"steps": 2},
+    "gradient_shap": {"samples": 2},
+    "xrai": {"steps": 1},
     "scorecam": {"batch_size": 64, "channels": 16},  # the 16 most varied channels, not all 2048 of ResNet50
     "ablationcam": {"batch_size": 64, "channels": 16},
 }

@@ -23,6 +23,10 @@ BATCH = 4  # copies per compiled call: batches that mix two images' copies (3 no
 OPTIONS = {
     "smoothgrad": dict(samples=3),
     "integrated_gradients": dict(steps=6),
+    "blur_ig": dict(steps=5, max_sigma=4.0),
+    "guided_ig": dict(steps=5),
+    "gradient_shap": dict(samples=5, noise=0.1),
+    "xrai": dict(steps=3),
     "occlusion": dict(patch=6, stride=5),
     "deconvnet": dict(target=2),  # (its map for the top class is zero on these models)
 }

@@ -13,7 +13,15 @@ import cnn_exposed as ce
 from cnn_exposed.savedmodel import LAYER_FREE_METHODS
 from conftest import images, small_cnn
 
-OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "occlusion": {"patch": 4}}
+OPTIONS = {
+    "integrated_gradients": {"steps": 8},
+    "smoothgrad": {"samples": 4},
+    "occlusion": {"patch": 4},
+    "blur_ig": {"steps": 8},
+    "guided_ig": {"steps": 8},
+    "gradient_shap": {"samples": 4},
+    "xrai": {"steps": 4},
+}
 
 
 class Served(tf.Module):

@@ -114,6 +114,16 @@ def compiled(fn: Callable, input_signature=None) -> Callable:
     return tf.function(own_key(fn), input_signature=input_signature, autograph=False)
 
 
+def separable_filter(x, along_h, along_w):
+    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` for each image ``x[k]`` (N, H, W, C) and channel, with matrices (N, H, H)
+    and (N, W, W): a separable linear filter per image (Blur IG's Gaussian blurs), as a NumPy array. In TensorFlow,
+    on its thread pool: NumPy's BLAS threads would compete with it for the cores."""
+    n, h, w, c = x.shape
+    y = tf.reshape(tf.matmul(along_h, tf.reshape(x, (n, h, w * c))), (n, h, w, c))
+    y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (n, w, h * c))
+    return tf.transpose(tf.reshape(tf.matmul(along_w, y), (n, w, h, c)), (0, 2, 1, 3)).numpy()
+
+
 def stateless_noise(shape: tuple, seeds):
     """Standard normal noise ``(len(seeds), *shape)``, row ``i`` drawn from ``seeds[i]`` (a pair of int32) alone:
     the same row whatever batch it is drawn in (``tf.random.stateless_normal``, Philox)."""

@@ -33,6 +33,10 @@ LAYER_FREE_METHODS: tuple[str, ...] = (
     "gradient_x_input",
     "smoothgrad",
     "integrated_gradients",
+    "blur_ig",
+    "guided_ig",
+    "gradient_shap",
+    "xrai",
     "occlusion",
 )
 """The attribution methods that need no access to the model's layers: they work on SavedModels."""

@@ -21,9 +21,10 @@ from .cam import (
     XGradCAM,
 )
 from .gradients import GradientXInput, Saliency, SmoothGrad
-from .integrated_gradients import IntegratedGradients, path_nodes
+from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
 from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .xrai import XRAI
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -32,6 +33,10 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GradientXInput,
         SmoothGrad,
         IntegratedGradients,
+        BlurIG,
+        GuidedIG,
+        GradientSHAP,
+        XRAI,
         GradCAM,
         GradCAMPlusPlus,
         LayerCAM,
@@ -91,9 +96,10 @@ def explain(
         given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``,
-        ``"hirescam"``, ``"xgradcam"``, ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"lrp"``,
-        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
+        ``"blur_ig"``, ``"guided_ig"``, ``"gradient_shap"``, ``"xrai"``, ``"gradcam"``, ``"gradcam++"``,
+        ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``, ``"hirescam"``, ``"xgradcam"``,
+        ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``,
+        ``"guided_gradcam"`` (:data:`METHODS`; the README's method table gives each one's options).
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -108,7 +114,9 @@ def explain(
         ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
-        (integrated gradients); ``channels`` (Score-CAM, Ablation-CAM); ``normalize`` (Ablation-CAM); ``k``
+        (integrated gradients); ``max_sigma``, ``steps`` (Blur IG); ``steps``, ``fraction``, ``max_dist``,
+        ``baseline`` (Guided IG); ``samples``, ``background``, ``noise``, ``seed`` (GradientSHAP); ``steps``,
+        ``area_threshold`` (XRAI); ``channels`` (Score-CAM, Ablation-CAM); ``normalize`` (Ablation-CAM); ``k``
         (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
@@ -160,6 +168,7 @@ __all__ = [
     "METHODS",
     "AblationCAM",
     "AttributionMethod",
+    "BlurIG",
     "CAMMethod",
     "Deconvnet",
     "EigenCAM",
@@ -167,19 +176,23 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GradientSHAP",
     "GradientXInput",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "GuidedIG",
     "IntegratedGradients",
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "PathMethod",
     "Result",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "XGradCAM",
+    "XRAI",
     "explain",
     "explain_batches",
     "make_method",
