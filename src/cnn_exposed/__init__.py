@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, notebook, savedmodel, sources, visualisation  # submodules as attributes
+from . import bundled, images, metrics, notebook, savedmodel, segmentation, sources, visualisation  # submodules
 from .attribution import (
+    LIME,
     LRP,
     METHODS,
+    RISE,
     AttributionMethod,
     Deconvnet,
     GradCAM,
@@ -19,11 +21,13 @@ from .attribution import (
     GuidedBackprop,
     GuidedGradCAM,
     IntegratedGradients,
+    KernelSHAP,
     LayerCAM,
     Occlusion,
     Saliency,
     ScoreCAM,
     SmoothGrad,
+    SobolAttribution,
     explain,
     explain_batches,
 )
@@ -77,6 +81,8 @@ __all__ = [
     "GuidedGradCAM",
     "InputError",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "LayerAccessError",
@@ -87,9 +93,11 @@ __all__ = [
     "NoSpatialLayerError",
     "OfflineError",
     "Occlusion",
+    "RISE",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "SobolAttribution",
     "TCAVResult",
     "TargetError",
     "UnsupportedLayerError",
@@ -119,6 +127,7 @@ __all__ = [
     "resolve_layer",
     "save_png",
     "savedmodel",
+    "segmentation",
     "tcav",
     "signed_maps",
     "sources",

@@ -34,6 +34,10 @@ LAYER_FREE_METHODS: tuple[str, ...] = (
     "smoothgrad",
     "integrated_gradients",
     "occlusion",
+    "rise",
+    "sobol",
+    "kernel_shap",
+    "lime",
 )
 """The attribution methods that need no access to the model's layers: they work on SavedModels."""
 

@@ -11,7 +11,9 @@ from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import IntegratedGradients, path_nodes
 from .occlusion import Occlusion
+from .random_masks import RISE, SobolAttribution
 from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .superpixels import LIME, KernelSHAP
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -25,6 +27,10 @@ METHODS: dict[str, type[AttributionMethod]] = {
         LayerCAM,
         ScoreCAM,
         Occlusion,
+        RISE,
+        SobolAttribution,
+        KernelSHAP,
+        LIME,
         LRP,
         GuidedBackprop,
         Deconvnet,
@@ -73,7 +79,8 @@ def explain(
         given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
+        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"rise"``, ``"sobol"``,
+        ``"kernel_shap"``, ``"lime"``, ``"lrp"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
@@ -90,7 +97,9 @@ def explain(
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
         (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
-        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
+        (occlusion); ``samples``, ``grid``, ``keep_probability``, ``fill``, ``seed`` (RISE); ``grid``, ``designs``,
+        ``fill``, ``seed`` (Sobol); ``samples``, ``segmentation``, ``segments``, ``segment_options``, ``fill``,
+        ``seed`` (KernelSHAP, LIME; LIME also ``kernel_width``); ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
     -------
@@ -148,13 +157,17 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "RISE",
     "Result",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "SobolAttribution",
     "explain",
     "explain_batches",
     "make_method",
