@@ -107,6 +107,39 @@ def auto_steps(repeats: int, tolerance: float = 0.01) -> None:
         )
 
 
+def mask_samplers(record, x, targets, args, floor, forward_pass, model) -> None:
+    """RISE, Sobol, KernelSHAP and LIME against the bare forward passes of their masked copies (the first pass,
+    for the targets and f(x), included). The superpixel methods' segmentation is timed apart: its share of the
+    method's time is printed, and the floor is the passes alone."""
+    n, k = len(x), args.masks
+    slic = ce.segmentation.segment_images(x, "slic")
+    segments = [int(s.max()) + 1 for s in slic]
+    cases = [
+        ("rise", f"rise ({k} masks)", {"samples": k}, k),
+        ("sobol", "sobol (grid 8, 32 designs)", {}, 32 * 66),
+        ("kernel_shap", f"kernel_shap ({k} coalitions)", {"samples": k, "segments": slic}, k + 1),
+        ("lime", f"lime ({k} coalitions)", {"samples": k, "segments": slic}, k),
+    ]
+    for method, label, opts, per_image in cases:
+        passes = -(-n * per_image // args.batch) + 1  # batches of masked copies, plus the first pass
+        obj = ce.METHODS[method](model, batch_size=args.batch, progress=False, **opts)
+        record(
+            label,
+            f"{passes} fwd",
+            {"floor": floor(passes, forward_pass), "ours": lambda o=obj: o.explain(x, target=targets)},
+        )
+    for method in ("kernel_shap", "lime"):  # the default segmentations, alone
+        if method not in (args.only or "kernel_shap,lime,masks"):
+            continue
+        start = time.perf_counter()
+        seg = ce.METHODS[method](model).segmentation
+        ce.segmentation.segment_images(x, seg)
+        print(
+            f"  segmentation ({seg}, {method}'s default): {time.perf_counter() - start:.2f}s for {n} images "
+            f"(SLIC used above: {segments} superpixels)"
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -115,11 +148,13 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=20, help="SmoothGrad samples")
     parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     parser.add_argument("--channels", type=int, default=64, help="Score-CAM top-N channels")
+    parser.add_argument("--masks", type=int, default=256, help="RISE masks and KernelSHAP/LIME coalitions")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument(
         "--only",
         help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,integrated_gradients,gradcam,"
-        "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,occlusion,auto (IG auto steps)",
+        "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,occlusion,rise,sobol,kernel_shap,"
+        "lime,masks (the five mask samplers),auto (IG auto steps)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -157,6 +192,8 @@ def main(argv=None) -> None:
     rows = []  # (method, floor description, floor s, ours s, tf-keras-vis s or None)
 
     only = set(args.only.split(",")) if args.only else None
+    if only is not None and "masks" in only:
+        only |= {"occlusion", "rise", "sobol", "kernel_shap", "lime"}
 
     def record(method, floor_desc, fns):
         if only is not None and method.split(" ")[0] not in only:
@@ -238,6 +275,8 @@ def main(argv=None) -> None:
         f"{positions**2} fwd",
         {"floor": floor(positions**2, forward_pass), "ours": lambda: occ.explain(x, target=targets)},
     )
+
+    mask_samplers(record, x, targets, args, floor, forward_pass, model)
 
     if only is None or "auto" in only:
         auto_steps(args.repeats)

@@ -10,6 +10,8 @@ score), so they are drawn red/blue like the other signed methods.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..segmentation import as_segments, segment_images
@@ -76,6 +78,13 @@ class SuperpixelMethod(MaskMethod):
         else:
             pixels = images if np.shape(images)[:3] == x.shape[:3] else x
             seg = segment_images(pixels, self.segmentation, seed=self.seed, segment_options=self.segment_options)
+        lonely = [i for i, s in enumerate(seg) if s.max() == 0]
+        if lonely:
+            warnings.warn(
+                f"{self.name}: image(s) {lonely} are one single superpixel, so their maps are constant; cut them "
+                "finer (segmentation='slic', segment_options=..., or your own segments=...).",
+                stacklevel=4,
+            )
         designs = [self.coalitions(int(s.max()) + 1, np.random.default_rng(self.seed)) for s in seg]
 
         def render(image, mask):
@@ -111,8 +120,10 @@ class KernelSHAP(SuperpixelMethod):
     samples : int or "auto"
         Coalitions per image (forward passes, plus one for f(∅)); "auto" (default) = 2M + 2048, shap's,
         capped at 2^M − 2.
-    segmentation : "quickshift", "slic", "felzenszwalb" or callable
-        How superpixels are cut (:mod:`cnn_exposed.segmentation`; default quickshift with LIME's settings).
+    segmentation : "slic", "quickshift", "felzenszwalb" or callable
+        How superpixels are cut (:mod:`cnn_exposed.segmentation`). Default SLIC with shap's image-example
+        settings (``n_segments=50, compactness=30, sigma=3``): about 50 superpixels whatever the image size, so
+        the cost (2M + 2048 coalitions) stays bounded; quickshift's count depends on the image.
     segments : array or None
         Your own label map, ``(H, W)`` for every image or ``(N, H, W)``; replaces ``segmentation``.
     segment_options : dict or None
@@ -129,8 +140,8 @@ class KernelSHAP(SuperpixelMethod):
     name = "kernel_shap"
     intercept_name = "base_value"
 
-    def __init__(self, model, *, samples="auto", fill="mean", **kwargs) -> None:
-        super().__init__(model, samples=samples, fill=fill, **kwargs)
+    def __init__(self, model, *, samples="auto", segmentation="slic", fill="mean", **kwargs) -> None:
+        super().__init__(model, samples=samples, segmentation=segmentation, fill=fill, **kwargs)
 
     def coalitions(self, features, rng):
         budget = 2 * features + 2048 if self.samples == "auto" else int(self.samples)
@@ -158,7 +169,9 @@ class LIME(SuperpixelMethod):
     kernel_width : float
         w (default 0.25, lime_image's).
     segmentation, segments, segment_options, seed
-        As :class:`KernelSHAP` (default quickshift ``kernel_size=4, max_dist=200, ratio=0.2``, lime's).
+        As :class:`KernelSHAP`, but the default is lime's: quickshift ``kernel_size=4, max_dist=200, ratio=0.2``
+        (tuned for 224 px photos; a small or flat image may come out as a few superpixels, or one, with a
+        warning: use ``segmentation="slic"``).
     fill : "segment_mean", float, "mean", "blur" or "zeros"
         What a hidden superpixel shows (default "segment_mean": its own mean colour, lime's ``hide_color=None``).
 
