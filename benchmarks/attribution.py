@@ -114,9 +114,15 @@ def mask_samplers(record, x, targets, args, floor, forward_pass, model) -> None:
     n, k = len(x), args.masks
     slic = ce.segmentation.segment_images(x, "slic")
     segments = [int(s.max()) + 1 for s in slic]
+    grid, designs = (int(v) for v in args.sobol.split(","))
     cases = [
         ("rise", f"rise ({k} masks)", {"samples": k}, k),
-        ("sobol", "sobol (grid 8, 32 designs)", {}, 32 * 66),
+        (
+            "sobol",
+            f"sobol (grid {grid}, {designs} designs)",
+            {"grid": grid, "designs": designs},
+            designs * (grid**2 + 2),
+        ),
         ("kernel_shap", f"kernel_shap ({k} coalitions)", {"samples": k, "segments": slic}, k + 1),
         ("lime", f"lime ({k} coalitions)", {"samples": k, "segments": slic}, k),
     ]
@@ -149,6 +155,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
     parser.add_argument("--channels", type=int, default=64, help="Score-CAM top-N channels")
     parser.add_argument("--masks", type=int, default=256, help="RISE masks and KernelSHAP/LIME coalitions")
+    parser.add_argument("--sobol", default="8,32", help="Sobol grid,designs (default %(default)s: 2112 passes/image)")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument(
         "--only",
