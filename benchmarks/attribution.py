@@ -134,6 +134,45 @@ def path_methods(args, record, floor, ours, x, only) -> None:
     print(f"    xrai: Felzenszwalb segments of {len(x)} images {time.perf_counter() - start:.2f}s (in 'ours')")
 
 
+def mask_samplers(record, x, targets, args, floor, forward_pass, model) -> None:
+    """RISE, Sobol, KernelSHAP and LIME against the bare forward passes of their masked copies (the first pass,
+    for the targets and f(x), included). The superpixel methods' segmentation is timed apart: its share of the
+    method's time is printed, and the floor is the passes alone."""
+    n, k = len(x), args.masks
+    slic = ce.segmentation.segment_images(x, "slic")
+    segments = [int(s.max()) + 1 for s in slic]
+    grid, designs = (int(v) for v in args.sobol.split(","))
+    cases = [
+        ("rise", f"rise ({k} masks)", {"samples": k}, k),
+        (
+            "sobol",
+            f"sobol (grid {grid}, {designs} designs)",
+            {"grid": grid, "designs": designs},
+            designs * (grid**2 + 2),
+        ),
+        ("kernel_shap", f"kernel_shap ({k} coalitions)", {"samples": k, "segments": slic}, k + 1),
+        ("lime", f"lime ({k} coalitions)", {"samples": k, "segments": slic}, k),
+    ]
+    for method, label, opts, per_image in cases:
+        passes = -(-n * per_image // args.batch) + 1  # batches of masked copies, plus the first pass
+        obj = ce.METHODS[method](model, batch_size=args.batch, progress=False, **opts)
+        record(
+            label,
+            f"{passes} fwd",
+            {"floor": floor(passes, forward_pass), "ours": lambda o=obj: o.explain(x, target=targets)},
+        )
+    for method in ("kernel_shap", "lime"):  # the default segmentations, alone
+        if method not in (args.only or "kernel_shap,lime,masks"):
+            continue
+        start = time.perf_counter()
+        seg = ce.METHODS[method](model).segmentation
+        ce.segmentation.segment_images(x, seg)
+        print(
+            f"  segmentation ({seg}, {method}'s default): {time.perf_counter() - start:.2f}s for {n} images "
+            f"(SLIC used above: {segments} superpixels)"
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -146,13 +185,15 @@ def main(argv=None) -> None:
     parser.add_argument("--guided-steps", type=int, default=200, help="Guided IG steps")
     parser.add_argument("--shap-samples", type=int, default=50, help="GradientSHAP samples")
     parser.add_argument("--xrai-steps", type=int, default=100, help="XRAI's integrated-gradients steps per baseline")
+    parser.add_argument("--masks", type=int, default=256, help="RISE masks and KernelSHAP/LIME coalitions")
+    parser.add_argument("--sobol", default="8,32", help="Sobol grid,designs (default %(default)s: 2112 passes/image)")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument(
         "--only",
         help="comma-separated subset of: saliency,gradient_x_input,smoothgrad,integrated_gradients,gradcam,"
         "gradcam++,layercam,lrp,guided_backprop,deconvnet,guided_gradcam,scorecam,eigencam,eigengradcam,hirescam,"
-        "xgradcam,ablationcam,fem,occlusion,auto (IG auto steps),blur_ig,guided_ig,gradient_shap,xrai, cams (the CAM "
-        "family), paths (the four path methods)",
+        "xgradcam,ablationcam,fem,occlusion,rise,sobol,kernel_shap,lime,auto (IG auto steps),blur_ig,guided_ig,"
+        "gradient_shap,xrai; cams (the CAM family), paths (the four path methods), masks (the five mask samplers)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -195,6 +236,8 @@ def main(argv=None) -> None:
         only |= {"gradcam", "gradcam++", "layercam", "scorecam", "guided_gradcam", *CAMS}
     if only is not None and "paths" in only:
         only |= {"blur_ig", "guided_ig", "gradient_shap", "xrai"}
+    if only is not None and "masks" in only:
+        only |= {"occlusion", "rise", "sobol", "kernel_shap", "lime"}
 
     def record(method, floor_desc, fns):
         if only is not None and method.split(" ")[0] not in only:
@@ -287,6 +330,7 @@ def main(argv=None) -> None:
     )
 
     path_methods(args, record, floor, ours, x, only)
+    mask_samplers(record, x, targets, args, floor, forward_pass, model)
 
     if only is None or "auto" in only:
         auto_steps(args.repeats)

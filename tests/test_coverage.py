@@ -46,6 +46,10 @@ OPTIONS = {
     "xrai": {"steps": 1},
     "scorecam": {"batch_size": 64, "channels": 16},  # the 16 most varied channels, not all 2048 of ResNet50
     "ablationcam": {"batch_size": 64, "channels": 16},
+    "rise": {"samples": 8, "grid": 4},  # the mask samplers: one batch of masked copies each
+    "sobol": {"grid": 2, "designs": 2},
+    "kernel_shap": {"samples": 8},
+    "lime": {"samples": 8},
 }
 
 

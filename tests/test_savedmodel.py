@@ -21,6 +21,10 @@ OPTIONS = {
     "guided_ig": {"steps": 8},
     "gradient_shap": {"samples": 4},
     "xrai": {"steps": 4},
+    "rise": {"samples": 16, "grid": 4},
+    "sobol": {"grid": 2, "designs": 4},
+    "kernel_shap": {"samples": 16},
+    "lime": {"samples": 16, "segmentation": "slic"},  # quickshift finds one superpixel in 16 px noise
 }
 
 

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
-from . import bundled, images, metrics, notebook, savedmodel, sources, visualisation  # submodules as attributes
+from . import bundled, images, metrics, notebook, savedmodel, segmentation, sources, visualisation  # submodules
 from .attribution import (
     FEM,
+    LIME,
     LRP,
     METHODS,
+    RISE,
     XRAI,
     AblationCAM,
     AttributionMethod,
@@ -28,11 +30,13 @@ from .attribution import (
     GuidedIG,
     HiResCAM,
     IntegratedGradients,
+    KernelSHAP,
     LayerCAM,
     Occlusion,
     Saliency,
     ScoreCAM,
     SmoothGrad,
+    SobolAttribution,
     XGradCAM,
     explain,
     explain_batches,
@@ -95,6 +99,8 @@ __all__ = [
     "GuidedIG",
     "InputError",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "LayerAccessError",
@@ -105,9 +111,11 @@ __all__ = [
     "NoSpatialLayerError",
     "OfflineError",
     "Occlusion",
+    "RISE",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "SobolAttribution",
     "TCAVResult",
     "XGradCAM",
     "TargetError",
@@ -139,6 +147,7 @@ __all__ = [
     "resolve_layer",
     "save_png",
     "savedmodel",
+    "segmentation",
     "tcav",
     "signed_maps",
     "sources",

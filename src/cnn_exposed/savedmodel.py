@@ -38,6 +38,10 @@ LAYER_FREE_METHODS: tuple[str, ...] = (
     "gradient_shap",
     "xrai",
     "occlusion",
+    "rise",
+    "sobol",
+    "kernel_shap",
+    "lime",
 )
 """The attribution methods that need no access to the model's layers: they work on SavedModels."""
 

@@ -23,7 +23,9 @@ from .cam import (
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
+from .random_masks import RISE, SobolAttribution
 from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .superpixels import LIME, KernelSHAP
 from .xrai import XRAI
 
 METHODS: dict[str, type[AttributionMethod]] = {
@@ -48,6 +50,10 @@ METHODS: dict[str, type[AttributionMethod]] = {
         AblationCAM,
         FEM,
         Occlusion,
+        RISE,
+        SobolAttribution,
+        KernelSHAP,
+        LIME,
         LRP,
         GuidedBackprop,
         Deconvnet,
@@ -98,8 +104,9 @@ def explain(
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
         ``"blur_ig"``, ``"guided_ig"``, ``"gradient_shap"``, ``"xrai"``, ``"gradcam"``, ``"gradcam++"``,
         ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``, ``"hirescam"``, ``"xgradcam"``,
-        ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``,
-        ``"guided_gradcam"`` (:data:`METHODS`; the README's method table gives each one's options).
+        ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"rise"``, ``"sobol"``, ``"kernel_shap"``, ``"lime"``,
+        ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"`` (:data:`METHODS`; the README's
+        method table gives each one's options).
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -117,7 +124,10 @@ def explain(
         (integrated gradients); ``max_sigma``, ``steps`` (Blur IG); ``steps``, ``fraction``, ``max_dist``,
         ``baseline`` (Guided IG); ``samples``, ``background``, ``noise``, ``seed`` (GradientSHAP); ``steps``,
         ``area_threshold`` (XRAI); ``channels`` (Score-CAM, Ablation-CAM); ``normalize`` (Ablation-CAM); ``k``
-        (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
+        (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``samples``, ``grid``, ``keep_probability``, ``fill``,
+        ``seed`` (RISE); ``grid``, ``designs``, ``fill``, ``seed`` (Sobol); ``samples``, ``segmentation``,
+        ``segments``, ``segment_options``, ``fill``, ``seed`` (KernelSHAP, LIME; LIME also ``kernel_width``);
+        ``rule``, ``epsilon``, ``bounds`` (LRP).
 
     Returns
     -------
@@ -183,16 +193,20 @@ __all__ = [
     "HiResCAM",
     "GuidedIG",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "Occlusion",
     "PathMethod",
+    "RISE",
     "Result",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
     "XGradCAM",
     "XRAI",
+    "SobolAttribution",
     "explain",
     "explain_batches",
     "make_method",
