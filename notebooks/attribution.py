@@ -200,6 +200,42 @@ ce.plot_explanations(rules, names, max_images=4)
 plt.show()
 
 # %% [markdown]
+# ## Every other method by name
+#
+# The methods users know from pytorch-grad-cam, PAIR's `saliency`, captum, shap and xplique, each one call
+# (the README's method table gives their formulas, papers and options):
+# - the rest of the **CAM family**: Eigen-CAM and FEM (gradient-free, class-agnostic), HiResCAM and XGrad-CAM
+#   (gradient-weighted), Ablation-CAM (each channel's score drop when it is zeroed);
+# - the **path methods**: Blur IG (a blur path instead of a baseline), Guided IG (an adaptive path),
+#   GradientSHAP (expected gradients over a background), and XRAI (integrated gradients summed over regions);
+# - the **mask samplers**: RISE (random masks), Sobol (total Sobol indices of grid cells), KernelSHAP and LIME
+#   (superpixels switched on and off, a weighted linear fit).
+#
+# With `CNN_EXPOSED_FAST` set (the test suite) they run with few samples; drop the options for the papers'
+# settings.
+
+# %%
+OTHER = {
+    "eigencam": {},
+    "hirescam": {},
+    "ablationcam": {"channels": 32 if FAST else None},
+    "fem": {},
+    "blur_ig": {"steps": STEPS},
+    "guided_ig": {"steps": STEPS},
+    "gradient_shap": {"samples": SAMPLES},
+    "xrai": {"steps": STEPS},
+    "rise": {"samples": 256 if FAST else 4000},
+    "sobol": {"grid": 4 if FAST else 8, "designs": 8 if FAST else 32},
+    "kernel_shap": {"samples": 512 if FAST else "auto", "segmentation": "slic"},
+    # LIME explains the probability by default, as the lime package does: on a model this sure of itself (1.00)
+    # hiding a superpixel barely moves it, and the fit is noise. The logit moves.
+    "lime": {"samples": 512 if FAST else 1000, "segmentation": "slic", "score": "logit"},
+}
+others = {m: ce.explain(demo_model.model, trap[:2], m, preprocess=demo_model.preprocess, **o) for m, o in OTHER.items()}
+ce.plot_explanations(others, names, max_images=2)
+plt.show()
+
+# %% [markdown]
 # ## Side by side, and the view that finds the shortcut
 #
 # Group the mistakes by confusion pair (true → predicted) and average each method's heatmap over the pair:
