@@ -11,7 +11,7 @@ from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import IntegratedGradients, path_nodes
 from .occlusion import Occlusion
-from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .rule_based import LRP, DeepLift, DeepShap, Deconvnet, GuidedBackprop, GuidedGradCAM
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -29,6 +29,8 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GuidedBackprop,
         Deconvnet,
         GuidedGradCAM,
+        DeepLift,
+        DeepShap,
     )
 }
 
@@ -74,7 +76,7 @@ def explain(
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
         ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
-        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``.
+        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``, ``"deeplift"``, ``"deepshap"``.
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -90,7 +92,8 @@ def explain(
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
         (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
-        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP).
+        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP); ``baseline`` (DeepLIFT); ``background``
+        (DeepSHAP).
 
     Returns
     -------
@@ -141,6 +144,8 @@ __all__ = [
     "AttributionMethod",
     "CAMMethod",
     "Deconvnet",
+    "DeepLift",
+    "DeepShap",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",

@@ -49,6 +49,36 @@ def path_nodes(steps: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
+def baseline_images(x: np.ndarray, baseline, preprocess=None, blur_sigma: float = BLUR_SIGMA, seed: int = 0):
+    """The baseline ``x′`` for each input ``x`` ``(M, H, W, C)``, float32 in model-input space: ``baseline`` is
+    ``"black"``, ``"blur"``, ``"noise"`` or an array (see :class:`IntegratedGradients`; DeepLIFT takes the same)."""
+    if not isinstance(baseline, str):
+        b = np.asarray(baseline, dtype=np.float32)
+        try:
+            return np.broadcast_to(b, x.shape).astype(np.float32)
+        except ValueError:
+            raise InputError(f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}.") from None
+    if baseline == "black":
+        if preprocess is None:
+            return np.zeros_like(x)
+        black = np.zeros(x.shape, dtype=np.uint8)
+        return np.asarray(preprocess(black), dtype=np.float32).reshape(x.shape)
+    if baseline == "blur":
+        return fill_images(x, "blur", blur_sigma)
+    rng = np.random.default_rng(seed)
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    u = rng.random(x.shape, dtype=np.float32)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
+
+
+def completeness_error(attributions: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``|Σ attributions − delta| / |delta|`` per image (``delta = f(x) − f(x′)``), float32."""
+    total = attributions.reshape(len(attributions), -1).sum(axis=1)
+    return (np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)).astype(np.float32)
+
+
 class IntegratedGradients(GradientMethod):
     """Integrated gradients: ``(x − x′) ⊙ ∫₀¹ ∇f(x′ + α(x − x′)) dα``.
 
@@ -146,27 +176,7 @@ class IntegratedGradients(GradientMethod):
 
     def baselines(self, x: np.ndarray) -> np.ndarray:
         """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space."""
-        if not isinstance(self.baseline, str):
-            b = np.asarray(self.baseline, dtype=np.float32)
-            try:
-                return np.broadcast_to(b, x.shape).astype(np.float32)
-            except ValueError:
-                raise InputError(
-                    f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}."
-                ) from None
-        if self.baseline == "black":
-            if self.preprocess is None:
-                return np.zeros_like(x)
-            black = np.zeros(x.shape, dtype=np.uint8)
-            return np.asarray(self.preprocess(black), dtype=np.float32).reshape(x.shape)
-        if self.baseline == "blur":
-            return fill_images(x, "blur", self.blur_sigma)
-        rng = np.random.default_rng(self.seed)
-        flat = x.reshape(len(x), -1)
-        lo, hi = flat.min(axis=1), flat.max(axis=1)
-        u = rng.random(x.shape, dtype=np.float32)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
+        return baseline_images(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)
 
     def _gradient_sums(self, x, baselines, targets, alphas, weights) -> np.ndarray:
         """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``: the path points of all
