@@ -41,6 +41,7 @@ OPTIONS = {
     "smoothgrad": {"samples": 2},
     "integrated_gradients": {"steps": 4},
     "scorecam": {"batch_size": 64, "channels": 16},  # the 16 most varied channels, not all 2048 of ResNet50
+    "deepshap": {"background": "blur"},  # one reference per image, as deeplift: one paired pass
 }
 
 

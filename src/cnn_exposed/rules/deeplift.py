@@ -37,6 +37,11 @@ EPSILON = 1e-10
 or a difference of subnormal numbers, where ``Δy`` is 0 or rounding."""
 
 
+def in_float32(fn):
+    """``fn`` with its output in float32: the rules' arithmetic is (a float16 layer computes in float16 inside)."""
+    return lambda *args: to_float32(fn(*args))
+
+
 def halves(t):
     """The inputs' rows and the references' rows of a paired batch."""
     n = ops.shape(t)[0] // 2
@@ -59,7 +64,7 @@ def rescale_backward(fn):
 
     def backward(inputs, y, g):
         (xa, xb), (ya, yb), ga = halves(inputs[0]), halves(y), halves(g)[0]
-        (grad,) = vjp(fn, [xa], ga)
+        (grad,) = vjp(in_float32(fn), [xa], ga)
         return [with_zeros(divided(ga * (ya - yb), xa - xb, grad), inputs[0])]
 
     return float32_rule(backward)
@@ -81,7 +86,7 @@ def product_backward(forward):
 
     def backward(inputs, z, g):
         mids = [(a + b) / 2.0 for a, b in map(halves, inputs)]
-        grads = vjp(forward, mids, halves(g)[0])
+        grads = vjp(in_float32(forward), mids, halves(g)[0])
         return [with_zeros(m, t) for m, t in zip(grads, inputs, strict=True)]
 
     return float32_rule(backward)
@@ -95,6 +100,8 @@ def product_rule(op):
 def max_split_backward(pool):
     """Max pooling (any ``pool`` that picks maxima: ``MaxPooling``, ``GlobalMaxPooling``, ``ops.max``): captum's
     split of ``Δy`` between the input's and the reference's maxima, divided by ``Δx`` there."""
+
+    pool = in_float32(pool)
 
     def backward(inputs, y, g):
         (xa, xb), (ya, yb), ga = halves(inputs[0]), halves(y), halves(g)[0]
