@@ -138,7 +138,7 @@ def numpy_deeplift(weights, x, ref, target):
         small = np.abs(dz) < 1e-10
         return np.where(small, grad, (fn(z) - fn(z_ref)) / np.where(small, 1, dz))
 
-    (z1, a1, win, z2), (z1r, a1r, winr, z2r) = forward(x), forward(ref)
+    (z1, a1, win, z2), (z1r, _, winr, z2r) = forward(x), forward(ref)
     m_z2 = w3[:, target] * rescale(z2, z2r, relu, z2 > 0)
     m_pool = (w2 @ m_z2).reshape(win.shape[:3])
     y, yr = win.max(-1), winr.max(-1)
@@ -155,8 +155,8 @@ def numpy_deeplift(weights, x, ref, target):
     m_win = np.where(small, grad, contrib / np.where(small, 1, dwin))
     h, w, f = a1.shape
     m_a1 = np.zeros(a1.shape)
-    m_a1[: h // 2 * 2, : w // 2 * 2] = m_win.reshape(h // 2, w // 2, f, 2, 2).transpose(0, 3, 1, 4, 2).reshape(
-        h // 2 * 2, w // 2 * 2, f
+    m_a1[: h // 2 * 2, : w // 2 * 2] = (
+        m_win.reshape(h // 2, w // 2, f, 2, 2).transpose(0, 3, 1, 4, 2).reshape(h // 2 * 2, w // 2 * 2, f)
     )
     m_z1 = m_a1 * rescale(z1, z1r, relu, z1 > 0)
     m_x = np.zeros(x.shape)

@@ -11,7 +11,7 @@ from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import IntegratedGradients, path_nodes
 from .occlusion import Occlusion
-from .rule_based import LRP, DeepLift, DeepShap, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .rule_based import LRP, Deconvnet, DeepLift, DeepShap, GuidedBackprop, GuidedGradCAM
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls

@@ -57,7 +57,9 @@ def baseline_images(x: np.ndarray, baseline, preprocess=None, blur_sigma: float 
         try:
             return np.broadcast_to(b, x.shape).astype(np.float32)
         except ValueError:
-            raise InputError(f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}.") from None
+            raise InputError(
+                f"baseline of shape {b.shape} does not broadcast to the images' shape {x.shape}."
+            ) from None
     if baseline == "black":
         if preprocess is None:
             return np.zeros_like(x)

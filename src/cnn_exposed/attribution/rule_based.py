@@ -250,9 +250,8 @@ class DeepShap(DeepLift):
     def references(self, x):
         if not isinstance(self.background, tuple):
             if self.background.shape[1:] != x.shape[1:]:
-                raise InputError(
-                    f"background images have shape {self.background.shape[1:]}, the images {x.shape[1:]}."
-                )
+                shapes = f"{self.background.shape[1:]}, the images {x.shape[1:]}"
+                raise InputError(f"background images have shape {shapes}: give images of the explained size.")
             return self.background, True
         each = [baseline_images(x, b, self.preprocess, self.blur_sigma, self.seed) for b in self.background]
         return np.stack(each, axis=1), False

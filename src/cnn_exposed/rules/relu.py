@@ -1,8 +1,8 @@
 """The ReLU modes: what an element-wise activation passes backward in each mode of a rule set.
 
-LRP: the relevance, unchanged. DeepLIFT: the Rescale rule. Guided backprop (Springenberg et al. 2014) and deconvnet (Zeiler & Fergus
-2014) change only the ReLU family's backward pass; "redirect" is Lucid's redirected ReLU gradient for
-feature visualisation; "gradient" changes nothing.
+LRP: the relevance, unchanged. DeepLIFT: the Rescale rule. Guided backprop (Springenberg et al. 2014) and
+deconvnet (Zeiler & Fergus 2014) change only the ReLU family's backward pass; "redirect" is Lucid's redirected
+ReLU gradient for feature visualisation; "gradient" changes nothing.
 """
 
 from __future__ import annotations

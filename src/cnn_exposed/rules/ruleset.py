@@ -11,6 +11,8 @@ from keras import ops
 from ..errors import UnsupportedLayerError
 from ..layers import is_subclassed, iter_layers, trace_subclassed
 from ..model_io import branch_operations, input_index, on_branch
+from .deeplift import layer_norm_rule as deeplift_layer_norm_rule
+from .deeplift import max_split_backward, max_split_rule, product_backward, product_rule, rescale, rescale_layer
 from .kinds import (
     OP_RELU,
     activation_fn,
@@ -23,8 +25,6 @@ from .kinds import (
     operations_in,
     signal_input,
 )
-from .deeplift import layer_norm_rule as deeplift_layer_norm_rule
-from .deeplift import max_split_backward, max_split_rule, product_backward, product_rule, rescale, rescale_layer
 from .lrp import (
     LRP_RULES,
     epsilon_backward,
@@ -51,8 +51,9 @@ class RuleSet:
     ----------
     mode : {"lrp", "deeplift", "guided", "deconv", "redirect", "gradient"}
         ``"deeplift"``: DeepLIFT's multipliers (:mod:`.deeplift`), for a batch of inputs stacked on their
-        references (:meth:`cnn_exposed.engine.Engine.multipliers`). ``"redirect"``: Lucid's redirected ReLU gradient, for feature visualisation. ``"gradient"``: the
-        plain gradient, computed faster than the model's own backward pass (below).
+        references (:meth:`cnn_exposed.engine.Engine.multipliers`). ``"redirect"``: Lucid's redirected ReLU
+        gradient, for feature visualisation. ``"gradient"``: the plain gradient, computed faster than the model's
+        own backward pass (below).
     rule : str or dict
         LRP only: one rule for every weighted layer, or a composite ``{"first": ..., "conv": ...,
         "dense": ...}`` (missing entries: ``"epsilon"``).
@@ -173,8 +174,7 @@ class RuleSet:
             elif id(layer) in folded_bns or id(layer) in padding_layers:
                 out[id(layer)] = lambda op, final: lambda x, *a, **k: x
             elif self.mode == "deeplift":
-                factory = deeplift_layer_factory(layer, kind)
-                if factory is not None:
+                if (factory := deeplift_layer_factory(layer, kind)) is not None:
                     out[id(layer)] = factory
             elif self.mode != "lrp":
                 continue  # below: LRP's rules; the other modes take these layers' own gradient
