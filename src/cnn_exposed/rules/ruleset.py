@@ -11,8 +11,16 @@ from keras import ops
 from ..errors import UnsupportedLayerError
 from ..layers import is_subclassed, iter_layers, trace_subclassed
 from ..model_io import branch_operations, input_index, on_branch
+from .deeplift import (
+    inputs_rows_only,
+    max_split_backward,
+    max_split_rule,
+    product_backward,
+    product_rule,
+    rescale,
+    rescale_layer,
+)
 from .deeplift import layer_norm_rule as deeplift_layer_norm_rule
-from .deeplift import max_split_backward, max_split_rule, product_backward, product_rule, rescale, rescale_layer
 from .kinds import (
     OP_RELU,
     activation_fn,
@@ -268,7 +276,8 @@ class RuleSet:
                         )  # fmt: skip
                     )
                 else:
-                    maps.append(linear_map(stage, kernel, bias, pads if i == 0 else None))
+                    linear = linear_map(stage, kernel, bias, pads if i == 0 else None)
+                    maps.append(inputs_rows_only(linear) if self.mode == "deeplift" else linear)
             linear = maps[0] if len(maps) == 1 else chain_maps(maps)
             act = None if final or is_linear_activation(op.activation) else op.activation
             if act is None:
