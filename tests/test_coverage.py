@@ -40,8 +40,16 @@ ODD = {name: size + (3 if size % 2 == 0 else 4) for name, (_, size) in FAMILIES.
 OPTIONS = {
     "smoothgrad": {"samples": 2},
     "integrated_gradients": {"steps": 4},
+    "blur_ig": {"steps": 2},
+    "guided_ig": {"steps": 2},
+    "gradient_shap": {"samples": 2},
+    "xrai": {"steps": 1},
     "scorecam": {"batch_size": 64, "channels": 16},  # the 16 most varied channels, not all 2048 of ResNet50
-    "deepshap": {"background": "blur"},  # one reference per image, as deeplift: one paired pass
+    "ablationcam": {"batch_size": 64, "channels": 16},
+    "rise": {"samples": 8, "grid": 4},  # the mask samplers: one batch of masked copies each
+    "sobol": {"grid": 2, "designs": 2},
+    "kernel_shap": {"samples": 8},
+    "lime": {"samples": 8},
 }
 
 

@@ -35,6 +35,17 @@ POLICIES = ("mixed_float16", "mixed_bfloat16")
 # policy -> (least correlation, largest relative L2 error); see the module docstring
 TOLERANCE = {"mixed_float16": (0.998, 0.1), "mixed_bfloat16": (0.98, 0.25)}
 BFLOAT16_OCCLUSION = (0.8, 0.6)
+# The other mask samplers share occlusion's cause (differences of scores rounded to 2**-8): measured under bfloat16
+# RISE (0.95, 0.0001: a mean probability, nearly flat), Sobol (0.966, 0.20), KernelSHAP (0.917, 0.32), LIME
+# (0.943, 0.33); under float16 all within TOLERANCE.
+BFLOAT16_DROPS = ("occlusion", "rise", "sobol", "kernel_shap", "lime")
+# the mask samplers at small settings (CI time); quickshift (LIME's default) finds one superpixel in 16 px noise
+OPTIONS = {
+    "rise": {"samples": 500},
+    "sobol": {"grid": 4, "designs": 16},
+    "kernel_shap": {"samples": 200},
+    "lime": {"samples": 200, "segmentation": "slic"},
+}
 SIZE = 16
 
 
@@ -129,8 +140,9 @@ def test_the_model_computes_in_low_precision(twin, reference):
 @pytest.mark.parametrize("method", ce.METHODS)
 def test_every_method_agrees_with_the_float32_twin(twin, reference, method):
     name, model = twin
-    want = once(reference, method, lambda m: ce.explain(m, batch(), method, progress=False))
-    got = ce.explain(model, batch(), method, progress=False)
+    opts = OPTIONS.get(method, {})
+    want = once(reference, method, lambda m: ce.explain(m, batch(), method, progress=False, **opts))
+    got = ce.explain(model, batch(), method, progress=False, **opts)
     for field in ("maps", "raw_maps", "scores", "probabilities", "attributions", "layer_maps"):
         value = getattr(got, field)
         if value is not None:
@@ -139,7 +151,7 @@ def test_every_method_agrees_with_the_float32_twin(twin, reference, method):
     signed = got.attributions if got.attributions is not None else got.raw_maps
     assert np.abs(signed).max() > 0 and got.maps.max() > 0
     corr, error = agreement(want.attributions if want.attributions is not None else want.raw_maps, signed)
-    least, most = BFLOAT16_OCCLUSION if (name, method) == ("mixed_bfloat16", "occlusion") else TOLERANCE[name]
+    least, most = BFLOAT16_OCCLUSION if name == "mixed_bfloat16" and method in BFLOAT16_DROPS else TOLERANCE[name]
     assert corr >= least and error <= most, (corr, error)
 
 

@@ -23,7 +23,15 @@ BATCH = 4  # copies per compiled call: batches that mix two images' copies (3 no
 OPTIONS = {
     "smoothgrad": dict(samples=3),
     "integrated_gradients": dict(steps=6),
+    "blur_ig": dict(steps=5, max_sigma=4.0),
+    "guided_ig": dict(steps=5),
+    "gradient_shap": dict(samples=5, noise=0.1),
+    "xrai": dict(steps=3),
     "occlusion": dict(patch=6, stride=5),
+    "rise": dict(samples=9, grid=4),
+    "sobol": dict(grid=2, designs=2),
+    "kernel_shap": dict(samples=9, segmentation="slic", segment_options={"n_segments": 6}),
+    "lime": dict(samples=9, segmentation="slic", segment_options={"n_segments": 6}),
     "deconvnet": dict(target=2),  # (its map for the top class is zero on these models)
 }
 CASES = [(name, OPTIONS.get(name, {})) for name in ce.METHODS] + [

@@ -13,7 +13,19 @@ import cnn_exposed as ce
 from cnn_exposed.savedmodel import LAYER_FREE_METHODS
 from conftest import images, small_cnn
 
-OPTIONS = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "occlusion": {"patch": 4}}
+OPTIONS = {
+    "integrated_gradients": {"steps": 8},
+    "smoothgrad": {"samples": 4},
+    "occlusion": {"patch": 4},
+    "blur_ig": {"steps": 8},
+    "guided_ig": {"steps": 8},
+    "gradient_shap": {"samples": 4},
+    "xrai": {"steps": 4},
+    "rise": {"samples": 16, "grid": 4},
+    "sobol": {"grid": 2, "designs": 4},
+    "kernel_shap": {"samples": 16},
+    "lime": {"samples": 16, "segmentation": "slic"},  # quickshift finds one superpixel in 16 px noise
+}
 
 
 class Served(tf.Module):

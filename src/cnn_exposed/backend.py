@@ -78,7 +78,7 @@ def padded_conv(x, kernel, strides, pads):
 def fused(fn: Callable) -> Callable:
     """``fn`` compiled by XLA: a chain of element-wise operations becomes one or two fused passes over
     memory instead of one per operation (TensorFlow's default), traced once per input shape."""
-    return tf.function(fn, jit_compile=True)
+    return tf.function(fn, jit_compile=True, autograph=False)
 
 
 def vjp(fn: Callable, inputs: list, cotangent) -> list:
@@ -104,9 +104,24 @@ def irfft2(real, imag, shape: tuple[int, int]):
     return tf.signal.irfft2d(tf.complex(real, imag), fft_length=list(shape))
 
 
-def compiled(fn: Callable) -> Callable:
-    """``fn`` compiled into a graph (a plain ``tf.function``): for forward-only helpers outside Engine."""
-    return tf.function(own_key(fn))
+def compiled(fn: Callable, input_signature=None) -> Callable:
+    """``fn`` compiled into a graph: every compiled pass of the package (the Engine's, feature visualisation's
+    steps, forward-only helpers) is made here, traced once per ``input_signature`` (or input shape).
+
+    Without AutoGraph, as Keras 3 runs its own layers: nothing here has Python control flow on tensors (loops and
+    branches in the graph are ``tf.while_loop`` / ``tf.cond`` written out), and converting every layer's ``call``
+    source to graph code was most of the tracing time (about half of the coverage matrix's CPU time)."""
+    return tf.function(own_key(fn), input_signature=input_signature, autograph=False)
+
+
+def separable_filter(x, along_h, along_w):
+    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` for each image ``x[k]`` (N, H, W, C) and channel, with matrices (N, H, H)
+    and (N, W, W): a separable linear filter per image (Blur IG's Gaussian blurs), as a NumPy array. In TensorFlow,
+    on its thread pool: NumPy's BLAS threads would compete with it for the cores."""
+    n, h, w, c = x.shape
+    y = tf.reshape(tf.matmul(along_h, tf.reshape(x, (n, h, w * c))), (n, h, w, c))
+    y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (n, w, h * c))
+    return tf.transpose(tf.reshape(tf.matmul(along_w, y), (n, w, h, c)), (0, 2, 1, 3)).numpy()
 
 
 def stateless_noise(shape: tuple, seeds):

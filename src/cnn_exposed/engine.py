@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from .backend import depends_on, own_key, scaled_backward, stateless_noise
+from .backend import compiled, depends_on, scaled_backward, stateless_noise
 from .compat import built_input_shape
 from .errors import ModelError, ModelIOError
 from .graph import Plan, classifier_head, run_model
@@ -158,6 +158,7 @@ class Engine:
         replace = rules.replacements(model, self.head, keep, self.input_index) if rules else {}
         self._plan = Plan(record=self.layer, logits=self.head, replace=replace)
         self._compiled: dict = {}
+        self._read_call: int | None = None  # which call of the recorded layer the passes read (set when traced)
 
     def _check_branch(self) -> None:
         """A recorded layer of a model with several inputs must be one the explained input reaches."""
@@ -185,15 +186,16 @@ class Engine:
         return tuple(shape[1:])
 
     # ------------------------------------------------------------ in-graph parts
-    def _forward(self, x, record: bool = False, sides=()):
+    def _forward(self, x, record: bool = False, sides=(), plan: Plan | None = None):
         """(score-space outputs (N, K) and probabilities (N, K), float32; the recorded layer's output in its own
-        dtype, or None); ``sides``: the side inputs of a model with several, aligned with ``x``."""
+        dtype, or None); ``sides``: the side inputs of a model with several, aligned with ``x``; ``plan``: another
+        plan than the engine's own (the ablation pass's)."""
         recorded: dict = {}
         inputs = x
         if self.multi_input:
             inputs = list(sides)
             inputs.insert(self.input_index, x)
-        out = run_model(self.model, inputs, self._plan, recorded)
+        out = run_model(self.model, inputs, plan or self._plan, recorded)
         out = to_float32(out[self.output_index] if self.multi_output else out)
         squashing = self.head.activation in ("softmax", "sigmoid")
         if squashing and self.head.pre_activation is None:
@@ -233,6 +235,7 @@ class Engine:
             if self.multi_input and len(calls) > 1:
                 calls = [a for a in calls if depends_on(a, x)] or calls
             layer_out = calls[-1]
+            self._read_call = next(i for i, a in enumerate(recorded[self.layer.path]) if a is layer_out)
         return scores, probs, layer_out
 
     @staticmethod
@@ -347,18 +350,39 @@ class Engine:
         scores, probs, a = self._forward(x, record=True, sides=sides)
         return to_float32(a), scores, probs
 
-    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=()) -> Callable:
-        """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once."""
+    def _fn_ablated_scores(self, images, activations, segments, targets, keep, *sides):
+        """The explained score of each row ``i`` (image ``segments[i]``) with the recorded layer's output (the call
+        the other passes read) replaced by the image's ``activations`` times ``keep[i]`` (k,) channel by channel."""
+        assert self.layer is not None and self._read_call is not None  # ablated_scores() made sure
+        dtype = getattr(self.layer.layer, "compute_dtype", None) or "float32"
+        shape = (-1,) + (1,) * (len(activations.shape) - 2) + (activations.shape[-1],)
+        fed = ops.cast(tf.gather(activations, segments) * ops.reshape(keep, shape), dtype)
+        x = tf.gather(images, segments)  # for the layers a branch runs past the recorded one; else pruned
+        sides = [tf.gather(s, segments) for s in sides]
+        path, read = self.layer.path, self._read_call
+        plan = Plan(
+            record=self.layer,
+            logits=self.head,
+            replace=self._plan.replace,
+            substitute=lambda p, call: fed if (p, call) == (path, read) else None,
+        )
+        scores, _, _ = self._forward(x, sides=sides, plan=plan)
+        return self._select(scores, targets)[0]
+
+    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=(), extra=()) -> Callable:
+        """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once; ``extra``:
+        further arrays it takes after the targets (any number of rows, their own dtype)."""
         key: tuple = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
-        if sides:
-            key += tuple((s.shape[1:], s.dtype.str) for s in sides)
+        if sides or extra:
+            key += tuple((s.shape[1:], s.dtype.str) for s in (*extra, *sides))
         fn = self._compiled.get(key)
         if fn is None:
             sig = [tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.float32)]
             if with_targets:
                 sig.append(tf.TensorSpec((None,), tf.int32))
+            sig += [tf.TensorSpec((None,) + e.shape[1:], e.dtype) for e in extra]
             sig += [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]
-            fn = tf.function(own_key(graph_fn), input_signature=sig)
+            fn = compiled(graph_fn, input_signature=sig)
             self._compiled[key] = fn
         return fn
 
@@ -382,12 +406,13 @@ class Engine:
             )
         return sides
 
-    def _call(self, graph_fn: Callable, x: np.ndarray, targets: np.ndarray | None = None):
+    def _call(self, graph_fn: Callable, x: np.ndarray, targets: np.ndarray | None = None, *extra: np.ndarray):
         x = np.asarray(x, dtype=np.float32)
+        extra = tuple(np.asarray(e) for e in extra)
         sides = self.side_inputs(len(x))
-        fn = self._compiled_fn(graph_fn, x, targets is not None, sides)
+        fn = self._compiled_fn(graph_fn, x, targets is not None, sides, extra)
         args = (x,) if targets is None else (x, np.asarray(targets, dtype=np.int32))
-        out = fn(*args, *sides)
+        out = fn(*args, *extra, *sides)
         if isinstance(out, (tuple, list)):
             return tuple(np.asarray(o) for o in out)
         return np.asarray(out)
@@ -419,6 +444,22 @@ class Engine:
         self._require_layer()
         return Activations(*self._call(self._fn_activations, x))
 
+    def ablated_scores(self, images, activations, segments, targets, keep) -> np.ndarray:
+        """Ablation-CAM's scores for one batch of rows: row ``i`` is image ``segments[i]`` of ``images`` (b, H, W, C)
+        with the recorded layer's output replaced by the image's ``activations`` (b, h, w, k; its output from
+        :meth:`activations`) with channel ``j`` multiplied by ``keep[i, j]`` (0: zeroed); the explained score
+        ``(N,)`` of ``targets`` (resolved classes, not -1). Side inputs are held aligned with ``images``. The
+        layers that only feed the recorded one do not run; layers a branch runs past it (a residual connection)
+        run from the images."""
+        self._require_layer()
+        images = np.asarray(images, np.float32)
+        if self._read_call is None:  # which call of the layer is read: known once the activations pass is traced
+            self._compiled_fn(
+                self._fn_activations, images, False, self.side_inputs(len(images))
+            ).get_concrete_function()
+        rows_in = (np.asarray(segments, np.int32), np.asarray(targets, np.int32), np.asarray(keep, np.float32))
+        return self._call(self._fn_ablated_scores, images, None, np.asarray(activations, np.float32), *rows_in)
+
     def noisy_moments(self, images, targets, sigma, seeds, segments, times_input: bool = False):
         """SmoothGrad's inner pass, all in one compiled call: for each copy ``k``, noise drawn from
         ``seeds[k]`` (:func:`~cnn_exposed.backend.stateless_noise`) scaled by ``sigma`` is added to image
@@ -449,7 +490,7 @@ class Engine:
                 tf.TensorSpec((None,) + shape, tf.float32), vector, tf.TensorSpec((None,), tf.float32),
                 tf.TensorSpec((None, 2), tf.int32), vector,
             ] + [tf.TensorSpec((None,) + s.shape[1:], s.dtype) for s in sides]  # fmt: skip
-            fn = tf.function(own_key(graph), input_signature=sig)
+            fn = compiled(graph, input_signature=sig)
             self._compiled[key] = fn
         args = (images, np.asarray(targets, np.int32), np.asarray(sigma, np.float32), np.asarray(seeds, np.int32),
                 np.asarray(segments, np.int32))  # fmt: skip

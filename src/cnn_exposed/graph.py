@@ -188,12 +188,18 @@ class Plan:
         replacement must leave out (the logit is explained). Nested models are then always walked.
     stop_when_recorded : bool
         Raise :class:`StopForward` as soon as every recorded layer has produced all its calls' outputs.
+    substitute : callable or None
+        ``substitute(path, call) -> tensor or None`` for every call (0, 1, ...) of a recorded layer: a tensor to
+        use as that call's output instead of running the layer (None: run it). The ablation pass feeds a layer's
+        cached output with channels zeroed this way; the layers that only feed it then do not run (a compiled
+        graph prunes what no output needs).
     """
 
     record: LayerRef | tuple | None = None
     logits: Head | None = None
     replace: dict = field(default_factory=dict)
     stop_when_recorded: bool = False
+    substitute: Callable | None = None
 
     def __post_init__(self) -> None:
         self._enter: set[int] = set()
@@ -237,8 +243,11 @@ class Plan:
         path = self._records[id(op)]
 
         def recording(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            recorded.setdefault(path, []).append(out)
+            calls = recorded.setdefault(path, [])
+            out = None if self.substitute is None else self.substitute(path, len(calls))
+            if out is None:
+                out = fn(*args, **kwargs)
+            calls.append(out)
             if self.stop_when_recorded and all(len(recorded.get(p, ())) >= k for p, k in self._needed.items()):
                 raise StopForward
             return out

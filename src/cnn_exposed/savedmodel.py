@@ -33,7 +33,15 @@ LAYER_FREE_METHODS: tuple[str, ...] = (
     "gradient_x_input",
     "smoothgrad",
     "integrated_gradients",
+    "blur_ig",
+    "guided_ig",
+    "gradient_shap",
+    "xrai",
     "occlusion",
+    "rise",
+    "sobol",
+    "kernel_shap",
+    "lime",
 )
 """The attribution methods that need no access to the model's layers: they work on SavedModels."""
 
@@ -230,7 +238,7 @@ def require_layer_access(model, what: str) -> None:
         f"{what} needs the layers of model {model.name!r}, but it runs a SavedModel (layer {opaque[0].name!r}), "
         "whose layers cannot be reached. On a SavedModel use "
         + ", ".join(LAYER_FREE_METHODS)
-        + "; the CAM methods (gradcam, gradcam++, layercam, scorecam), lrp, guided_backprop, deconvnet, "
+        + "; the CAM methods (gradcam, ..., ablationcam, fem), lrp, guided_backprop, deconvnet, "
         "guided_gradcam, TCAV, feature visualisation and the audit need the model as a .keras or .h5 file "
         "(model.save('model.keras') where it was built)."
     )

@@ -7,11 +7,26 @@ name.
 from __future__ import annotations
 
 from .base import AttributionMethod, GradientMethod, Result
-from .cam import CAMMethod, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from .cam import (
+    FEM,
+    AblationCAM,
+    CAMMethod,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from .gradients import GradientXInput, Saliency, SmoothGrad
-from .integrated_gradients import IntegratedGradients, path_nodes
+from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
+from .random_masks import RISE, SobolAttribution
 from .rule_based import LRP, Deconvnet, DeepLift, DeepShap, GuidedBackprop, GuidedGradCAM
+from .superpixels import LIME, KernelSHAP
+from .xrai import XRAI
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
@@ -20,11 +35,25 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GradientXInput,
         SmoothGrad,
         IntegratedGradients,
+        BlurIG,
+        GuidedIG,
+        GradientSHAP,
+        XRAI,
         GradCAM,
         GradCAMPlusPlus,
         LayerCAM,
         ScoreCAM,
+        EigenCAM,
+        EigenGradCAM,
+        HiResCAM,
+        XGradCAM,
+        AblationCAM,
+        FEM,
         Occlusion,
+        RISE,
+        SobolAttribution,
+        KernelSHAP,
+        LIME,
         LRP,
         GuidedBackprop,
         Deconvnet,
@@ -75,8 +104,11 @@ def explain(
         given values (one row per image).
     method : str
         One of ``"saliency"``, ``"gradient_x_input"``, ``"smoothgrad"``, ``"integrated_gradients"``,
-        ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"scorecam"``, ``"occlusion"``, ``"lrp"``,
-        ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``, ``"deeplift"``, ``"deepshap"``.
+        ``"blur_ig"``, ``"guided_ig"``, ``"gradient_shap"``, ``"xrai"``, ``"gradcam"``, ``"gradcam++"``,
+        ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``, ``"hirescam"``, ``"xgradcam"``,
+        ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"rise"``, ``"sobol"``, ``"kernel_shap"``, ``"lime"``,
+        ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``, ``"deeplift"``, ``"deepshap"``
+        (:data:`METHODS`; the README's method table gives each one's options).
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -91,9 +123,13 @@ def explain(
         ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
         input is explained, which output, by name or index), and the method's own options: ``samples``,
         ``noise``, ``base``, ``reduction``, ``seed`` (SmoothGrad); ``steps``, ``baseline``, ``rule``
-        (integrated gradients); ``channels`` (Score-CAM); ``patch``, ``stride``, ``fill``
-        (occlusion); ``rule``, ``epsilon``, ``bounds`` (LRP); ``baseline`` (DeepLIFT); ``background``
-        (DeepSHAP).
+        (integrated gradients); ``max_sigma``, ``steps`` (Blur IG); ``steps``, ``fraction``, ``max_dist``,
+        ``baseline`` (Guided IG); ``samples``, ``background``, ``noise``, ``seed`` (GradientSHAP); ``steps``,
+        ``area_threshold`` (XRAI); ``channels`` (Score-CAM, Ablation-CAM); ``normalize`` (Ablation-CAM); ``k``
+        (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``samples``, ``grid``, ``keep_probability``, ``fill``,
+        ``seed`` (RISE); ``grid``, ``designs``, ``fill``, ``seed`` (Sobol); ``samples``, ``segmentation``,
+        ``segments``, ``segment_options``, ``fill``, ``seed`` (KernelSHAP, LIME; LIME also ``kernel_width``);
+        ``rule``, ``epsilon``, ``bounds`` (LRP); ``baseline`` (DeepLIFT); ``background`` (DeepSHAP).
 
     Returns
     -------
@@ -140,26 +176,41 @@ def make_method(model, method, *, layer=None, **kwargs) -> AttributionMethod:
 
 
 __all__ = [
+    "FEM",
     "METHODS",
+    "AblationCAM",
     "AttributionMethod",
+    "BlurIG",
     "CAMMethod",
     "Deconvnet",
     "DeepLift",
     "DeepShap",
+    "EigenCAM",
+    "EigenGradCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GradientSHAP",
     "GradientXInput",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "HiResCAM",
+    "GuidedIG",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LRP",
     "LayerCAM",
     "Occlusion",
+    "PathMethod",
+    "RISE",
     "Result",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "XGradCAM",
+    "XRAI",
+    "SobolAttribution",
     "explain",
     "explain_batches",
     "make_method",

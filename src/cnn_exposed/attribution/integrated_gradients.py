@@ -1,11 +1,28 @@
-"""Integrated gradients (Sundararajan et al. 2017) with its completeness check."""
+"""Path methods: integrated gradients (Sundararajan et al. 2017) and its family, with their completeness check.
+
+A path method sums gradients along a path from a starting point x′ to the input x, each weighted by how far its
+step moves: ``a = Σ_k m_k ⊙ ∇f(p_k)``, so that ``Σ a ≈ f(x) − f(x′)`` (the gradient theorem). Members differ only
+in the path and the starting point:
+
+- integrated gradients: the straight path from a baseline (:class:`IntegratedGradients`);
+- Blur IG: a path of ever stronger Gaussian blur (:class:`BlurIG`);
+- Guided IG: a path that moves the features of smallest gradient first (:class:`GuidedIG`);
+- GradientSHAP / expected gradients: one random point on the straight path from a random background image per
+  sample (:class:`GradientSHAP`).
+
+What they share lives in :class:`PathMethod`: the baselines, the packing of every image's path points into the same
+batches (:meth:`PathMethod.path_sums`), and the completeness check (:func:`completeness_errors`).
+"""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..backend import separable_filter, stateless_noise
 from ..engine import batch_slices
 from ..errors import InputError
 from ..inputs import BLUR_SIGMA, fill_images
@@ -49,9 +66,13 @@ def path_nodes(steps: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
-def baseline_images(x: np.ndarray, baseline, preprocess=None, blur_sigma: float = BLUR_SIGMA, seed: int = 0):
-    """The baseline ``x′`` for each input ``x`` ``(M, H, W, C)``, float32 in model-input space: ``baseline`` is
-    ``"black"``, ``"blur"``, ``"noise"`` or an array (see :class:`IntegratedGradients`; DeepLIFT takes the same)."""
+def make_baselines(x: np.ndarray, baseline, preprocess=None, blur_sigma: float = BLUR_SIGMA, seed=0) -> np.ndarray:
+    """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space.
+
+    ``"black"``: a black image (``preprocess`` of zeros when given, else zeros); ``"blur"``: the image blurred with
+    a Gaussian of σ = ``blur_sigma`` × its size; ``"noise"``: uniform noise over each image's value range (seeded
+    by ``seed``); an array: model-input values broadcastable to the images.
+    """
     if not isinstance(baseline, str):
         b = np.asarray(baseline, dtype=np.float32)
         try:
@@ -75,13 +96,69 @@ def baseline_images(x: np.ndarray, baseline, preprocess=None, blur_sigma: float 
     return (lo.reshape(shape) + u * (hi - lo).reshape(shape)).astype(np.float32)
 
 
-def completeness_error(attributions: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """``|Σ attributions − delta| / |delta|`` per image (``delta = f(x) − f(x′)``), float32."""
+def check_baseline(baseline) -> None:
+    """A baseline option must be one of :data:`BASELINES` or an array."""
+    if isinstance(baseline, str) and baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
+
+
+def completeness_errors(attributions: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(|Σ a − Δ| / |Δ|, Σ a)`` per image: how far the attributions' sum is from ``Δ = f(x) − f(x′)``, the
+    score change along the path (relative; ``|Δ|`` floored at 1e-12)."""
     total = attributions.reshape(len(attributions), -1).sum(axis=1)
-    return (np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)).astype(np.float32)
+    return np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12), total
 
 
-class IntegratedGradients(GradientMethod):
+class PathMethod(GradientMethod):
+    """Base of the path methods: attributions ``Σ_k m_k ⊙ ∇f(p_k)`` over the points ``p_k`` of a path from a
+    starting point ``x′`` to ``x``, whose sum approximates ``f(x) − f(x′)``.
+
+    A member implements :meth:`attribute` (usually with :meth:`path_sums`, which packs the path points of all
+    images into the same batches) and :meth:`start_scores` (the explained score at each path's start). The result's
+    ``completeness_error`` is ``|Σ attributions − (f(x) − f(x′))| / |f(x) − f(x′)|``, and its ``extras`` hold
+    ``baseline_scores`` (f(x′)) and ``attribution_sums``.
+    """
+
+    signed = True
+
+    def start_scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The explained score ``f(x′)`` at the start of each image's path, ``(M,)``."""
+        raise NotImplementedError
+
+    def path_sums(self, x: np.ndarray, n_points: int, point_fn, targets: np.ndarray) -> np.ndarray:
+        """``Σ_k m_k ⊙ ∇f(p_k)`` for every image, ``(M, H, W, C)`` float32: ``n_points`` points per image, the
+        points of all images packed into batches of ``batch_size``. ``point_fn(image, step)`` gets the image and
+        step index of each point of a batch and returns ``(points, multipliers)``; the multipliers broadcast to the
+        points (a weight per point, or an array per point)."""
+        total = np.zeros(x.shape, dtype=np.float32)
+        for s in batch_slices(len(x) * n_points, self.batch_size, progress=self.progress, desc=self.name):
+            idx = np.arange(s.start, s.stop)
+            img, step = idx // n_points, idx % n_points
+            points, multipliers = point_fn(img, step)
+            with rows(img):  # each path point with its image's side inputs
+                g = self.engine.input_gradients(points, targets[img]).gradients
+            g = g * multipliers
+            # idx is sorted, so each image's steps form one run.
+            for i in np.unique(img):
+                total[i] += g[img == i].sum(axis=0)
+        return total
+
+    def path_result(self, attributions, targets, scores, probs, start, **extras) -> Result:
+        """The :class:`Result` with the completeness error against ``scores − start``."""
+        attributions = np.asarray(attributions, dtype=np.float32)
+        error, total = completeness_errors(attributions, scores - start)
+        return gradient_result(
+            attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
+            extras={"baseline_scores": start, "attribution_sums": total, **extras},
+        )  # fmt: skip
+
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
+        attributions = self.attribute(x, targets)
+        return self.path_result(attributions, targets, scores, probs, self.start_scores(x, targets))
+
+
+class IntegratedGradients(PathMethod):
     """Integrated gradients: ``(x − x′) ⊙ ∫₀¹ ∇f(x′ + α(x − x′)) dα``.
 
     Path points of all images are packed into the same batches. The result's ``completeness_error`` is
@@ -115,7 +192,6 @@ class IntegratedGradients(GradientMethod):
     """
 
     name = "integrated_gradients"
-    signed = True
 
     def __init__(
         self,
@@ -163,8 +239,7 @@ class IntegratedGradients(GradientMethod):
         elif isinstance(steps, str):
             raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}.")
         self.alphas, self.weights = path_nodes(int(steps), quadrature)
-        if isinstance(baseline, str) and baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
+        check_baseline(baseline)
         self.steps, self.quadrature, self.baseline = int(steps), quadrature, baseline
         self.tolerance, self.max_steps = float(tolerance), int(max_steps)
         self.blur_sigma, self.seed = float(blur_sigma), seed
@@ -178,26 +253,25 @@ class IntegratedGradients(GradientMethod):
 
     def baselines(self, x: np.ndarray) -> np.ndarray:
         """The baseline ``x′`` for each input, ``(M, H, W, C)`` float32 in model-input space."""
-        return baseline_images(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)
+        return make_baselines(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)
+
+    def start_scores(self, x, targets):
+        return self.engine.scores_all(self.baselines(x), targets, self.batch_size)
 
     def _gradient_sums(self, x, baselines, targets, alphas, weights) -> np.ndarray:
-        """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``: the path points of all
-        images packed into the same batches."""
-        n_steps = len(alphas)
-        total = np.zeros(x.shape, dtype=np.float32)
-        pairs = len(x) * n_steps
-        for s in batch_slices(pairs, self.batch_size, progress=self.progress, desc=self.name):
-            idx = np.arange(s.start, s.stop)
-            img, step = idx // n_steps, idx % n_steps
-            a = alphas[step].reshape((-1,) + (1,) * (x.ndim - 1))
-            points = baselines[img] + a * (x[img] - baselines[img])
-            with rows(img):  # each path point with its image's side inputs
-                g = self.engine.input_gradients(points, targets[img]).gradients
-            g = g * weights[step].reshape(a.shape)
-            # idx is sorted, so each image's steps form one run.
-            for i in np.unique(img):
-                total[i] += g[img == i].sum(axis=0)
-        return total
+        """``Σ_k w_k ∇f(x′ + α_k (x − x′))`` for every image ``(M, H, W, C)``."""
+        shape = (-1,) + (1,) * (x.ndim - 1)
+
+        def points(img, step):
+            a = alphas[step].reshape(shape)
+            return baselines[img] + a * (x[img] - baselines[img]), weights[step].reshape(shape)
+
+        return self.path_sums(x, len(alphas), points, targets)
+
+    def integrate(self, x: np.ndarray, baselines: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Integrated gradients of inputs ``x`` from the given ``baselines`` (both ``(M, H, W, C)``, model-input
+        values) for resolved ``targets``, with this object's steps and quadrature: ``(M, H, W, C)`` float32."""
+        return ((x - baselines) * self._integrate(x, baselines, targets)).astype(np.float32)
 
     def _integrate(self, x, baselines, targets) -> np.ndarray:
         """Weighted sum of gradients along each path, ``(M, H, W, C)``."""
@@ -208,7 +282,7 @@ class IntegratedGradients(GradientMethod):
         if self.auto:
             targets, scores, _ = self.resolve(x, targets)
             return self._auto(x, b, targets, scores)[0]
-        return (x - b) * self._integrate(x, b, targets)
+        return self.integrate(x, b, targets)
 
     def _auto(self, x, b, targets, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """steps="auto": (attributions, steps per image, completeness errors, baseline scores)."""
@@ -260,22 +334,320 @@ class IntegratedGradients(GradientMethod):
         b = self.baselines(x)
         if self.auto:
             attributions, steps, error, base_scores = self._auto(x, b, targets, scores)
-            total = attributions.reshape(len(x), -1).sum(axis=1)
-            return gradient_result(
-                attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
-                extras={"baseline_scores": base_scores, "attribution_sums": total},
-                params={"steps": steps.tolist(), "passes": int((steps + 1).sum())},
-            )  # fmt: skip
-        attributions = ((x - b) * self._integrate(x, b, targets)).astype(np.float32)
-        base_scores = self.engine.scores_all(b, targets, self.batch_size)
-        delta = scores - base_scores
-        total = attributions.reshape(len(x), -1).sum(axis=1)
-        error = np.abs(total - delta) / np.maximum(np.abs(delta), 1e-12)
-        return gradient_result(
-            attributions,
-            targets,
-            scores,
-            probs,
-            completeness_error=error.astype(np.float32),
-            extras={"baseline_scores": base_scores, "attribution_sums": total},
-        )
+            result = self.path_result(attributions, targets, scores, probs, base_scores)
+            result.completeness_error = error.astype(np.float32)  # as the refinement measured it
+            result.params = {"steps": steps.tolist(), "passes": int((steps + 1).sum())}
+            return result
+        attributions = self.integrate(x, b, targets)
+        start = self.engine.scores_all(b, targets, self.batch_size)
+        return self.path_result(attributions, targets, scores, probs, start)
+
+
+def gaussian_matrix(sigma: float, n: int) -> np.ndarray:
+    """``(n, n)`` float64: ``scipy.ndimage.gaussian_filter1d`` along an axis of length ``n`` (truncated at 4 σ,
+    zero padding: mode ``'constant'``) as a matrix, so that blurring an image ``X`` is ``G_H @ X @ G_Wᵀ``. σ = 0 is
+    the identity."""
+    if sigma <= 0:
+        return np.eye(n)
+    radius = int(4.0 * sigma + 0.5)
+    t = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / (sigma * sigma) * t**2)
+    kernel /= kernel.sum()
+    offset = np.arange(n)[None, :] - np.arange(n)[:, None]
+    return np.where(np.abs(offset) <= radius, kernel[np.clip(offset + radius, 0, 2 * radius)], 0.0)
+
+
+def gaussian_blur(x: np.ndarray, sigmas) -> np.ndarray:
+    """Each image of ``x`` (N, H, W, C) blurred by its own σ over height and width, as
+    ``scipy.ndimage.gaussian_filter(image, [σ, σ, 0], mode="constant")`` blurs it (float32)."""
+    h, w = x.shape[1:3]
+    sig = np.broadcast_to(np.asarray(sigmas, np.float64), (len(x),))
+    gh = np.stack([gaussian_matrix(s, h) for s in sig]).astype(np.float32)
+    gw = gh if h == w else np.stack([gaussian_matrix(s, w) for s in sig]).astype(np.float32)
+    return separable_filter(np.asarray(x, np.float32), gh, gw)
+
+
+class BlurIG(PathMethod):
+    """Blur integrated gradients (Xu et al. 2020): the path runs from ``x`` through ever stronger Gaussian blur,
+    ``x_σ = G_σ * x``, σ from 0 to ``max_sigma``; ``a = −Σ_i Δσ_i (∂x_σ/∂σ)(σ_i) ⊙ ∇f(x_{σ_i})``, so
+    ``Σ a ≈ f(x) − f(x_{max_sigma})``.
+
+    As PAIR's ``saliency.core.BlurIG``: σ_i = i · max_sigma / steps (i = 0 … steps − 1, a left Riemann sum),
+    ``∂x_σ/∂σ`` by the forward difference ``(x_{σ+grad_step} − x_σ) / grad_step``, the blur of
+    ``scipy.ndimage.gaussian_filter`` with σ over height and width only, truncated at 4 σ, zero padding (which darkens
+    the borders as σ grows). The blurs are batched matrix products (:func:`gaussian_blur`); the difference is formed
+    from the two blurs' matrices' difference, in float64, so it keeps its digits in float32. The path points of all
+    images are packed into the same batches; the completeness error is against ``f(x) − f(x_{max_sigma})``.
+
+    Parameters
+    ----------
+    max_sigma : float
+        The largest blur σ in pixels (PAIR: 50).
+    steps : int
+        Points on the path (PAIR: 100).
+    grad_step : float
+        The σ step of the forward difference (PAIR: 0.01).
+    sqrt : bool
+        PAIR's alternative spacing σ_i = sqrt(i · max_sigma / steps).
+    """
+
+    name = "blur_ig"
+
+    def __init__(self, model, *, max_sigma: float = 50.0, steps: int = 100, grad_step: float = 0.01,
+                 sqrt: bool = False, **common) -> None:  # fmt: skip
+        super().__init__(model, **common)
+        if not max_sigma > 0:
+            raise ValueError(f"max_sigma must be positive (a blur σ in pixels), got {max_sigma}.")
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}.")
+        if not grad_step > 0:
+            raise ValueError(f"grad_step must be positive, got {grad_step}.")
+        self.max_sigma, self.steps, self.grad_step, self.sqrt = float(max_sigma), int(steps), float(grad_step), sqrt
+
+    def options(self):
+        return {"max_sigma": self.max_sigma, "steps": self.steps, "grad_step": self.grad_step, "sqrt": self.sqrt}
+
+    def sigmas(self) -> np.ndarray:
+        """σ_0 … σ_steps (float64), the path's blur levels."""
+        levels = np.arange(self.steps + 1) * self.max_sigma / self.steps
+        return np.sqrt(levels) if self.sqrt else levels
+
+    def _operators(self, sigmas: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(G_σ, G_{σ+h}, (G_{σ+h} − G_σ) / h) for each σ, ``(len(sigmas), n, n)`` float32, the difference taken
+        in float64."""
+        g = [gaussian_matrix(s, n) for s in sigmas]
+        g2 = [gaussian_matrix(s + self.grad_step, n) for s in sigmas]
+        d = [(b - a) / self.grad_step for a, b in zip(g, g2)]
+        return tuple(np.stack(m).astype(np.float32) for m in (g, g2, d))  # type: ignore[return-value]
+
+    def attribute(self, x, targets):
+        sigmas = self.sigmas()
+        step_sizes = np.diff(sigmas).astype(np.float32)
+        h, w = x.shape[1:3]
+
+        def points(img, step):
+            gh, gh2, dh = self._operators(sigmas[step], h)
+            gw, gw2, dw = (gh, gh2, dh) if h == w else self._operators(sigmas[step], w)
+            blurred = separable_filter(x[img], gh, gw)
+            # (G'XG'ᵀ − GXGᵀ)/h = D X G'ᵀ + G X Dᵀ, D = (G' − G)/h: no cancellation of two near-equal blurs
+            derivative = separable_filter(x[img], dh, gw2) + separable_filter(x[img], gh, dw)
+            return blurred, -step_sizes[step].reshape(-1, 1, 1, 1) * derivative
+
+        return self.path_sums(x, self.steps, points, targets)
+
+    def start_scores(self, x, targets):
+        return self.engine.scores_all(gaussian_blur(x, self.sigmas()[-1]), targets, self.batch_size)
+
+
+def guided_ig_step(x, attr, x_in, x_base, grad, step, steps, l1_total, fraction, max_dist) -> None:
+    """One step of Guided IG for one image (PAIR's algorithm, float64): moves ``x`` in place toward ``x_in`` until
+    its L1 distance to it is ``l1_total · (1 − (step + 1) / steps)``, the ``fraction`` of features with the
+    smallest |gradient| first, every feature within ``max_dist`` (in α) of the straight path, and adds the step's
+    attribution ``Δx ⊙ grad`` (the gradient at the step's start) to ``attr`` in place."""
+    alpha = (step + 1.0) / steps
+    lo, hi = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
+    x_min, x_max = x_base + (x_in - x_base) * lo, x_base + (x_in - x_base) * hi
+    l1_target = l1_total * (1 - (step + 1) / steps)
+    diff = x_in - x_base
+    gamma = np.inf
+    while gamma > 1.0:
+        x_old = x.copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_alpha = np.where(diff != 0, (x - x_base) / diff, hi)  # features with no path count as arrived
+        behind = x_alpha < lo
+        x[behind] = x_min[behind]  # features left behind the allowed band catch up first
+        l1_current = np.abs(x - x_in).sum()
+        if math.isclose(l1_target, l1_current, rel_tol=1e-9, abs_tol=1e-9):
+            attr += (x - x_old) * grad
+            break
+        g = np.abs(grad)
+        g[x == x_max] = np.inf  # features at the band's edge cannot move further
+        threshold = np.quantile(g, fraction, method="lower")
+        chosen = (g <= threshold) & (g != np.inf)
+        l1_chosen = (np.abs(x - x_max) * chosen).sum()
+        gamma = (l1_current - l1_target) / l1_chosen if l1_chosen > 0 else np.inf
+        if gamma > 1.0:
+            x[chosen] = x_max[chosen]
+        else:
+            x[chosen] = (x + (x_max - x) * gamma)[chosen]
+        attr += (x - x_old) * grad
+
+
+class GuidedIG(PathMethod):
+    """Guided integrated gradients (Kapishnikov et al. 2021): an adaptive path from the baseline that, at each of
+    ``steps`` steps, moves the ``fraction`` of features with the smallest |gradient| toward the input (those the
+    score is least sensitive to), each feature kept within ``max_dist`` (in units of α) of the straight path;
+    ``a = Σ Δx ⊙ ∇f`` with the gradient at each step's start, so ``Σ a ≈ f(x) − f(x′)``.
+
+    PAIR's algorithm (``saliency.core.GuidedIG``) in float64 per image (:func:`guided_ig_step`); the path is
+    sequential in its steps, but each step takes the gradients of every image of a batch in one call (images
+    ``batch_size`` at a time). An image equal to its baseline gets zeros.
+
+    Parameters
+    ----------
+    steps : int
+        Steps of the path (PAIR's ``x_steps``: 200).
+    fraction : float
+        The fraction of features moved at each pass of a step (PAIR: 0.25).
+    max_dist : float
+        How far (in α) a feature may stray from the straight path (PAIR: 0.02); 0 is integrated gradients with a
+        left Riemann sum, 1 the unbounded Guided IG.
+    baseline, blur_sigma, seed
+        The starting point, as integrated gradients takes it (:func:`make_baselines`; default black, PAIR's 0).
+    """
+
+    name = "guided_ig"
+
+    def __init__(self, model, *, steps: int = 200, fraction: float = 0.25, max_dist: float = 0.02,
+                 baseline="black", blur_sigma: float = BLUR_SIGMA, seed: int = 0, **common) -> None:  # fmt: skip
+        super().__init__(model, **common)
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}.")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+        if not 0 <= max_dist <= 1:
+            raise ValueError(f"max_dist must be in [0, 1], got {max_dist}.")
+        check_baseline(baseline)
+        self.steps, self.fraction, self.max_dist = int(steps), float(fraction), float(max_dist)
+        self.baseline, self.blur_sigma, self.seed = baseline, float(blur_sigma), seed
+
+    def options(self):
+        base = self.baseline if isinstance(self.baseline, str) else "array"
+        return {"steps": self.steps, "fraction": self.fraction, "max_dist": self.max_dist, "baseline": base,
+                "seed": self.seed}  # fmt: skip
+
+    def baselines(self, x: np.ndarray) -> np.ndarray:
+        """The starting point ``x′`` for each input (:func:`make_baselines`)."""
+        return make_baselines(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)
+
+    def attribute(self, x, targets):
+        b = self.baselines(x).astype(np.float64)
+        out = np.zeros(x.shape, np.float32)
+        for s in batch_slices(len(x), self.batch_size, progress=False):
+            group = np.arange(s.start, s.stop)
+            with rows(group):
+                out[group] = self._paths(x[group].astype(np.float64), b[group], targets[group])
+        return out
+
+    def _paths(self, x_in: np.ndarray, x_base: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The Guided IG paths of a batch of images, side by side: one gradient call per step for all of them."""
+        state = x_base.copy()
+        attr = np.zeros_like(x_in)
+        l1_total = np.array([np.abs(a - b).sum() for a, b in zip(x_in, x_base)])
+        moving = np.flatnonzero(l1_total > 0)  # an image equal to its baseline has nothing to attribute
+        steps = range(self.steps)
+        for step in tqdm(steps, desc=self.name, disable=not self.progress, leave=False) if len(moving) else ():
+            grads = self.engine.input_gradients(state.astype(np.float32), targets).gradients.astype(np.float64)
+            for i in moving:
+                guided_ig_step(state[i], attr[i], x_in[i], x_base[i], grads[i], step, self.steps, l1_total[i],
+                               self.fraction, self.max_dist)  # fmt: skip
+        return attr
+
+    def start_scores(self, x, targets):
+        return self.engine.scores_all(self.baselines(x), targets, self.batch_size)
+
+
+class GradientSHAP(PathMethod):
+    """GradientSHAP / expected gradients (Lundberg & Lee 2017; Erion et al. 2021):
+    ``φ = E_{x′~background, α~U(0,1)}[(x − x′) ⊙ ∇f(x′ + α(x − x′))]``, estimated with ``samples`` draws per image,
+    each one background image (drawn with replacement) and one α (captum's ``GradientShap`` convention). It is
+    integrated gradients averaged over the background, with the path integral itself sampled; ``Σ φ = f(x) −
+    E f(x′)`` holds in expectation only, so the reported ``completeness_error`` (against ``f(x) − mean f(background)``)
+    shrinks like 1/sqrt(samples) rather than vanishing.
+
+    With ``noise > 0``, each sample's input is ``x + ε``, ε ~ N(0, σ²), σ = noise × (max(x) − min(x)), and the
+    multiplier is ``x + ε − x′`` (captum's ``stdevs``, shap's ``local_smoothing``): the sum then targets
+    ``f(x + ε)`` on average, not ``f(x)``.
+
+    Randomness: image ``i``'s draws are positions ``i·samples …`` of streams seeded by ``seed`` (baseline indices,
+    α) and its noise is :func:`~cnn_exposed.backend.stateless_noise` of ``(seed, i·samples + j)``; samples of all
+    images are packed into batches of ``batch_size``, so memory does not grow with ``samples`` and results do not
+    depend on ``batch_size``.
+
+    Parameters
+    ----------
+    samples : int
+        Draws per image (default 50: the gradient passes of integrated gradients' default 50 steps; captum's 5 is
+        too few for a stable map, shap's GradientExplainer uses 200).
+    background : "black" or array
+        The baseline distribution: ``"black"`` (one black image, through ``preprocess`` when given, as integrated
+        gradients' black baseline), or images ``(K, H, W, C)`` (or one ``(H, W, C)``) — model-input values, or raw
+        images when ``preprocess`` is given (they are preprocessed like the explained images). Erion et al. draw
+        the background from the training data; shap recommends about 100 images.
+    noise : float
+        σ of the input noise as a fraction of each image's value range (default 0).
+    seed : int
+    """
+
+    name = "gradient_shap"
+
+    def __init__(self, model, *, samples: int = 50, background="black", noise: float = 0.0, seed: int = 0,
+                 **common) -> None:  # fmt: skip
+        super().__init__(model, **common)
+        if int(samples) < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}.")
+        if not noise >= 0:
+            raise ValueError(f"noise must be a non-negative fraction of the input range, got {noise}.")
+        if isinstance(background, str) and background != "black":
+            raise ValueError(f"background must be 'black' or an array of images, got {background!r}.")
+        self.samples, self.background, self.noise, self.seed = int(samples), background, float(noise), seed
+
+    def options(self):
+        background = self.background if isinstance(self.background, str) else f"{len(self._raw_background())} images"
+        return {"samples": self.samples, "background": background, "noise": self.noise, "seed": self.seed}
+
+    def _raw_background(self) -> np.ndarray:
+        b = np.asarray(self.background)
+        return b[None] if b.ndim == 3 else b
+
+    def background_images(self, x: np.ndarray) -> np.ndarray:
+        """The background ``(K, H, W, C)`` float32 in model-input values, checked against the images ``x``."""
+        if isinstance(self.background, str):
+            return make_baselines(x[:1], "black", self.preprocess)
+        b = self._raw_background()
+        if b.ndim != 4 or b.shape[1:] != x.shape[1:] or not len(b):
+            raise InputError(
+                f"background of shape {np.shape(self.background)} does not match the images {x.shape[1:]}: give "
+                f"images (K, {', '.join(map(str, x.shape[1:]))}) or one image of that shape."
+            )
+        if self.preprocess is not None:
+            return np.asarray(self.preprocess(b), dtype=np.float32).reshape(b.shape)
+        return b.astype(np.float32)
+
+    def draws(self, n_images: int, n_background: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's background index and α, both ``(n_images, samples)``; image ``i``'s rows do not depend on
+        how many images there are."""
+        shape = (n_images, self.samples)
+        index = np.random.default_rng([self.seed, 0]).integers(0, n_background, shape)
+        alpha = np.random.default_rng([self.seed, 1]).random(shape, dtype=np.float32)
+        return index, alpha
+
+    def attribute(self, x, targets):
+        bg = self.background_images(x)
+        index, alpha = self.draws(len(x), len(bg))
+        span = x.reshape(len(x), -1)
+        sigma = (self.noise * (span.max(axis=1) - span.min(axis=1))).astype(np.float32)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+
+        def points(img, j):
+            inputs = x[img]
+            if self.noise > 0:
+                seeds = np.stack([np.full(len(img), self.seed), img * self.samples + j], axis=1).astype(np.int32)
+                inputs = inputs + np.asarray(stateless_noise(x.shape[1:], seeds)) * sigma[img].reshape(shape)
+            base = bg[index[img, j]]
+            a = alpha[img, j].reshape(shape)
+            return base + a * (inputs - base), (inputs - base) / self.samples
+
+        return self.path_sums(x, self.samples, points, targets)
+
+    def start_scores(self, x, targets):
+        """The mean explained score over the background, per image."""
+        bg = self.background_images(x)
+        if not self.engine.multi_input:  # one pass over the background gives every class's score
+            outputs = self.engine.predict_all(bg, self.batch_size).scores
+            return outputs[:, targets].mean(axis=0).astype(np.float32)
+        pairs = np.arange(len(x) * len(bg))  # side inputs: each image's own, with every background image
+        img, k = pairs // len(bg), pairs % len(bg)
+        with rows(img):
+            scores = self.engine.scores_all(bg[k], targets[img], self.batch_size)
+        return scores.reshape(len(x), len(bg)).mean(axis=1).astype(np.float32)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import batch_slices
-from ..inputs import fill_images
-from ..model_io import rows
-from .base import AttributionMethod, Result
+from .base import Result
+from .estimators import MaskMean
+from .masking import MaskMethod, check_fill, mask_fills
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -27,12 +26,14 @@ def patch_positions(size: int, patch: int, stride: int) -> np.ndarray:
     return np.asarray(starts)
 
 
-class Occlusion(AttributionMethod):
+class Occlusion(MaskMethod):
     """Slide a patch over the image and record how much the target's score drops.
 
     ``raw_maps`` hold, per pixel, the score drop averaged over the patches that cover it (signed: a
     negative value means hiding that region raised the score); ``maps`` show the positive part. All
-    occluded copies of all images are evaluated in batches.
+    occluded copies of all images are evaluated in batches. A member of the mask-sampler family
+    (:mod:`~cnn_exposed.attribution.masking`): its masks hide one patch each, its estimator is the
+    drop-weighted mean of the hidden masks (:class:`~cnn_exposed.attribution.estimators.MaskMean`).
 
     Parameters
     ----------
@@ -50,11 +51,9 @@ class Occlusion(AttributionMethod):
 
     def __init__(self, model, *, patch=None, stride=None, fill="mean", **kwargs) -> None:
         super().__init__(model, **kwargs)
-        if isinstance(fill, str) and fill not in ("mean", "blur", "zeros"):
-            raise ValueError(f"fill must be a number, 'mean', 'blur' or 'zeros'; got {fill!r}.")
         self.patch = None if patch is None else _pair(patch, "patch")
         self.stride = None if stride is None else _pair(stride, "stride")
-        self.fill = fill
+        self.fill = check_fill(fill)
 
     def _geometry(self, height: int, width: int):
         patch = self.patch or (max(1, min(height, width) // 8),) * 2
@@ -70,23 +69,17 @@ class Occlusion(AttributionMethod):
         (ph, pw), (sy, sx) = self._geometry(height, width)
         ys, xs = patch_positions(height, ph, sy), patch_positions(width, pw, sx)
         grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
-        fills = fill_images(x, self.fill)
-        drops = np.zeros((n, height, width), dtype=np.float64)
-        counts = np.zeros((height, width), dtype=np.float64)
-        for y0, x0 in grid:
-            counts[y0 : y0 + ph, x0 : x0 + pw] += 1
-        per_image = len(grid)
-        for s in batch_slices(n * per_image, self.batch_size, progress=self.progress, desc=self.name):
-            idx = np.arange(s.start, s.stop)
-            img, pos = idx // per_image, idx % per_image
-            copies = x[img].copy()
-            for j, (i, p) in enumerate(zip(img, pos)):
-                y0, x0 = grid[p]
-                copies[j, y0 : y0 + ph, x0 : x0 + pw] = fills[i, y0 : y0 + ph, x0 : x0 + pw]
-            with rows(img):  # each occluded copy with its image's side inputs
-                drop = scores[img] - self.engine.scores(copies, targets[img])
-            for j, (i, p) in enumerate(zip(img, pos)):
-                y0, x0 = grid[p]
-                drops[i, y0 : y0 + ph, x0 : x0 + pw] += drop[j]
-        raw = (drops / counts).astype(np.float32)
+
+        def render(image, mask):
+            keep = np.ones((len(mask), height, width), dtype=np.float32)
+            for k, (y0, x0) in enumerate(grid[mask]):
+                keep[k, y0 : y0 + ph, x0 : x0 + pw] = 0.0
+            return keep
+
+        drops = MaskMean(n, (height, width))
+        self.score_masks(
+            x, targets, mask_fills(x, self.fill), len(grid), render,
+            visit=lambda image, mask, keep, s: drops.add(image, scores[image] - s, 1.0 - keep),
+        )  # fmt: skip
+        raw = drops.mean().astype(np.float32)
         return Result(raw, targets, scores, probs, extras={"patch": (ph, pw), "stride": (sy, sx)})

@@ -13,7 +13,7 @@ from ..model_io import rows
 from ..rules import RuleSet
 from .base import GradientMethod, Result, gradient_result
 from .cam import GradCAM
-from .integrated_gradients import BASELINES, baseline_images, completeness_error
+from .integrated_gradients import BASELINES, check_baseline, completeness_errors, make_baselines
 
 
 class RuleMethod(GradientMethod):
@@ -163,8 +163,7 @@ class DeepLift(RuleMethod):
     signed = True
 
     def __init__(self, model, *, baseline="black", blur_sigma: float = BLUR_SIGMA, seed: int = 0, **kwargs) -> None:
-        if isinstance(baseline, str) and baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES} or an array, got {baseline!r}.")
+        check_baseline(baseline)
         self.baseline, self.blur_sigma, self.seed = baseline, float(blur_sigma), seed
         super().__init__(model, **kwargs)
 
@@ -177,7 +176,7 @@ class DeepLift(RuleMethod):
     def references(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
         """``(references, shared)``: ``(M, K, H, W, C)`` references of each image, or ``(K, H, W, C)`` shared by
         all (``shared``); the attributions average over the K."""
-        return baseline_images(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)[:, None], False
+        return make_baselines(x, self.baseline, self.preprocess, self.blur_sigma, self.seed)[:, None], False
 
     def _averages(self, x, targets):
         """(attributions averaged over each image's references, scores, mean reference scores, targets,
@@ -207,10 +206,10 @@ class DeepLift(RuleMethod):
 
     def compute(self, x, targets, images) -> Result:
         attributions, scores, ref_scores, targets, probs = self._averages(x, targets)
+        error, total = completeness_errors(attributions, scores - ref_scores)
         return gradient_result(
-            attributions, targets, scores, probs,
-            completeness_error=completeness_error(attributions, scores - ref_scores),
-            extras={"baseline_scores": ref_scores, "attribution_sums": attributions.reshape(len(x), -1).sum(axis=1)},
+            attributions, targets, scores, probs, completeness_error=error.astype(np.float32),
+            extras={"baseline_scores": ref_scores, "attribution_sums": total},
         )  # fmt: skip
 
 
@@ -220,17 +219,18 @@ class DeepShap(DeepLift):
 
     Parameters
     ----------
-    background : array or sequence of "black" / "blur" / "noise"
-        Images ``(K, H, W, C)`` (model-input values, or raw pixels when ``preprocess`` is given): a sample of the
-        training data, as shap's DeepExplainer takes (its docs: ~100 rows is good). Costs K pairs per image.
-        Or baselines of integrated gradients, per image; default ``("black", "blur")``: the average of DeepLIFT
-        from black and from the blurred image, for when no data is at hand.
+    background : "black", array, or a sequence of "black" / "blur" / "noise"
+        Images ``(K, H, W, C)`` or one ``(H, W, C)`` (model-input values, or raw pixels when ``preprocess`` is
+        given, as :class:`~cnn_exposed.attribution.GradientSHAP` takes them): a sample of the training data, as
+        shap's DeepExplainer takes (its docs: ~100 rows is good). Costs K pairs per image. Or integrated
+        gradients' baselines, each image's own (``("black", "blur")``: the mean of DeepLIFT from black and from
+        the blurred image). Default ``"black"`` (as GradientSHAP's): then equal to DeepLIFT from black.
     blur_sigma, seed : as :class:`DeepLift`.
     """
 
     name = "deepshap"
 
-    def __init__(self, model, *, background=("black", "blur"), blur_sigma: float = BLUR_SIGMA, seed: int = 0,
+    def __init__(self, model, *, background="black", blur_sigma: float = BLUR_SIGMA, seed: int = 0,
                  **kwargs) -> None:  # fmt: skip
         super().__init__(model, blur_sigma=blur_sigma, seed=seed, **kwargs)
         kinds = [background] if isinstance(background, str) else background
@@ -239,7 +239,7 @@ class DeepShap(DeepLift):
                 raise ValueError(f"background must be images or baselines from {BASELINES}, got {background!r}.")
             self.background: tuple | np.ndarray = tuple(kinds)
         else:
-            self.background = prepare_images(background, self.engine.input_shape, self.preprocess)[1]
+            self.background = prepare_images(background, self.engine.input_shape, self.preprocess)[1]  # (H, W, C) too
             if len(self.background) < 1:
                 raise InputError("background is empty: give at least one image (shap suggests about 100).")
 
@@ -253,5 +253,5 @@ class DeepShap(DeepLift):
                 shapes = f"{self.background.shape[1:]}, the images {x.shape[1:]}"
                 raise InputError(f"background images have shape {shapes}: give images of the explained size.")
             return self.background, True
-        each = [baseline_images(x, b, self.preprocess, self.blur_sigma, self.seed) for b in self.background]
+        each = [make_baselines(x, b, self.preprocess, self.blur_sigma, self.seed) for b in self.background]
         return np.stack(each, axis=1), False

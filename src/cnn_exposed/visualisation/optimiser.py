@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from ..backend import own_key, scaled_backward
+from ..backend import compiled, scaled_backward
 from ..compat import apply_adam
 from ..precision import SCALING
 
@@ -90,7 +90,7 @@ class GradientAscent:
         key = tuple(sorted(options.items()))
         fn = self._steps.get(key)
         if fn is None:
-            fn = self._steps[key] = tf.function(own_key(functools.partial(self._step_impl, **options)))
+            fn = self._steps[key] = compiled(functools.partial(self._step_impl, **options))
         return np.asarray(fn(*[np.asarray(i, dtype=np.float32) for i in inputs]))
 
     def value(self) -> np.ndarray:
