@@ -88,7 +88,7 @@ def test_layers_of_a_subclassed_model_are_found_with_their_shapes(pair):
 
 RULE_BASED = [
     ("lrp", {}), ("lrp", {"rule": "epsilon"}), ("lrp", {"rule": "alpha2beta1"}), ("guided_backprop", {}),
-    ("deconvnet", {}), ("guided_gradcam", {"layer": "c2"}),
+    ("deconvnet", {}), ("guided_gradcam", {"layer": "c2"}), ("deeplift", {"baseline": "blur"}), ("deepshap", {}),
 ]  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def ops_pair():
 
 @pytest.mark.parametrize(
     "method, options",
-    [("lrp", {}), ("lrp", {"rule": "zplus"}), ("guided_backprop", {}), ("deconvnet", {})],
+    [("lrp", {}), ("lrp", {"rule": "zplus"}), ("guided_backprop", {}), ("deconvnet", {}), ("deeplift", {})],
 )
 def test_keras_ops_in_call_get_the_rules_of_the_layers_that_do_the_same(ops_pair, method, options):
     model, twin = ops_pair

@@ -72,6 +72,14 @@ class Relevance(NamedTuple):
     probabilities: np.ndarray  # (N, K)
 
 
+class Multipliers(NamedTuple):
+    scores: np.ndarray  # (N,) the explained score at the inputs
+    reference_scores: np.ndarray  # (N,) the same class's score at their references
+    multipliers: np.ndarray  # (N, H, W, C) DeepLIFT's multipliers of the inputs (the rule set's)
+    targets: np.ndarray  # (N,)
+    probabilities: np.ndarray  # (N, K) at the inputs
+
+
 class LayerRelevance(NamedTuple):
     scores: np.ndarray  # (N,)
     relevance: np.ndarray  # the LRP relevance at the recorded layer's output
@@ -231,11 +239,14 @@ class Engine:
         return scores, probs, layer_out
 
     @staticmethod
-    def _select(scores, targets):
-        """Resolve ``-1`` targets to the top class, then pick each row's score: ``(s, targets)``."""
-        top = ops.cast(ops.argmax(scores, axis=-1), "int32")
+    def _select(scores, targets, paired: bool = False):
+        """Resolve ``-1`` targets to the top class, then pick each row's score: ``(s, targets)``. ``paired``: the
+        rows are inputs stacked on their references (twice as many as ``targets``), each pair's class resolved
+        on its input."""
+        top = ops.cast(ops.argmax(scores[: ops.shape(targets)[0]] if paired else scores, axis=-1), "int32")
         targets = ops.where(targets < 0, top, targets)
-        return ops.take_along_axis(scores, ops.expand_dims(targets, 1), axis=1)[:, 0], targets
+        rows = ops.concatenate([targets, targets], axis=0) if paired else targets
+        return ops.take_along_axis(scores, ops.expand_dims(rows, 1), axis=1)[:, 0], targets
 
     def _fn_predict(self, x, *sides):
         scores, probs, _ = self._forward(x, sides=sides)
@@ -245,11 +256,12 @@ class Engine:
         scores, _, _ = self._forward(x, sides=sides)
         return self._select(scores, targets)[0]
 
-    def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False, sides=()):
+    def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False, sides=(), paired=False):
         """One forward pass and the backward pass from the explained score: ``(s, t, probs, a, g)``, with ``a``
         the recorded layer's output (with ``record``; else None) and ``g`` the gradient at ``a`` (with ``record``)
         or at ``x``, both float32. ``seed_with_score``: the backward pass starts from the score itself (LRP's
-        relevance) instead of 1. ``sides``: the side inputs, as :meth:`_forward` takes them.
+        relevance) instead of 1. ``sides``: the side inputs, as :meth:`_forward` takes them. ``paired``: ``x`` is
+        inputs stacked on their references (:meth:`multipliers`); only the inputs' scores are seeded.
 
         A float16 model's backward pass is seeded with a power of two per image, about 2**12 times the seed, and
         unscaled in float32, so gradients far below float16's smallest normal number (6e-5) keep their digits; a
@@ -262,11 +274,14 @@ class Engine:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 scores, probs, a = self._forward(x, record=record, sides=sides)
-                s, t = self._select(scores, targets)
+                s, t = self._select(scores, targets, paired)
             seed = s if seed_with_score else None
             if exponent is not None:
                 scale = seed_scale(ops.ones_like(s) if seed is None else s, exponent)
                 seed = scale if seed is None else seed * scale
+            if paired:  # the inputs' rows only: the references' carry zeros
+                inputs = ops.cast(ops.arange(ops.shape(s)[0]) < ops.shape(t)[0], s.dtype)
+                seed = inputs if seed is None else seed * inputs
             source, zero = (a, {"unconnected_gradients": tf.UnconnectedGradients.ZERO}) if record else (x, {})
             g = to_float32(tape.gradient(s, source, output_gradients=seed, **zero))
             out = (s, t, probs, to_float32(a), g) if record else (s, t, probs, g)
@@ -297,6 +312,24 @@ class Engine:
         """
         s, t, probs, _, g = self._backward(x, targets, seed_with_score=self.rules.output == "relevance", sides=sides)
         return s, g, t, probs
+
+    def _fn_multipliers(self, x, targets, *sides):
+        s, t, probs, _, g = self._backward(x, targets, sides=sides, paired=True)
+        n = ops.shape(t)[0]
+        return s[:n], s[n:], g[:n], t, probs[:n]
+
+    def multipliers(self, x: np.ndarray, references: np.ndarray, targets: np.ndarray) -> Multipliers:
+        """DeepLIFT's pass for one batch: inputs ``x`` and their ``references`` (both ``(N, H, W, C)``) run as one
+        batch ``[x; references]`` through the rule set (``RuleSet("deeplift")``), whose rules read each layer's
+        differences from its two halves; the backward pass is seeded on the inputs' rows. Returns the scores at
+        the inputs and at the references (the class resolved on the input), the input multipliers, the targets
+        and the probabilities. A model with several inputs: each reference gets its input's held side inputs."""
+        if self.rules is None:
+            raise ValueError("This engine has no backward rules; build it with rules=RuleSet('deeplift').")
+        n = len(x)
+        both = np.concatenate([np.asarray(x, np.float32), np.asarray(references, np.float32)], axis=0)
+        with rows(np.concatenate([np.arange(n), np.arange(n)])):
+            return Multipliers(*self._call(self._fn_multipliers, both, targets))
 
     def _fn_layer_relevance(self, x, targets, *sides):
         s, _, _, _, g = self._backward(x, targets, record=True, seed_with_score=True, sides=sides)

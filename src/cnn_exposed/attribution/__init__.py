@@ -24,7 +24,7 @@ from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
 from .random_masks import RISE, SobolAttribution
-from .rule_based import LRP, Deconvnet, GuidedBackprop, GuidedGradCAM
+from .rule_based import LRP, Deconvnet, DeepLift, DeepShap, GuidedBackprop, GuidedGradCAM
 from .superpixels import LIME, KernelSHAP
 from .xrai import XRAI
 
@@ -58,6 +58,8 @@ METHODS: dict[str, type[AttributionMethod]] = {
         GuidedBackprop,
         Deconvnet,
         GuidedGradCAM,
+        DeepLift,
+        DeepShap,
     )
 }
 
@@ -105,8 +107,8 @@ def explain(
         ``"blur_ig"``, ``"guided_ig"``, ``"gradient_shap"``, ``"xrai"``, ``"gradcam"``, ``"gradcam++"``,
         ``"layercam"``, ``"scorecam"``, ``"eigencam"``, ``"eigengradcam"``, ``"hirescam"``, ``"xgradcam"``,
         ``"ablationcam"``, ``"fem"``, ``"occlusion"``, ``"rise"``, ``"sobol"``, ``"kernel_shap"``, ``"lime"``,
-        ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"`` (:data:`METHODS`; the README's
-        method table gives each one's options).
+        ``"lrp"``, ``"guided_backprop"``, ``"deconvnet"``, ``"guided_gradcam"``, ``"deeplift"``, ``"deepshap"``
+        (:data:`METHODS`; the README's method table gives each one's options).
     target : "predicted", "true", int, sequence of int, or "top-k"
         The class to explain (see :func:`cnn_exposed.targets.resolve_targets`); ``"true"``: the labels that
         come with the images (a dataset's sparse or one-hot labels, a folder's class sub-folders).
@@ -127,7 +129,7 @@ def explain(
         (FEM); ``patch``, ``stride``, ``fill`` (occlusion); ``samples``, ``grid``, ``keep_probability``, ``fill``,
         ``seed`` (RISE); ``grid``, ``designs``, ``fill``, ``seed`` (Sobol); ``samples``, ``segmentation``,
         ``segments``, ``segment_options``, ``fill``, ``seed`` (KernelSHAP, LIME; LIME also ``kernel_width``);
-        ``rule``, ``epsilon``, ``bounds`` (LRP).
+        ``rule``, ``epsilon``, ``bounds`` (LRP); ``baseline`` (DeepLIFT); ``background`` (DeepSHAP).
 
     Returns
     -------
@@ -181,6 +183,8 @@ __all__ = [
     "BlurIG",
     "CAMMethod",
     "Deconvnet",
+    "DeepLift",
+    "DeepShap",
     "EigenCAM",
     "EigenGradCAM",
     "GradCAM",

@@ -1,8 +1,8 @@
 """The ReLU modes: what an element-wise activation passes backward in each mode of a rule set.
 
-LRP: the relevance, unchanged. Guided backprop (Springenberg et al. 2014) and deconvnet (Zeiler & Fergus
-2014) change only the ReLU family's backward pass; "redirect" is Lucid's redirected ReLU gradient for
-feature visualisation; "gradient" changes nothing.
+LRP: the relevance, unchanged. DeepLIFT: the Rescale rule. Guided backprop (Springenberg et al. 2014) and
+deconvnet (Zeiler & Fergus 2014) change only the ReLU family's backward pass; "redirect" is Lucid's redirected
+ReLU gradient for feature visualisation; "gradient" changes nothing.
 """
 
 from __future__ import annotations
@@ -10,14 +10,19 @@ from __future__ import annotations
 from keras import ops
 
 from ..backend import fused, vjp, with_backward
+from .deeplift import rescale
 from .kinds import RELU_FAMILY
 from .lrp import identity_backward
+
+NOT_ELEMENTWISE = {"softmax", "log_softmax"}
 
 
 def activation_rule(fn, mode: str, name: str):
     """Element-wise activation ``fn`` with the backward pass of ``mode``."""
     if mode == "lrp":  # relevance passes unchanged: R_z = R_a
         return with_backward(fn, identity_backward)
+    if mode == "deeplift":  # every element-wise function, the Rescale rule; softmax (not element-wise): its gradient
+        return fn if name in NOT_ELEMENTWISE else rescale(fn)
     if name not in RELU_FAMILY or mode == "gradient":
         return fn  # guided backprop and deconvnet only change the ReLU family
     if mode == "guided":

@@ -11,6 +11,16 @@ from keras import ops
 from ..errors import UnsupportedLayerError
 from ..layers import is_subclassed, iter_layers, trace_subclassed
 from ..model_io import branch_operations, input_index, on_branch
+from .deeplift import (
+    inputs_rows_only,
+    max_split_backward,
+    max_split_rule,
+    product_backward,
+    product_rule,
+    rescale,
+    rescale_layer,
+)
+from .deeplift import layer_norm_rule as deeplift_layer_norm_rule
 from .kinds import (
     OP_RELU,
     activation_fn,
@@ -39,6 +49,7 @@ from .relu import activation_rule
 from .rewrite import chain_maps, fold_pairs, linear_map, pad_pairs, stages
 
 DEFAULT_COMPOSITE = {"first": "zb", "conv": "zplus", "dense": "epsilon"}
+MODES = ("lrp", "deeplift", "guided", "deconv", "redirect", "gradient")
 
 
 class RuleSet:
@@ -46,9 +57,11 @@ class RuleSet:
 
     Parameters
     ----------
-    mode : {"lrp", "guided", "deconv", "redirect", "gradient"}
-        ``"redirect"``: Lucid's redirected ReLU gradient, for feature visualisation. ``"gradient"``: the
-        plain gradient, computed faster than the model's own backward pass (below).
+    mode : {"lrp", "deeplift", "guided", "deconv", "redirect", "gradient"}
+        ``"deeplift"``: DeepLIFT's multipliers (:mod:`.deeplift`), for a batch of inputs stacked on their
+        references (:meth:`cnn_exposed.engine.Engine.multipliers`). ``"redirect"``: Lucid's redirected ReLU
+        gradient, for feature visualisation. ``"gradient"``: the plain gradient, computed faster than the model's
+        own backward pass (below).
     rule : str or dict
         LRP only: one rule for every weighted layer, or a composite ``{"first": ..., "conv": ...,
         "dense": ...}`` (missing entries: ``"epsilon"``).
@@ -65,8 +78,8 @@ class RuleSet:
     def __init__(
         self, mode: str, rule="composite", epsilon: float = 1e-2, bounds=None, *, shortcuts: bool = True
     ) -> None:
-        if mode not in ("lrp", "guided", "deconv", "redirect", "gradient"):
-            raise ValueError(f"mode must be 'lrp', 'guided', 'deconv', 'redirect' or 'gradient', got {mode!r}.")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if rule == "composite":
             rule = dict(DEFAULT_COMPOSITE)
         composite = dict(rule) if isinstance(rule, dict) else {"first": rule, "conv": rule, "dense": rule}
@@ -168,6 +181,9 @@ class RuleSet:
                 out[id(layer)] = self._activation_factory(layer)
             elif id(layer) in folded_bns or id(layer) in padding_layers:
                 out[id(layer)] = lambda op, final: lambda x, *a, **k: x
+            elif self.mode == "deeplift":
+                if (factory := deeplift_layer_factory(layer, kind)) is not None:
+                    out[id(layer)] = factory
             elif self.mode != "lrp":
                 continue  # below: LRP's rules; the other modes take these layers' own gradient
             elif kind == "linear":
@@ -188,6 +204,8 @@ class RuleSet:
     def _operation_factory(self, ref):
         """The rule of a ``keras.ops`` operation between layers, or None for its own gradient."""
         name, kind = type(ref.layer).__name__, operation_kind(ref.layer)
+        if self.mode == "deeplift":
+            return deeplift_operation_factory(ref.layer)
         if self.mode != "lrp":
             if name not in OP_RELU or self.mode == "gradient":
                 return None  # guided backprop, deconvnet and redirection change only the ReLU family
@@ -258,7 +276,8 @@ class RuleSet:
                         )  # fmt: skip
                     )
                 else:
-                    maps.append(linear_map(stage, kernel, bias, pads if i == 0 else None))
+                    linear = linear_map(stage, kernel, bias, pads if i == 0 else None)
+                    maps.append(inputs_rows_only(linear) if self.mode == "deeplift" else linear)
             linear = maps[0] if len(maps) == 1 else chain_maps(maps)
             act = None if final or is_linear_activation(op.activation) else op.activation
             if act is None:
@@ -276,6 +295,42 @@ class RuleSet:
             return activation_rule(activation_fn(op), self.mode, name)
 
         return factory
+
+
+def deeplift_layer_factory(layer, kind: str):
+    """DeepLIFT's rule for a layer that is neither weighted nor an activation (those are the composite's), or
+    None for its plain gradient: linear maps (pooling by averages, sums, concatenation, padding, reshaping,
+    dropout, standalone batch normalisation, ``Rescaling``, ``Normalization``, layer scale), and what has no rule
+    (softmax inside the network, unknown layers: summation to delta is then not exact)."""
+    name = type(layer).__name__
+    if kind == "routing" and "MaxPooling" in name:
+        return lambda op, final: max_split_rule(op)
+    if kind == "elementwise" and name == "PReLU":
+        return lambda op, final: rescale_layer(op)
+    if kind == "gate":
+        return lambda op, final: product_rule(op)
+    if kind == "layernorm":
+        return lambda op, final: deeplift_layer_norm_rule(op)
+    return None
+
+
+# keras.ops operations with one tensor input that are linear in it (the gradient is their multiplier)
+OP_LINEAR = {"Add", "Subtract", "Multiply", "Negative", "Cast", "Identity"}
+
+
+def deeplift_operation_factory(op):
+    """DeepLIFT's rule for a ``keras.ops`` operation between layers, or None for its gradient: Rescale for the
+    element-wise ones (``x / c`` too, exact either way; softmax is not element-wise), the Shapley split for a
+    product of tensors, captum's split for ``ops.max``; sums and routing are linear."""
+    name, kind = type(op).__name__, operation_kind(op)
+    if kind == "elementwise" and name not in OP_LINEAR and name not in ("Softmax", "LogSoftmax"):
+        # the model's last operation (a sigmoid): the logit is explained
+        return lambda node, final: (lambda x, *a, **k: x) if final else operation_rule(node, wrap=rescale)
+    if kind == "gate":
+        return lambda node, final: operation_rule(node, product_backward)
+    if name == "Max":
+        return lambda node, final: operation_rule(node, max_split_backward)
+    return None
 
 
 GRADIENT_RULES = RuleSet("gradient")
