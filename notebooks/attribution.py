@@ -209,7 +209,9 @@ plt.show()
 # - the **path methods**: Blur IG (a blur path instead of a baseline), Guided IG (an adaptive path),
 #   GradientSHAP (expected gradients over a background), and XRAI (integrated gradients summed over regions);
 # - the **mask samplers**: RISE (random masks), Sobol (total Sobol indices of grid cells), KernelSHAP and LIME
-#   (superpixels switched on and off, a weighted linear fit).
+#   (superpixels switched on and off, a weighted linear fit);
+# - **DeepLIFT** (Rescale rule: attributions that sum exactly to f(x) − f(x′)) and **DeepSHAP** (DeepLIFT averaged
+#   over a background set, here the clean demo images).
 #
 # With `CNN_EXPOSED_FAST` set (the test suite) they run with few samples; drop the options for the papers'
 # settings.
@@ -230,6 +232,8 @@ OTHER = {
     # LIME explains the probability by default, as the lime package does: on a model this sure of itself (1.00)
     # hiding a superpixel barely moves it, and the fit is noise. The logit moves.
     "lime": {"samples": 512 if FAST else 1000, "segmentation": "slic", "score": "logit"},
+    "deeplift": {"baseline": "blur"},
+    "deepshap": {"background": images["clean"][:4] if FAST else images["clean"]},
 }
 others = {m: ce.explain(demo_model.model, trap[:2], m, preprocess=demo_model.preprocess, **o) for m, o in OTHER.items()}
 ce.plot_explanations(others, names, max_images=2)
