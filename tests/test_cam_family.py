@@ -34,7 +34,11 @@ def split_model(head: str = "flatten", skip: bool = False):
     model = keras.Model(inp, top(s, a))
     trunk = keras.Model(inp, [s, a])
     s_in, a_in = keras.Input(s.shape[1:]), keras.Input(a.shape[1:])
-    return model, trunk, keras.Model([s_in, a_in], top(s_in, a_in)), dense
+    if skip:
+        return model, trunk, keras.Model([s_in, a_in], top(s_in, a_in)), dense
+    # Keras 3.10 refuses a model with an input its output does not use: without the skip, the top takes A alone
+    head_only = keras.Model(a_in, top(None, a_in))
+    return model, trunk, lambda inputs, training=False: head_only(inputs[1], training=training), dense
 
 
 def tape_reference(trunk, top):
