@@ -27,9 +27,14 @@ import cnn_exposed as ce  # noqa: E402
 from cnn_exposed import metrics  # noqa: E402
 
 METHODS = [
-    "saliency", "gradient_x_input", "smoothgrad", "integrated_gradients", "gradcam", "gradcam++", "layercam",
-    "scorecam", "occlusion", "lrp", "guided_backprop", "guided_gradcam",
+    "saliency", "gradient_x_input", "smoothgrad", "integrated_gradients", "blur_ig", "guided_ig", "gradient_shap",
+    "xrai", "gradcam", "gradcam++", "layercam", "scorecam", "eigencam", "hirescam", "xgradcam", "ablationcam", "fem",
+    "occlusion", "rise", "sobol", "kernel_shap", "lime", "lrp", "guided_backprop", "guided_gradcam", "deeplift",
+    "deepshap",
 ]  # fmt: skip
+TABLE = METHODS[:4] + METHODS[8:12] + ["occlusion", "lrp", "guided_backprop", "guided_gradcam"]  # the README's table
+# LIME explains the probability by default (as the lime package): the demo's are saturated (1.00), so its logit
+OPTIONS = {"lime": {"score": "logit"}}
 
 
 def main(argv=None) -> int:
@@ -43,7 +48,10 @@ def main(argv=None) -> int:
     picks = [int(np.flatnonzero(clean_labels == c)[0]) for c in range(len(demo.class_names))]
     images = np.concatenate([trap[:4], clean[picks]])
     rails = np.concatenate([trap_masks["rail"][:4], np.zeros((len(picks),) + trap.shape[1:3], bool)])
-    exps = {m: ce.explain(demo.model, images, m, preprocess=demo.preprocess, progress=False) for m in METHODS}
+    exps = {
+        m: ce.explain(demo.model, images, m, preprocess=demo.preprocess, progress=False, **OPTIONS.get(m, {}))
+        for m in METHODS
+    }
     rows, cols = len(images), len(METHODS) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.45 * rows + 0.4))
     first = exps["gradcam"]
@@ -60,8 +68,8 @@ def main(argv=None) -> int:
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(
-        "cnn-exposed demo: every method on trap pools (rails outlined) and clean images; LRP, gradient x input and "
-        "integrated gradients signed (red: for the class, blue: against)",
+        "cnn-exposed demo: every method on trap pools (rails outlined) and clean images; signed methods (gradient x "
+        "input, the path methods, KernelSHAP, LIME, LRP, DeepLIFT, DeepSHAP) red for the class, blue against",
         fontsize=8,
     )
     fig.tight_layout()
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
         all_trap = ce.explain(demo.model, trap, "gradcam", preprocess=demo.preprocess, progress=False)
         wrong = all_trap.predictions == demo.class_names.index("bathroom")
         rows = metrics.compare_methods(
-            demo.model, trap[wrong], METHODS, masks=trap_masks["rail"][wrong], preprocess=demo.preprocess, sanity=True
+            demo.model, trap[wrong], TABLE, masks=trap_masks["rail"][wrong], preprocess=demo.preprocess, sanity=True
         )
         print(metrics.format_table(rows))
     return 0
