@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
@@ -104,7 +105,7 @@ def irfft2(real, imag, shape: tuple[int, int]):
     return tf.signal.irfft2d(tf.complex(real, imag), fft_length=list(shape))
 
 
-def compiled(fn: Callable, input_signature=None) -> Callable:
+def compiled(fn: Callable, input_signature=None) -> Any:  # a tf.function: callable, with get_concrete_function
     """``fn`` compiled into a graph: every compiled pass of the package (the Engine's, feature visualisation's
     steps, forward-only helpers) is made here, traced once per ``input_signature`` (or input shape).
 

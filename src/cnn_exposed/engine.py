@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -369,7 +369,7 @@ class Engine:
         scores, _, _ = self._forward(x, sides=sides, plan=plan)
         return self._select(scores, targets)[0]
 
-    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=(), extra=()) -> Callable:
+    def _compiled_fn(self, graph_fn: Callable, x: np.ndarray, with_targets: bool, sides=(), extra=()) -> Any:
         """``graph_fn`` (one of the ``_fn_`` methods) compiled for inputs of ``x``'s shape, traced once; ``extra``:
         further arrays it takes after the targets (any number of rows, their own dtype)."""
         key: tuple = (graph_fn.__name__.removeprefix("_fn_"), tuple(x.shape[1:]))
