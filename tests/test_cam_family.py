@@ -24,9 +24,10 @@ def split_model(head: str = "flatten", skip: bool = False):
     c2 = layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer="random_normal", name="c2")
     pool = layers.Flatten() if head == "flatten" else layers.GlobalAveragePooling2D()
     dense = layers.Dense(3, bias_initializer="random_normal", name="logits")
+    add = layers.Add(name="add")  # named: Keras numbers unnamed layers per process, and xdist workers share it
 
     def top(s, a):
-        return dense(pool(layers.Add()([s, a]) if skip else a))
+        return dense(pool(add([s, a]) if skip else a))
 
     inp = keras.Input((SIZE, SIZE, 3))
     s = c1(inp)
