@@ -1,13 +1,20 @@
 """The support matrix: every keras.applications family × every attribution method × feature visualisation.
 
 Each family is built with random weights (no download), nested in a Sequential head as users build
-transfer-learning models, at its smallest accepted input and at an odd size; plus a model as Keras'
-tutorials build it (augmentation, rescaling, separable convolutions, dropout inside the model) and a
-subclassed model. Every cell must give finite maps of the image's shape: no refusals. The cells' own
+transfer-learning models, at an odd input size (a shape no network's strides divide evenly: the stricter case
+for padding, strides and upsampling), MobileNetV2 also at its smallest input (a 1×1 last feature map); plus a
+model as Keras' tutorials build it (augmentation, rescaling, separable convolutions, dropout inside the model)
+and a subclassed model. Every cell must give finite maps of the image's shape: no refusals. The cells' own
 numbers are checked elsewhere (tests/test_rules.py, test_subclassed.py, ...); this is the breadth.
 
 One test per model, its cells run in a loop so the model is built once; a failure lists every failing cell.
-Fast settings (2 images, few steps); the whole matrix takes a few minutes on two cores.
+Fast settings (2 images, few steps). Nearly all of a cell's time is tracing: one graph per kind of pass
+(about a dozen per model).
+
+Six families (``CORE``) hold between them every kind of layer the twelve are made of; the other six add none
+of their own and are marked ``breadth``. The README's test command runs all of them; CI's Colab and floor
+stages deselect ``breadth`` (``-m "not breadth"``), so each Keras version meets every kind of layer while
+the whole matrix runs once.
 """
 
 from __future__ import annotations
@@ -145,36 +152,52 @@ def check_cells(model: keras.Model, size: int, fast_plan: bool = True) -> dict:
     return problems
 
 
-def cases(names):
-    return [(name, size) for name in names for size in (FAMILIES[name][1], ODD[name])]
-
-
 def run_family(family, size):
     ctor = getattr(keras.applications, FAMILIES[family][0], None)
     if ctor is None:
         pytest.skip(f"keras {keras.__version__} has no keras.applications.{FAMILIES[family][0]}")
     keras.utils.set_random_seed(0)
     model = nested(ctor(include_top=False, weights=None, input_shape=(size, size, 3)), size)
-    problems = check_cells(model, size, fast_plan=size == FAMILIES[family][1])  # once per family: it traces
+    problems = check_cells(model, size, fast_plan=size == ODD[family])  # once per family: it traces
     assert not problems, "\n".join(f"{family} {size}px {cell}: {why}" for cell, why in problems.items())
 
 
-# Two classes of about equal cost: pytest-xdist (--dist loadscope) runs each on its own worker.
-HALF_A = ["DenseNet121", "ConvNeXtTiny", "EfficientNetB0", "MobileNetV2", "MobileNetV3Small", "VGG16"]
-HALF_B = ["InceptionV3", "Xception", "ResNet50", "ResNet50V2", "EfficientNetV2B0", "MobileNetV3Large"]
+# Between them every kind of layer of the twelve: depthwise convolutions, ReLU6 and zero padding (MobileNetV2);
+# hard-swish, hard-sigmoid gates and Rescaling (MobileNetV3); Normalization, swish, squeeze-and-excitation
+# gates and Dropout (EfficientNet); batch norm that no convolution precedes (pre-activation) and padded max
+# pooling (ResNet50V2); Concatenate, average pooling and 'valid' padding (InceptionV3); LayerNormalization,
+# GELU, dense layers on feature maps and LayerScale (ConvNeXt). SeparableConv2D: the tutorial model below.
+CORE = ["MobileNetV2", "MobileNetV3Large", "EfficientNetB0", "ResNet50V2", "InceptionV3", "ConvNeXtTiny"]
+
+
+def cases(families, extra=()):
+    """``pytest.param`` (family, size) at each family's odd size, and ``extra`` (family, size) pairs; the
+    families outside ``CORE`` and the extra pairs are marked ``breadth``."""
+    pairs = [(name, ODD[name]) for name in families] + list(extra)
+    return [
+        pytest.param(name, size, id=f"{name}-{size}", marks=() if name in CORE and size == ODD[name] else breadth)
+        for name, size in pairs
+    ]
+
+
+breadth = pytest.mark.breadth
+# Two classes of about equal cost, with and without the breadth cells: pytest-xdist (--dist loadscope) runs
+# each on its own worker.
+HALF_A = ["ConvNeXtTiny", "ResNet50V2", "MobileNetV2", "DenseNet121", "Xception", "ResNet50"]
+HALF_B = ["InceptionV3", "MobileNetV3Large", "EfficientNetB0", "MobileNetV3Small", "EfficientNetV2B0", "VGG16"]
 assert sorted(HALF_A + HALF_B) == sorted(FAMILIES)
 
 
 @pytest.mark.coverage
 class TestFamiliesA:
-    @pytest.mark.parametrize(("family", "size"), cases(HALF_A), ids=[f"{n}-{s}" for n, s in cases(HALF_A)])
+    @pytest.mark.parametrize(("family", "size"), cases(HALF_A))
     def test_every_method(self, family, size):
         run_family(family, size)
 
 
 @pytest.mark.coverage
 class TestFamiliesB:
-    @pytest.mark.parametrize(("family", "size"), cases(HALF_B), ids=[f"{n}-{s}" for n, s in cases(HALF_B)])
+    @pytest.mark.parametrize(("family", "size"), cases(HALF_B, extra=[("MobileNetV2", FAMILIES["MobileNetV2"][1])]))
     def test_every_method(self, family, size):
         run_family(family, size)
 
