@@ -192,6 +192,30 @@ def test_compiled_functions_trace_once_per_shape(cnn):
     assert engine.tracing_counts() == {("input_gradients", (16, 16, 3)): 1}
 
 
+def test_methods_of_one_model_share_its_forward_passes(cnn):
+    """Whatever their score and layer, a model's engines run one traced forward pass and one traced activations
+    pass per layer: RISE and Score-CAM (probabilities) trace nothing after integrated gradients' baseline
+    scores and Eigen-CAM (logits), and their scores are the model's probabilities."""
+    from cnn_exposed.engine import engine_for
+    from cnn_exposed.rules import GRADIENT_RULES
+
+    x, layer = images(3), ce.find_last_spatial_layer(cnn).path
+    ce.explain(cnn, x, "integrated_gradients", steps=4, progress=False)
+    ce.explain(cnn, x, "eigencam", progress=False)
+    ce.explain(cnn, x, "rise", samples=8, grid=4, progress=False)
+    ce.explain(cnn, x, "scorecam", progress=False)
+    shape = (16, 16, 3)
+    assert engine_for(cnn, None, "logit", GRADIENT_RULES).tracing_counts()[("outputs", shape)] == 1
+    assert engine_for(cnn, layer, "logit", GRADIENT_RULES).tracing_counts() == {("activations", shape): 1}
+    for which in (None, layer):
+        probability = engine_for(cnn, which, "probability", GRADIENT_RULES)
+        assert probability.tracing_counts() == {}
+        targets = np.array([2, -1, 0], np.int32)
+        want = keras.ops.convert_to_numpy(cnn(x))
+        picked = np.where(targets < 0, want.argmax(1), targets)
+        np.testing.assert_allclose(probability.scores(x, targets), want[np.arange(3), picked], rtol=1e-5)
+
+
 def test_engine_results_are_named_and_stay_named_over_batches(cnn):
     from cnn_exposed.engine import InputGradients, engine_for
 

@@ -190,13 +190,12 @@ class Engine:
         """(score-space outputs (N, K) and probabilities (N, K), float32; the recorded layer's output in its own
         dtype, or None); ``sides``: the side inputs of a model with several, aligned with ``x``; ``plan``: another
         plan than the engine's own (the ablation pass's)."""
-        recorded: dict = {}
-        inputs = x
-        if self.multi_input:
-            inputs = list(sides)
-            inputs.insert(self.input_index, x)
-        out = run_model(self.model, inputs, plan or self._plan, recorded)
-        out = to_float32(out[self.output_index] if self.multi_output else out)
+        out, layer_out = self._outputs(x, record, sides, plan)
+        return (*self._to_scores(out), layer_out)
+
+    def _to_scores(self, out):
+        """Score-space outputs (N, K) and probabilities (N, K) of the explained output ``out`` (float32, as the
+        model gives it: (N, units)): in a graph, or eagerly on the arrays a forward pass returned."""
         squashing = self.head.activation in ("softmax", "sigmoid")
         if squashing and self.head.pre_activation is None:
             logits, probs = None, out
@@ -219,6 +218,18 @@ class Engine:
                 scores = ops.log_sigmoid(logits) if sigmoid else ops.log_softmax(logits, axis=-1)
         else:
             scores = probs if (self.score == "probability" or logits is None) else logits
+        return scores, probs
+
+    def _outputs(self, x, record: bool = False, sides=(), plan: Plan | None = None):
+        """The explained output in float32, as the model gives it, and the recorded layer's output (``record``;
+        else None): :meth:`_forward` before the scores."""
+        recorded: dict = {}
+        inputs = x
+        if self.multi_input:
+            inputs = list(sides)
+            inputs.insert(self.input_index, x)
+        out = run_model(self.model, inputs, plan or self._plan, recorded)
+        out = to_float32(out[self.output_index] if self.multi_output else out)
         layer_out = None
         if record:
             assert self.layer is not None  # _require_layer() ran
@@ -236,7 +247,7 @@ class Engine:
                 calls = [a for a in calls if depends_on(a, x)] or calls
             layer_out = calls[-1]
             self._read_call = next(i for i, a in enumerate(recorded[self.layer.path]) if a is layer_out)
-        return scores, probs, layer_out
+        return out, layer_out
 
     @staticmethod
     def _select(scores, targets, paired: bool = False):
@@ -248,13 +259,8 @@ class Engine:
         rows = ops.concatenate([targets, targets], axis=0) if paired else targets
         return ops.take_along_axis(scores, ops.expand_dims(rows, 1), axis=1)[:, 0], targets
 
-    def _fn_predict(self, x, *sides):
-        scores, probs, _ = self._forward(x, sides=sides)
-        return scores, probs
-
-    def _fn_scores(self, x, targets, *sides):
-        scores, _, _ = self._forward(x, sides=sides)
-        return self._select(scores, targets)[0]
+    def _fn_outputs(self, x, *sides):
+        return self._outputs(x, sides=sides)[0]
 
     def _backward(self, x, targets, record: bool = False, seed_with_score: bool = False, sides=(), paired=False):
         """One forward pass and the backward pass from the explained score: ``(s, t, probs, a, g)``, with ``a``
@@ -347,8 +353,23 @@ class Engine:
         return Relevance(*self._call(self._fn_relevance, x, targets))
 
     def _fn_activations(self, x, *sides):
-        scores, probs, a = self._forward(x, record=True, sides=sides)
-        return to_float32(a), scores, probs
+        out, a = self._outputs(x, record=True, sides=sides)
+        return to_float32(a), out
+
+    def _twin(self, layer: LayerRef | None = None) -> Engine:
+        """The engine whose compiled forward passes this one runs: the same model, rules and ports, ``layer``
+        (None: the layer-free one) and the logit score; outputs become this engine's scores outside the graph.
+        So the engines of one model share their forward passes whatever their score and layer: RISE
+        (probabilities), the baselines of integrated gradients and Score-CAM run one traced forward pass, and
+        Score-CAM, Grad-CAM and Eigen-CAM one traced activations pass of a layer."""
+        if self.score == "logit" and layer is self.layer:
+            return self
+        return engine_for(self.model, layer, "logit", self.rules, self.input_index, self.output_index)
+
+    def _scored(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This engine's scores and the probabilities of the outputs a twin's pass returned, as arrays."""
+        scores, probs = self._to_scores(out)
+        return np.asarray(scores), np.asarray(probs)
 
     def _fn_ablated_scores(self, images, activations, segments, targets, keep, *sides):
         """The explained score of each row ``i`` (image ``segments[i]``) with the recorded layer's output (the call
@@ -422,11 +443,13 @@ class Engine:
     # "the top class", resolved inside the same pass (so explaining the prediction costs no extra pass).
     def predict(self, x: np.ndarray) -> Outputs:
         """Score-space outputs ``(N, K)`` and probabilities ``(N, K)`` for one batch."""
-        return Outputs(*self._call(self._fn_predict, x))
+        twin = self._twin()
+        return Outputs(*self._scored(twin._call(twin._fn_outputs, x)))
 
     def scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """The explained score of ``targets`` for one batch, ``(N,)``."""
-        return self._call(self._fn_scores, x, targets)
+        """The explained score of ``targets`` for one batch, ``(N,)`` (``-1``: the top class's)."""
+        scores = self.predict(x).scores
+        return np.asarray(self._select(scores, np.asarray(targets, np.int32))[0])
 
     def input_gradients(self, x: np.ndarray, targets: np.ndarray) -> InputGradients:
         """Scores ``(N,)``, their gradients w.r.t. the input ``(N, H, W, C)``, the resolved targets
@@ -442,7 +465,9 @@ class Engine:
     def activations(self, x: np.ndarray) -> Activations:
         """The recorded layer's output, the score-space outputs and the probabilities for one batch."""
         self._require_layer()
-        return Activations(*self._call(self._fn_activations, x))
+        twin = self._twin(self.layer)
+        a, out = twin._call(twin._fn_activations, x)
+        return Activations(a, *self._scored(out))
 
     def ablated_scores(self, images, activations, segments, targets, keep) -> np.ndarray:
         """Ablation-CAM's scores for one batch of rows: row ``i`` is image ``segments[i]`` of ``images`` (b, H, W, C)
@@ -454,9 +479,12 @@ class Engine:
         self._require_layer()
         images = np.asarray(images, np.float32)
         if self._read_call is None:  # which call of the layer is read: known once the activations pass is traced
-            self._compiled_fn(
-                self._fn_activations, images, False, self.side_inputs(len(images))
-            ).get_concrete_function()
+            twin = self._twin(self.layer)
+            if twin._read_call is None:
+                twin._compiled_fn(
+                    twin._fn_activations, images, False, self.side_inputs(len(images))
+                ).get_concrete_function()
+            self._read_call = twin._read_call
         rows_in = (np.asarray(segments, np.int32), np.asarray(targets, np.int32), np.asarray(keep, np.float32))
         return self._call(self._fn_ablated_scores, images, None, np.asarray(activations, np.float32), *rows_in)
 
@@ -531,7 +559,7 @@ class Engine:
 
 
 _ENGINES: OrderedDict = OrderedDict()
-_ENGINE_CACHE_SIZE = 8
+_ENGINE_CACHE_SIZE = 12  # about the engines one model's methods use, their twins included
 
 
 def engine_for(
