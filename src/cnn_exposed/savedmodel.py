@@ -238,7 +238,7 @@ def require_layer_access(model, what: str) -> None:
         f"{what} needs the layers of model {model.name!r}, but it runs a SavedModel (layer {opaque[0].name!r}), "
         "whose layers cannot be reached. On a SavedModel use "
         + ", ".join(LAYER_FREE_METHODS)
-        + "; the CAM methods (gradcam, ..., ablationcam, fem), lrp, guided_backprop, deconvnet, "
-        "guided_gradcam, TCAV, feature visualisation and the audit need the model as a .keras or .h5 file "
+        + "; every other method (the CAM family, lrp, deeplift, deepshap, guided_backprop, deconvnet, "
+        "guided_gradcam), TCAV, feature visualisation and the audit need the model as a .keras or .h5 file "
         "(model.save('model.keras') where it was built)."
     )

@@ -14,7 +14,8 @@ Defaults, by name (override any with ``segment_options``):
   minimum size.
 
 Each image is min–max scaled to [0, 1] per image before it is segmented (scikit-image reads colour in
-[0, 1]; model inputs may be in [−1, 1] or mean-subtracted), and three-channel images are segmented in Lab.
+[0, 1]; model inputs may be in [−1, 1] or mean-subtracted); quickshift and SLIC segment three-channel images
+in Lab (their ``convert2lab``), Felzenszwalb in the image's own channels.
 """
 
 from __future__ import annotations
