@@ -11,10 +11,11 @@ One test per model, its cells run in a loop so the model is built once; a failur
 Fast settings (2 images, few steps). Nearly all of a cell's time is tracing: one graph per kind of pass
 (about a dozen per model).
 
-Six families (``CORE``) hold between them every kind of layer the twelve are made of; the other six add none
-of their own and are marked ``breadth``. The README's test command runs all of them; CI's Colab and floor
-stages deselect ``breadth`` (``-m "not breadth"``), so each Keras version meets every kind of layer while
-the whole matrix runs once.
+The family cells are marked ``family``. Six families (``CORE``) hold between them every kind of layer the
+twelve are made of; the other cells add none of their own and are also marked ``breadth``. The README's test
+command runs them all (CI's latest stack, Keras 3.15); CI's floor stage (Keras 3.10) deselects ``breadth`` and
+its Colab stage (Keras 3.13, between the two) ``family``: each end of the supported Keras range meets every
+kind of layer, the whole matrix runs once, and CI stays within its time.
 """
 
 from __future__ import annotations
@@ -109,16 +110,32 @@ class Subclassed(keras.Model):
 def fast_plan_problems(model: keras.Model, x: np.ndarray, tolerance: float = 1e-3) -> dict:
     """The gradient methods' fast layer plan (batch norm folded, padding inside the convolution, transposed
     convolutions for stride-1 backward passes) against the model's own layers: the input gradient, which runs
-    back through every layer the plan rewrites, must agree to ``tolerance`` of its largest value."""
+    back through every layer the plan rewrites, must agree to ``tolerance`` of its largest value, per image.
+
+    One exception is rounding, not the plan: a max-pooling window whose two largest inputs differ in the 7th
+    digit (InceptionV3 at 79 px: 18.926554 and 18.926556 in one image of two) can pick the other one once batch
+    norm is folded, and the gradient then flows through another pixel (3 % of the map's largest value, in that
+    window's receptive field only). So an image that differs is drawn again; a wrong plan fails both draws."""
     from cnn_exposed.engine import Engine, engine_for
     from cnn_exposed.rules import GRADIENT_RULES
 
-    targets = np.array([0, 2], np.int32)
-    expected = Engine(model).input_gradients(x, targets).gradients  # no rules: the model's own layers
-    got = engine_for(model, None, "logit", GRADIENT_RULES).input_gradients(x, targets).gradients  # saliency's
-    scale, diff = float(np.abs(expected).max()), float(np.abs(expected - got).max())
-    if not np.isfinite(got).all() or diff > tolerance * max(scale, 1e-30):
-        return {"fast plan": f"input gradients differ by up to {diff:.3g} (values up to {scale:.3g})"}
+    def differences(images):
+        targets = np.array([0, 2], np.int32)
+        expected = Engine(model).input_gradients(images, targets).gradients  # no rules: the model's own layers
+        got = engine_for(model, None, "logit", GRADIENT_RULES).input_gradients(images, targets).gradients
+        scale = np.abs(expected).reshape(len(images), -1).max(axis=1)
+        diff = np.where(np.isfinite(got), np.abs(expected - got), np.inf).reshape(len(images), -1).max(axis=1)
+        return diff, scale
+
+    diff, scale = differences(x)
+    if (diff > tolerance * np.maximum(scale, 1e-30)).any():
+        again = np.random.default_rng(1).uniform(0, 255, x.shape).astype(np.float32)
+        diff2, scale2 = differences(again)
+        both = (diff > tolerance * np.maximum(scale, 1e-30)) & (diff2 > tolerance * np.maximum(scale2, 1e-30))
+        if both.any():
+            i = int(np.argmax(both))
+            return {"fast plan": f"image {i}'s input gradients differ by up to {diff[i]:.3g} and {diff2[i]:.3g} in "
+                    f"two draws (values up to {scale[i]:.3g} and {scale2[i]:.3g})"}  # fmt: skip
     return {}
 
 
@@ -171,33 +188,53 @@ CORE = ["MobileNetV2", "MobileNetV3Large", "EfficientNetB0", "ResNet50V2", "Ince
 
 
 def cases(families, extra=()):
-    """``pytest.param`` (family, size) at each family's odd size, and ``extra`` (family, size) pairs; the
-    families outside ``CORE`` and the extra pairs are marked ``breadth``."""
+    """``pytest.param`` (family, size) at each family's odd size, and ``extra`` (family, size) pairs, all marked
+    ``family``; the families outside ``CORE`` and the extra pairs also ``breadth``."""
     pairs = [(name, ODD[name]) for name in families] + list(extra)
+    marks = {True: [pytest.mark.family], False: [pytest.mark.family, pytest.mark.breadth]}
     return [
-        pytest.param(name, size, id=f"{name}-{size}", marks=() if name in CORE and size == ODD[name] else breadth)
+        pytest.param(name, size, id=f"{name}-{size}", marks=marks[name in CORE and size == ODD[name]])
         for name, size in pairs
     ]
 
 
-breadth = pytest.mark.breadth
-# Two classes of about equal cost, with and without the breadth cells: pytest-xdist (--dist loadscope) runs
-# each on its own worker.
-HALF_A = ["ConvNeXtTiny", "ResNet50V2", "MobileNetV2", "DenseNet121", "Xception", "ResNet50"]
-HALF_B = ["InceptionV3", "MobileNetV3Large", "EfficientNetB0", "MobileNetV3Small", "EfficientNetV2B0", "VGG16"]
-assert sorted(HALF_A + HALF_B) == sorted(FAMILIES)
+# Four classes of about equal cost, with and without the breadth cells (measured: 370-450 s and 170-240 s of
+# one worker): pytest-xdist (--dist loadscope) runs a class on one worker, so smaller classes balance better.
+QUARTERS = [
+    ["ConvNeXtTiny", "VGG16", "MobileNetV3Small"],
+    ["InceptionV3", "DenseNet121"],
+    ["EfficientNetB0", "ResNet50V2", "EfficientNetV2B0"],
+    ["MobileNetV3Large", "MobileNetV2", "Xception", "ResNet50"],
+]
+assert sorted(sum(QUARTERS, [])) == sorted(FAMILIES)
 
 
 @pytest.mark.coverage
-class TestFamiliesA:
-    @pytest.mark.parametrize(("family", "size"), cases(HALF_A))
+class TestFamilies1:
+    @pytest.mark.parametrize(
+        ("family", "size"), cases(QUARTERS[0], extra=[("MobileNetV2", FAMILIES["MobileNetV2"][1])])
+    )
     def test_every_method(self, family, size):
         run_family(family, size)
 
 
 @pytest.mark.coverage
-class TestFamiliesB:
-    @pytest.mark.parametrize(("family", "size"), cases(HALF_B, extra=[("MobileNetV2", FAMILIES["MobileNetV2"][1])]))
+class TestFamilies2:
+    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[1]))
+    def test_every_method(self, family, size):
+        run_family(family, size)
+
+
+@pytest.mark.coverage
+class TestFamilies3:
+    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[2]))
+    def test_every_method(self, family, size):
+        run_family(family, size)
+
+
+@pytest.mark.coverage
+class TestFamilies4:
+    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[3]))
     def test_every_method(self, family, size):
         run_family(family, size)
 
