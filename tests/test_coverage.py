@@ -209,34 +209,27 @@ QUARTERS = [
 assert sorted(sum(QUARTERS, [])) == sorted(FAMILIES)
 
 
-@pytest.mark.coverage
-class TestFamilies1:
-    @pytest.mark.parametrize(
-        ("family", "size"), cases(QUARTERS[0], extra=[("MobileNetV2", FAMILIES["MobileNetV2"][1])])
-    )
+EXTRA = {0: [("MobileNetV2", FAMILIES["MobileNetV2"][1])]}  # the 1×1 last feature map, in the first quarter
+
+
+def pytest_generate_tests(metafunc):
+    """Each ``TestFamilies`` class runs its quarter of the families."""
+    quarter = getattr(metafunc.cls, "quarter", None)
+    if quarter is not None and "family" in metafunc.fixturenames:
+        metafunc.parametrize(("family", "size"), cases(QUARTERS[quarter], EXTRA.get(quarter, ())))
+
+
+class Families:
+    quarter: int
+
     def test_every_method(self, family, size):
         run_family(family, size)
 
 
-@pytest.mark.coverage
-class TestFamilies2:
-    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[1]))
-    def test_every_method(self, family, size):
-        run_family(family, size)
-
-
-@pytest.mark.coverage
-class TestFamilies3:
-    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[2]))
-    def test_every_method(self, family, size):
-        run_family(family, size)
-
-
-@pytest.mark.coverage
-class TestFamilies4:
-    @pytest.mark.parametrize(("family", "size"), cases(QUARTERS[3]))
-    def test_every_method(self, family, size):
-        run_family(family, size)
+# TestFamilies1 … TestFamilies4, one class per quarter
+for _quarter in range(len(QUARTERS)):
+    _name = f"TestFamilies{_quarter + 1}"
+    globals()[_name] = pytest.mark.coverage(type(_name, (Families,), {"quarter": _quarter}))
 
 
 @pytest.mark.coverage
