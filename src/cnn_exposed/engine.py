@@ -408,7 +408,9 @@ class Engine:
         return fn
 
     def tracing_counts(self) -> dict:
-        """``(pass, input shape) -> how many times it was traced``: 1 each, unless something retraces."""
+        """``(pass, input shape) -> how many times it was traced``: 1 each, unless something retraces. The passes
+        this engine compiled itself: an engine of another score than the logit runs its forward passes in its
+        logit twin's (:meth:`_twin`), which lists them."""
         return {key: fn.experimental_get_tracing_count() for key, fn in self._compiled.items()}
 
     def side_inputs(self, count: int) -> tuple:
