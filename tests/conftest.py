@@ -14,13 +14,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-def pytest_collection_modifyitems(config, items):
-    """The coverage matrix's keras.applications cells first (a stable sort: every other order is kept, notebook
-    cells included). They are the longest scopes, minutes each: started first, xdist's workers each take one
-    while the short tests fill in the end, instead of one worker finishing a long class alone."""
-    items.sort(key=lambda item: item.get_closest_marker("family") is None)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
