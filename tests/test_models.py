@@ -214,6 +214,12 @@ def test_methods_of_one_model_share_its_forward_passes(cnn):
         want = keras.ops.convert_to_numpy(cnn(x))
         picked = np.where(targets < 0, want.argmax(1), targets)
         np.testing.assert_allclose(probability.scores(x, targets), want[np.arange(3), picked], rtol=1e-5)
+    # the probability engine's activations come from its layer's twin: that layer's output, its probabilities
+    got = engine_for(cnn, layer, "probability", GRADIENT_RULES).activations(x)
+    trunk = keras.Model(cnn.inputs, cnn.get_layer(layer).output)
+    np.testing.assert_allclose(got.activations, keras.ops.convert_to_numpy(trunk(x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.probabilities, want, rtol=1e-5)
+    np.testing.assert_allclose(got.outputs, want, rtol=1e-5)  # the probability is this engine's score
 
 
 def test_engine_results_are_named_and_stay_named_over_batches(cnn):
