@@ -163,6 +163,18 @@ def test_guided_ig_with_another_baseline_and_its_completeness_error(setup):
     np.testing.assert_allclose(exp.completeness_error, np.abs(total - delta) / np.abs(delta), rtol=1e-3, atol=1e-6)
 
 
+def test_guided_ig_without_room_to_stray_is_integrated_gradients_with_a_left_riemann_sum(setup):
+    """max_dist = 0 keeps every feature on the straight path: each step moves all of them to α = (k + 1) / steps,
+    weighted by the gradient at the step's start, which is integrated gradients' left Riemann sum."""
+    model, grad, call, x = setup
+    guided = ce.explain(model, x, "guided_ig", steps=16, max_dist=0.0, progress=False)
+    straight = ce.explain(
+        model, x, "integrated_gradients", steps=16, quadrature="riemann_left", target=guided.targets, progress=False
+    )
+    scale = np.abs(straight.attributions).max()
+    np.testing.assert_allclose(guided.attributions, straight.attributions, atol=1e-5 * scale)
+
+
 # -------------------------------------------------------------------------------------------------------- XRAI
 def test_xrai_regions_match_pair_given_the_same_attribution(setup):
     model, grad, call, x = setup
