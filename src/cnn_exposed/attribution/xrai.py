@@ -9,6 +9,9 @@ package's :class:`~cnn_exposed.attribution.IntegratedGradients`, its path points
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..model_io import rows
@@ -25,28 +28,29 @@ DILATION = 5  # every segment is dilated by a disk of this radius, to take in it
 def dilated_label_masks(labels: np.ndarray, radius: int) -> np.ndarray:
     """One boolean mask ``(H, W)`` per label ``labels.min() … labels.max()`` of a label image, each dilated by a disk
     of ``radius`` (``skimage.morphology.disk``; pixels outside the image count as outside every mask): pixel p is in
-    label l's mask when a pixel of label l lies in the disk around p. All labels at once, one pass per offset of the
-    disk, instead of one dilation per mask."""
+    label l's mask when a pixel of label l lies in the disk around p. All labels at once: each pixel's own label, then
+    one pass per offset of the disk that marks only the pixels whose neighbour there has another label (inside a
+    segment, nothing is written), instead of one dilation per mask."""
     from skimage.morphology import disk
 
-    lab = labels - labels.min()
+    lab = np.asarray(labels) - np.min(labels)
     h, w = lab.shape
+    own = lab.ravel()
     masks = np.zeros((int(lab.max()) + 1, h * w), bool)
-    yy, xx = np.mgrid[:h, :w]
-    pixel = (yy * w + xx).ravel()
-    for dy, dx in np.argwhere(disk(radius)) - radius if radius else [(0, 0)]:
-        ys, xs = (yy + dy).ravel(), (xx + dx).ravel()
-        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-        masks[lab[ys[inside], xs[inside]], pixel[inside]] = True
+    masks[own, np.arange(h * w)] = True
+    padded = np.pad(lab, radius, constant_values=-1)
+    for dy, dx in np.argwhere(disk(radius)) - radius:
+        there = padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w].ravel()
+        other = np.flatnonzero((there != own) & (there >= 0))
+        masks[there[other], other] = True
     return masks.reshape(-1, h, w)
 
 
-def felzenszwalb_segments(image: np.ndarray, dilation: int = DILATION) -> list[np.ndarray]:
-    """PAIR's XRAI segments of one image ``(H, W, C)``: the image min-max rescaled to [−1, 1] and resized to
-    224 × 224 (cubic, anti-aliased), Felzenszwalb segments at the scales :data:`SCALES` (σ 0.8, min size 150), their
-    labels resized back (nearest), one boolean mask ``(H, W)`` per label, each dilated by a disk of radius
-    ``dilation`` (:func:`dilated_label_masks`: the masks PAIR's per-mask ``skimage.morphology.dilation`` gives). A
-    constant image is one segment per scale."""
+def felzenszwalb_labels(image: np.ndarray) -> list[np.ndarray]:
+    """PAIR's XRAI segmentations of one image ``(H, W, C)``, one label image ``(H, W)`` int32 per scale of
+    :data:`SCALES`: the image min-max rescaled to [−1, 1] and resized to 224 × 224 (cubic, anti-aliased),
+    Felzenszwalb segments (σ 0.8, min size 150), their labels resized back (nearest). A constant image is one
+    segment per scale. scikit-image's Felzenszwalb releases the GIL, so this runs beside TensorFlow in a thread."""
     from skimage.segmentation import felzenszwalb
     from skimage.transform import resize
 
@@ -54,11 +58,26 @@ def felzenszwalb_segments(image: np.ndarray, dilation: int = DILATION) -> list[n
     span = im.max() - im.min()
     im = (im - im.min()) / (span if span > 0 else 1.0) * 2.0 - 1.0
     im = resize(im, SEGMENT_SIZE, order=3, mode="constant", preserve_range=True, anti_aliasing=True)
-    masks: list[np.ndarray] = []
+    out = []
     for scale in SCALES:
         seg = felzenszwalb(im, scale=scale, sigma=SEGMENT_SIGMA, min_size=MIN_SEGMENT_SIZE)
         seg = resize(seg, image.shape[:2], order=0, preserve_range=True, mode="constant", anti_aliasing=False)
-        masks.extend(dilated_label_masks(seg.astype(int), dilation))
+        out.append(seg.astype(np.int32))
+    return out
+
+
+def felzenszwalb_segments(image: np.ndarray, dilation: int = DILATION) -> list[np.ndarray]:
+    """PAIR's XRAI segments of one image ``(H, W, C)``: one boolean mask ``(H, W)`` per label of each of
+    :func:`felzenszwalb_labels`' segmentations, dilated by a disk of radius ``dilation``
+    (:func:`dilated_label_masks`: the masks PAIR's per-mask ``skimage.morphology.dilation`` gives)."""
+    return label_masks(felzenszwalb_labels(image), dilation)
+
+
+def label_masks(segmentations: list[np.ndarray], dilation: int = DILATION) -> list[np.ndarray]:
+    """The dilated masks of every label of every segmentation, in order."""
+    masks: list[np.ndarray] = []
+    for seg in segmentations:
+        masks.extend(dilated_label_masks(seg, dilation))
     return masks
 
 
@@ -115,7 +134,7 @@ class XRAI(AttributionMethod):
     1. Integrated gradients from a black and a white baseline (each image's own minimum and maximum value, over all
        pixels and channels, as PAIR's defaults), averaged; the channels aggregated by their maximum (signed).
        The two paths of every image are packed into the same batches (:meth:`IntegratedGradients.integrate`).
-    2. Segments: :func:`felzenszwalb_segments` (6 scales, dilated).
+    2. Segments: :func:`felzenszwalb_segments` (6 scales, dilated), segmented in threads beside step 1's passes.
     3. Regions: :func:`grow_regions`; each pixel's value is the gain (mean attribution of its region's new pixels)
        at the region's insertion.
 
@@ -171,12 +190,21 @@ class XRAI(AttributionMethod):
 
     def compute(self, x, targets, images) -> Result:
         targets, scores, probs = self.resolve(x, targets)
-        attr, start = self.integrated_gradients(x, targets)
-        maps = np.empty(x.shape[:3], np.float32)
-        ranks = np.empty(x.shape[:3], np.int64)
-        for i in range(len(x)):
-            segments = felzenszwalb_segments(x[i])
-            maps[i], ranks[i] = grow_regions(attr[i].max(axis=-1), segments, self.area_threshold, self.min_pixel_diff)
+        # The segmentations are CPU work independent of the gradients: they run in threads while the
+        # integrated-gradients passes run (all but one core; the label images are kept, their masks made later).
+        workers = max(1, min(len(x), (os.cpu_count() or 2) - 1))
+        pool = ThreadPoolExecutor(workers)
+        try:
+            labels = [pool.submit(felzenszwalb_labels, image) for image in x]
+            attr, start = self.integrated_gradients(x, targets)
+            maps = np.empty(x.shape[:3], np.float32)
+            ranks = np.empty(x.shape[:3], np.int64)
+            for i, job in enumerate(labels):
+                segments = label_masks(job.result())
+                maps[i], ranks[i] = grow_regions(attr[i].max(axis=-1), segments, self.area_threshold,
+                                                 self.min_pixel_diff)  # fmt: skip
+        finally:  # on an error or an interrupt, the segmentations not started are dropped
+            pool.shutdown(cancel_futures=True)
         error, total = completeness_errors(attr, scores - start)
         extras = {"integrated_gradients": attr, "region_ranks": ranks, "baseline_scores": start,
                   "attribution_sums": total}  # fmt: skip
