@@ -18,6 +18,7 @@ from scipy import ndimage
 import cnn_exposed as ce
 from cnn_exposed.attribution.integrated_gradients import gaussian_blur
 from cnn_exposed.attribution.xrai import dilated_label_masks, felzenszwalb_segments, grow_regions
+from cnn_exposed.backend import blur_path_points
 
 SIZE = 24
 
@@ -95,6 +96,22 @@ def test_the_blur_is_scipys_gaussian_filter():
     for sigma in (0.0, 0.7, 3.0, 50.0):
         want = [ndimage.gaussian_filter(i.astype(np.float64), [sigma, sigma, 0], mode="constant") for i in x]
         np.testing.assert_allclose(gaussian_blur(x, sigma), want, atol=2e-6)
+
+
+def test_blur_ig_path_points_are_scipys_blurs_and_their_sigma_derivatives_on_a_non_square_image():
+    """The compiled path points (height and width filtered by their own matrices) against scipy's blur, and their
+    derivative against a central difference of scipy's blur in float64, σ per image (0, inside and past the axis)."""
+    x = np.random.default_rng(2).random((4, 13, 21, 3)).astype(np.float32)
+    sigmas = np.array([0.0, 0.7, 3.0, 30.0])
+    blurred, derivative = blur_path_points(x, sigmas, 0.01)
+
+    def scipy_blur(image, sigma):
+        return ndimage.gaussian_filter(image.astype(np.float64), [sigma, sigma, 0], mode="constant")
+
+    for i, sigma in enumerate(sigmas):
+        np.testing.assert_allclose(blurred[i], scipy_blur(x[i], sigma), atol=2e-6)
+        want = (scipy_blur(x[i], sigma + 0.01) - scipy_blur(x[i], sigma)) / 0.01
+        np.testing.assert_allclose(derivative[i], want, atol=2e-5 * max(1.0, np.abs(want).max()))
 
 
 @pytest.mark.parametrize("options", [{}, {"max_sigma": 6.0, "steps": 30, "sqrt": True}])

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backend import separable_filter, stateless_noise
+from ..backend import blur_path_points, separable_filter, stateless_noise
 from ..engine import batch_slices
 from ..errors import InputError
 from ..inputs import BLUR_SIGMA, fill_images
@@ -375,9 +375,10 @@ class BlurIG(PathMethod):
     As PAIR's ``saliency.core.BlurIG``: σ_i = i · max_sigma / steps (i = 0 … steps − 1, a left Riemann sum),
     ``∂x_σ/∂σ`` by the forward difference ``(x_{σ+grad_step} − x_σ) / grad_step``, the blur of
     ``scipy.ndimage.gaussian_filter`` with σ over height and width only, truncated at 4 σ, zero padding (which darkens
-    the borders as σ grows). The blurs are batched matrix products (:func:`gaussian_blur`); the difference is formed
-    from the two blurs' matrices' difference, in float64, so it keeps its digits in float32. The path points of all
-    images are packed into the same batches; the completeness error is against ``f(x) − f(x_{max_sigma})``.
+    the borders as σ grows). The blurs are batched matrix products; the difference is formed from the two blurs'
+    matrices' difference, in float64, so it keeps its digits in float32. The path points of all images are packed
+    into the same batches, their blurs made in one compiled call per batch
+    (:func:`~cnn_exposed.backend.blur_path_points`); the completeness error is against ``f(x) − f(x_{max_sigma})``.
 
     Parameters
     ----------
@@ -412,26 +413,13 @@ class BlurIG(PathMethod):
         levels = np.arange(self.steps + 1) * self.max_sigma / self.steps
         return np.sqrt(levels) if self.sqrt else levels
 
-    def _operators(self, sigmas: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(G_σ, G_{σ+h}, (G_{σ+h} − G_σ) / h) for each σ, ``(len(sigmas), n, n)`` float32, the difference taken
-        in float64."""
-        g = [gaussian_matrix(s, n) for s in sigmas]
-        g2 = [gaussian_matrix(s + self.grad_step, n) for s in sigmas]
-        d = [(b - a) / self.grad_step for a, b in zip(g, g2)]
-        return tuple(np.stack(m).astype(np.float32) for m in (g, g2, d))  # type: ignore[return-value]
-
     def attribute(self, x, targets):
         sigmas = self.sigmas()
         step_sizes = np.diff(sigmas).astype(np.float32)
-        h, w = x.shape[1:3]
 
         def points(img, step):
-            gh, gh2, dh = self._operators(sigmas[step], h)
-            gw, gw2, dw = (gh, gh2, dh) if h == w else self._operators(sigmas[step], w)
-            blurred = separable_filter(x[img], gh, gw)
-            # (G'XG'ᵀ − GXGᵀ)/h = D X G'ᵀ + G X Dᵀ, D = (G' − G)/h: no cancellation of two near-equal blurs
-            derivative = separable_filter(x[img], dh, gw2) + separable_filter(x[img], gh, dw)
-            return blurred, -step_sizes[step].reshape(-1, 1, 1, 1) * derivative
+            blurred, derivative = blur_path_points(x[img], sigmas[step], self.grad_step)
+            return blurred.numpy(), -step_sizes[step].reshape(-1, 1, 1, 1) * derivative.numpy()
 
         return self.path_sums(x, self.steps, points, targets)
 
