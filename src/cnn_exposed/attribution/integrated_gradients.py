@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -433,41 +434,71 @@ def _lower_quantile_index(n: int, q: float) -> int:
     return int(np.floor(n * q + (1 + q * (1 - 1 - 1)) - 1))
 
 
-def guided_ig_step(a, attr, diff, grad, step, steps, l1_total, fraction, max_dist) -> None:
+class StraightPath(NamedTuple):
+    """What a Guided IG step needs of one image's straight path, flattened: ``diff = x − x′``, ``|diff|``, the
+    features with no path (``diff == 0``) and the L1 length ``Σ |diff|``."""
+
+    diff: np.ndarray
+    dist: np.ndarray
+    frozen: np.ndarray
+    l1_total: float
+
+    @classmethod
+    def of(cls, diff: np.ndarray) -> StraightPath:
+        dist = np.abs(diff)
+        return cls(diff, dist, np.flatnonzero(diff == 0), float(dist.sum()))
+
+
+def guided_ig_step(a, attr, path: StraightPath, grad, step, steps, fraction, max_dist) -> None:
     """One step of Guided IG for one image (PAIR's algorithm, float64, in place). The image's state is ``a``: each
-    feature's position α on the straight path, ``x = x′ + α · diff`` with ``diff = x − x′`` (the paper's and PAIR's
-    ``x``, kept as α so that the band tests and the L1 distances are single array operations).
+    feature's position α on the straight ``path``, ``x = x′ + α · diff`` (the paper's and PAIR's ``x``, kept as α so
+    that the band tests and the L1 distances are single array operations).
 
     Features left behind the band ``α ± max_dist`` catch up first; then, while the L1 distance to the input is
     above ``l1_total · (1 − (step + 1) / steps)``, the ``fraction`` of features with the smallest |gradient| that
-    are not at the band's far edge move toward it, the last group only as far as the target distance needs.
-    Adds the step's attribution ``Δx ⊙ grad`` (the gradient at the step's start) to ``attr``."""
+    are not at the band's far edge move to it, the last group only as far as the target distance needs. Adds the
+    step's attribution ``Δx ⊙ grad`` (the gradient at the step's start) to ``attr``.
+
+    PAIR recomputes the selection from the moved state at every pass; the same selection costs less here. A group
+    moved to the edge is exactly the smallest |gradient|s still free, so the next group's threshold is a later
+    order statistic of the same |gradient|s (``np.partition`` at ``k`` plus the count moved so far), the distance
+    left drops by the group's gain, and the moves are applied once, arithmetically (exact: a moved feature lands
+    on the edge itself)."""
     alpha = (step + 1.0) / steps
     lo, hi = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
-    l1_target = l1_total * (1 - alpha)
+    l1_target = path.l1_total * (1 - alpha)
     start = a.copy()
-    dist = np.abs(diff)
-    g_abs = np.abs(grad).astype(np.float32)  # exact: the gradients are float32; halves the selection's traffic
-    g_abs[diff == 0] = np.inf  # a feature with no path never moves
-    k = _lower_quantile_index(g_abs.size, fraction)
     np.maximum(a, lo, out=a)
-    while True:
-        l1_current = (dist * (1.0 - a)).sum()  # not np.dot: BLAS threads would spin against TensorFlow's
-        if math.isclose(l1_target, l1_current, rel_tol=1e-9, abs_tol=1e-9):
-            break
-        g = np.where(a == hi, np.float32(np.inf), g_abs)  # features at the band's edge cannot move further
-        threshold = np.partition(g, k)[k]
-        chosen = g <= threshold if threshold < np.inf else g < np.inf
-        gap = np.where(chosen, hi - a, 0.0)
-        l1_chosen = (dist * gap).sum()
+    g = np.abs(grad).astype(np.float32)  # exact: the gradients are float32; halves the selection's traffic
+    g[path.frozen] = np.inf  # a feature with no path never moves
+    if hi >= 1.0 or hi <= lo:  # only then can a feature start the step at the band's far edge
+        g[a == hi] = np.inf
+    k = _lower_quantile_index(g.size, fraction)
+    gain = path.dist * (hi - a)  # each feature's L1 gain if moved to the edge
+    l1_current = (path.dist * (1.0 - a)).sum()
+    below, moved, gamma, chosen = -np.inf, 0, 1.0, None  # the groups with |gradient| <= below are at the edge
+    while not math.isclose(l1_target, l1_current, rel_tol=1e-9, abs_tol=1e-9):
+        threshold = np.partition(g, k + moved)[k + moved] if k + moved < g.size else np.inf
+        chosen = (g > below) & ((g <= threshold) if threshold < np.inf else (g < np.inf))
+        l1_chosen = (gain * chosen).sum()
         if l1_chosen <= 0:  # nothing left that may move (only rounding keeps the target out of reach)
+            chosen = None
             break
         gamma = (l1_current - l1_target) / l1_chosen
         if gamma <= 1.0:
-            a += gap * gamma
             break
-        np.copyto(a, hi, where=chosen)  # exactly at the edge, so that the test above holds
-    attr += (a - start) * diff * grad
+        below, moved, l1_current, chosen = (
+            threshold,
+            moved + int(np.count_nonzero(chosen)),
+            l1_current - l1_chosen,
+            None,
+        )
+    if moved:
+        at_edge = g <= below
+        a[:] = a * ~at_edge + hi * at_edge  # exactly hi where moved (a · 0 + hi), a elsewhere (a + 0)
+    if chosen is not None:
+        a += (hi - a) * chosen * gamma
+    attr += (a - start) * path.diff * grad
 
 
 class GuidedIG(PathMethod):
@@ -531,17 +562,16 @@ class GuidedIG(PathMethod):
         each image's step (:func:`guided_ig_step`)."""
         n = len(x_in)
         diff = (x_in - x_base).reshape(n, -1)
+        paths = [StraightPath.of(d) for d in diff]
         alphas = np.zeros_like(diff)
         attr = np.zeros_like(diff)
-        l1_total = np.abs(diff).sum(axis=1)
-        moving = np.flatnonzero(l1_total > 0)  # an image equal to its baseline has nothing to attribute
+        moving = [i for i in range(n) if paths[i].l1_total > 0]  # an image equal to its baseline: nothing to do
         steps = range(self.steps)
-        for step in tqdm(steps, desc=self.name, disable=not self.progress, leave=False) if len(moving) else ():
+        for step in tqdm(steps, desc=self.name, disable=not self.progress, leave=False) if moving else ():
             points = (x_base + (alphas * diff).reshape(x_in.shape)).astype(np.float32)
             grads = self.engine.input_gradients(points, targets).gradients.reshape(n, -1).astype(np.float64)
             for i in moving:
-                guided_ig_step(alphas[i], attr[i], diff[i], grads[i], step, self.steps, l1_total[i], self.fraction,
-                               self.max_dist)  # fmt: skip
+                guided_ig_step(alphas[i], attr[i], paths[i], grads[i], step, self.steps, self.fraction, self.max_dist)
         return attr.reshape(x_in.shape)
 
     def start_scores(self, x, targets):
