@@ -21,8 +21,9 @@ the demo and of a sharp model with fewer passes than the fewest fixed steps that
 family within 1.1x of the passes each needs: one forward+backward pass (HiResCAM, XGrad-CAM, EigenGrad-CAM),
 one forward pass (Eigen-CAM, FEM; plus the SVD) and one forward pass per ablated channel (Ablation-CAM; ours
 only runs the layers after the ablated one), and Blur IG, Guided IG, GradientSHAP and XRAI within 1.1x of
-their gradient passes (XRAI's floor leaves out its Felzenszwalb segmentation, CPU work of its own, reported
-separately). ``--only cams`` runs the CAM family, ``--only paths`` the four path methods.
+their gradient passes (XRAI's time includes its Felzenszwalb segmentations, which run in threads beside the
+passes; their time alone is printed too). ``--only cams`` runs the CAM family, ``--only paths`` the four path
+methods.
 """
 
 from __future__ import annotations
