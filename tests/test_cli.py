@@ -263,3 +263,24 @@ def test_a_saved_model_directory_explains_as_its_keras_file(workspace, capsys, t
     assert code == 2 and "without saved_model.pb" in err
     code, _, err = run(capsys, "explain", tmp_path / "exported", workspace / "data", "--input-size", "big")
     assert code == 2 and "HEIGHTxWIDTH" in err
+
+
+def test_a_folder_whose_images_are_too_deep_names_the_folder_to_pass(workspace, capsys, tmp_path):
+    """data/clean/red/*.png: the class folders are one level further down than the CLI and the API look. The error
+    says where the images are and which folder to pass; passing it explains them with their classes."""
+    nested = tmp_path / "photos"
+    for split in ("clean", "trap"):
+        for cls in ("red", "blue"):
+            (nested / split / cls).mkdir(parents=True)
+            for f in (workspace / "data" / cls).glob("img *.png"):
+                (nested / split / cls / f.name).write_bytes(f.read_bytes())
+    code, _, err = run(capsys, "explain", workspace / "model.keras", nested, "--method", "gradcam")
+    assert code == 2 and "No image files found in" in err
+    assert str(nested / "clean" / "blue") in err and f"(e.g. {nested / 'clean'})" in err
+    model = keras.saving.load_model(workspace / "model.keras")
+    with pytest.raises(ce.InputError, match="not further down.*clean"):
+        ce.explain(model, str(nested), "gradcam", batch_size=4)
+    code, stdout, err = run(capsys, "explain", workspace / "model.keras", nested / "clean", "--method", "gradcam",
+                            "--class-names", workspace / "classes.txt", "--out", tmp_path / "out")  # fmt: skip
+    assert code == 0, err
+    assert "explained 10 image(s)" in stdout

@@ -34,7 +34,7 @@ from . import sources
 from .attribution import method_class
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
-from .images import collect_images, read_image, resize_image
+from .images import collect_images, no_images_message, read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .model_io import input_names
@@ -520,6 +520,8 @@ def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np
         images, known = sources.spool(images, folder, batch_size=batch_size, names=input_names(model))
     elif what == "files" and isinstance(images, (str, Path)):  # a folder: its files, labelled by class folders
         found, _ = collect_images([images])
+        if not found:
+            raise InputError(no_images_message([images]))
         images = [f.path for f in found]
         known = np.asarray([f.label for f in found]) if found and all(f.label is not None for f in found) else None
     source = _Images(images, size)

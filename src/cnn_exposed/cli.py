@@ -195,11 +195,11 @@ def _parse_target(text: str, class_names: list) -> int | str:
 def _labelled_files(loaded, sources: list, echo=print) -> list:
     """The image files under ``sources``, each with its true class in the model's numbering when the
     folders give one (class sub-folders, matched by name, else in Keras' sorted-folder order)."""
-    from .images import collect_images
+    from .images import collect_images, no_images_message
 
     files, folder_classes = collect_images(sources)
     if not files:
-        raise UsageError(f"no image files found in: {', '.join(map(str, sources))}")
+        raise UsageError(no_images_message(sources))
     names = list(loaded.class_names)
     if folder_classes is not None:
         if all(c in names for c in folder_classes):

@@ -129,6 +129,36 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
+def deeper_image_folders(paths, limit: int = 3) -> list[Path]:
+    """Up to ``limit`` folders below ``paths`` that hold image files but are deeper than :func:`collect_images`
+    looks (a folder's own files and its sub-folders' files): what to suggest when it finds none."""
+    found: list[Path] = []
+    for p in (Path(p) for p in paths):
+        if not p.is_dir():
+            continue
+        for sub in sorted(c for c in p.iterdir() if c.is_dir()):
+            for folder in sorted({f.parent for f in sub.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS}):
+                if folder.parent != p and folder != sub:
+                    found.append(folder)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def no_images_message(paths) -> str:
+    """What to tell a user whose ``paths`` hold no image :func:`collect_images` reads: where images are, if they are
+    further down, and which folder to pass instead."""
+    message = f"No image files found in {', '.join(map(str, paths))}."
+    deeper = deeper_image_folders(paths)
+    if deeper:
+        message += (
+            f" Images are read from a folder and its sub-folders (the classes), not further down; these hold images: "
+            f"{', '.join(map(str, deeper))}. Pass such a folder, or its parent when its sub-folders are the classes "
+            f"(e.g. {deeper[0].parent})."
+        )
+    return message
+
+
 def collect_images(paths) -> tuple[list[ImageFile], list[str] | None]:
     """Expand files and folders into image files.
 

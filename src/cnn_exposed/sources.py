@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageReadError, InputError, TargetError
-from .images import collect_images, read_image, resize_image
+from .images import collect_images, no_images_message, read_image, resize_image
 
 NO_LABELS = (
     "target='true' explains each image's true class, but these images come without labels. Give a tf.data.Dataset "
@@ -195,7 +195,7 @@ def _file_batches(images, batch_size: int, size) -> Iterator[Batch]:
     if isinstance(images, (str, os.PathLike)):
         found, _ = collect_images([images])
         if not found:
-            raise InputError(f"No image files in {images}.")
+            raise InputError(no_images_message([images]))
         paths = [f.path for f in found]
         known: np.ndarray | None = None
         if all(f.label is not None for f in found):
