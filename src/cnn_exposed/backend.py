@@ -115,63 +115,60 @@ def compiled(fn: Callable, input_signature=None) -> Any:  # a tf.function: calla
     return tf.function(own_key(fn), input_signature=input_signature, autograph=False)
 
 
-def separable_filter(x, along_h, along_w):
-    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` for each image ``x[k]`` (N, H, W, C) and channel, with matrices (N, H, H)
-    and (N, W, W): a separable linear filter per image (Blur IG's Gaussian blurs), as a NumPy array. In TensorFlow,
-    on its thread pool: NumPy's BLAS threads would compete with it for the cores."""
-    n, h, w, c = x.shape
-    y = tf.reshape(tf.matmul(along_h, tf.reshape(x, (n, h, w * c))), (n, h, w, c))
-    y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (n, w, h * c))
-    return tf.transpose(tf.reshape(tf.matmul(along_w, y), (n, w, h, c)), (0, 2, 1, 3)).numpy()
-
-
 def _gaussian_operators(sigma, n):
     """``(B, n, n)`` float64: for each σ of ``sigma`` (B,), ``scipy.ndimage.gaussian_filter1d`` along an axis of
-    length ``n`` (truncated at 4 σ, zero padding) as a matrix, as :func:`~cnn_exposed.attribution.
-    integrated_gradients.gaussian_matrix` builds it in NumPy; σ = 0 is the identity."""
+    length ``n`` as a matrix (truncated at 4 σ, zero padding: mode ``'constant'``), so that blurring an image ``X``
+    is ``G_H @ X @ G_Wᵀ``; σ = 0 is the identity. The kernel is normalised over all its taps, also where part of
+    them falls outside the axis (so the borders darken, as scipy's do)."""
     offset = tf.cast(tf.range(n)[None, :] - tf.range(n)[:, None], tf.float64)[None]  # (1, n, n): j − i
     s = sigma[:, None, None]
     positive = s > 0
     s = tf.where(positive, s, tf.ones_like(s))
     radius = tf.floor(4.0 * s + 0.5)
     coefficient = -0.5 / (s * s)
-    # the kernel's normaliser: its taps t = −radius … radius, whatever part of them falls inside the axis
-    t = tf.cast(tf.range(-tf.cast(tf.reduce_max(radius), tf.int32), tf.cast(tf.reduce_max(radius), tf.int32) + 1),
-                tf.float64)[None, None]  # fmt: skip
+    widest = tf.cast(tf.reduce_max(radius), tf.int32)
+    t = tf.cast(tf.range(-widest, widest + 1), tf.float64)[None, None]  # every tap of the widest kernel
     taps = tf.where(tf.abs(t) <= radius, tf.exp(coefficient * t**2), tf.zeros_like(t))
     kernel = tf.where(tf.abs(offset) <= radius, tf.exp(coefficient * offset**2), tf.zeros_like(offset))
     return tf.where(positive, kernel / tf.reduce_sum(taps, axis=-1, keepdims=True), tf.eye(n, dtype=tf.float64))
 
 
 def _filter(x, along_h, along_w):
-    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` per image and channel, in TensorFlow (see :func:`separable_filter`)."""
+    """``along_h[k] @ x[k] @ along_w[k]ᵀ`` for each image ``x[k]`` (N, H, W, C) and channel, with matrices
+    (N, H, H) and (N, W, W): a separable linear filter per image. In TensorFlow, on its thread pool: NumPy's BLAS
+    threads would compete with it for the cores."""
     n, h, w, c = tf.unstack(tf.shape(x))
     y = tf.reshape(tf.matmul(along_h, tf.reshape(x, (n, h, w * c))), (n, h, w, c))
     y = tf.reshape(tf.transpose(y, (0, 2, 1, 3)), (n, w, h * c))
     return tf.transpose(tf.reshape(tf.matmul(along_w, y), (n, w, h, c)), (0, 2, 1, 3))
 
 
-@functools.partial(
-    tf.function,
-    input_signature=[
-        tf.TensorSpec((None, None, None, None), tf.float32),
-        tf.TensorSpec((None,), tf.float64),
-        tf.TensorSpec((), tf.float64),
-    ],
-    autograph=False,
-)
-def blur_path_points(x, sigma, grad_step):
-    """Blur IG's path points and their derivatives, compiled, for images ``x`` (B, H, W, C) float32 at blur levels
-    ``sigma`` (B,): ``(G_σ X G_σᵀ, ∂/∂σ of it)``, the derivative the forward difference
-    ``(X_{σ+grad_step} − X_σ) / grad_step``, formed as ``D X G'ᵀ + G X Dᵀ`` with ``D = (G' − G) / grad_step`` taken
-    in float64 (no cancellation of two near-equal blurs); the matrix products in float32."""
+def _blur(x, sigma):
     h, w = tf.shape(x)[1], tf.shape(x)[2]
+    return _filter(x, *(tf.cast(_gaussian_operators(sigma, n), tf.float32) for n in (h, w)))
+
+
+def _blur_path_points(x, sigma, grad_step):
     ops = []
-    for n in (h, w):
+    for n in (tf.shape(x)[1], tf.shape(x)[2]):
         g, g2 = _gaussian_operators(sigma, n), _gaussian_operators(sigma + grad_step, n)
         ops.append([tf.cast(m, tf.float32) for m in (g, g2, (g2 - g) / grad_step)])
     (gh, _, dh), (gw, gw2, dw) = ops
     return _filter(x, gh, gw), _filter(x, dh, gw2) + _filter(x, gh, dw)
+
+
+_IMAGES = tf.TensorSpec((None, None, None, None), tf.float32)
+_SIGMAS = tf.TensorSpec((None,), tf.float64)
+
+blur_images = compiled(_blur, [_IMAGES, _SIGMAS])
+"""Images ``x`` (B, H, W, C) float32, each blurred by its own σ of ``sigma`` (B,) float64 over height and width, as
+``scipy.ndimage.gaussian_filter(image, [σ, σ, 0], mode="constant")`` blurs it; compiled, a tensor."""
+
+blur_path_points = compiled(_blur_path_points, [_IMAGES, _SIGMAS, tf.TensorSpec((), tf.float64)])
+"""Blur IG's path points and their σ-derivatives, compiled, for images ``x`` (B, H, W, C) float32 at blur levels
+``sigma`` (B,): ``(G_σ X G_σᵀ, ∂/∂σ of it)``, the derivative the forward difference
+``(X_{σ+grad_step} − X_σ) / grad_step``, formed as ``D X G'ᵀ + G X Dᵀ`` with ``D = (G' − G) / grad_step`` taken in
+float64 (no cancellation of two near-equal blurs); the matrix products in float32."""
 
 
 def stateless_noise(shape: tuple, seeds):

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backend import blur_path_points, separable_filter, stateless_noise
+from ..backend import blur_images, blur_path_points, stateless_noise
 from ..engine import batch_slices
 from ..errors import InputError
 from ..inputs import BLUR_SIGMA, fill_images
@@ -344,28 +344,12 @@ class IntegratedGradients(PathMethod):
         return self.path_result(attributions, targets, scores, probs, start)
 
 
-def gaussian_matrix(sigma: float, n: int) -> np.ndarray:
-    """``(n, n)`` float64: ``scipy.ndimage.gaussian_filter1d`` along an axis of length ``n`` (truncated at 4 σ,
-    zero padding: mode ``'constant'``) as a matrix, so that blurring an image ``X`` is ``G_H @ X @ G_Wᵀ``. σ = 0 is
-    the identity."""
-    if sigma <= 0:
-        return np.eye(n)
-    radius = int(4.0 * sigma + 0.5)
-    t = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 / (sigma * sigma) * t**2)
-    kernel /= kernel.sum()
-    offset = np.arange(n)[None, :] - np.arange(n)[:, None]
-    return np.where(np.abs(offset) <= radius, kernel[np.clip(offset + radius, 0, 2 * radius)], 0.0)
-
-
 def gaussian_blur(x: np.ndarray, sigmas) -> np.ndarray:
     """Each image of ``x`` (N, H, W, C) blurred by its own σ over height and width, as
-    ``scipy.ndimage.gaussian_filter(image, [σ, σ, 0], mode="constant")`` blurs it (float32)."""
-    h, w = x.shape[1:3]
+    ``scipy.ndimage.gaussian_filter(image, [σ, σ, 0], mode="constant")`` blurs it (float32; compiled:
+    :data:`~cnn_exposed.backend.blur_images`)."""
     sig = np.broadcast_to(np.asarray(sigmas, np.float64), (len(x),))
-    gh = np.stack([gaussian_matrix(s, h) for s in sig]).astype(np.float32)
-    gw = gh if h == w else np.stack([gaussian_matrix(s, w) for s in sig]).astype(np.float32)
-    return separable_filter(np.asarray(x, np.float32), gh, gw)
+    return blur_images(np.asarray(x, np.float32), sig).numpy()
 
 
 class BlurIG(PathMethod):
