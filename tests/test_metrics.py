@@ -66,6 +66,40 @@ def test_pointing_game_and_mass_in_mask():
     np.testing.assert_allclose(metrics.mass_in_mask(maps, masks), [1, 0, 0])
 
 
+def test_relevance_rank_and_mass_accuracy_on_hand_made_maps():
+    masks = np.zeros((4, 6, 6), bool)
+    masks[:, 1:3, 1:3] = True  # K = 4 pixels
+    maps = np.zeros((4, 6, 6))
+    maps[0, 1:3, 1:3] = [[4, 3], [2, 1]]  # the top 4 are the mask
+    maps[1, 1, 1:3], maps[1, 5, 4:6] = [5, 5], [6, 7]  # top 4: two outside, then the two inside
+    maps[2, 1, 1], maps[2, 4, 4] = 3.0, -1.0  # signed: 3 inside, -1 outside
+    masks[3] = False  # an empty mask
+    np.testing.assert_allclose(metrics.relevance_rank_accuracy(maps, masks), [1.0, 0.5, 0.25, np.nan])
+    np.testing.assert_allclose(metrics.relevance_mass_accuracy(maps, masks), [1.0, 10 / 23, 1.5, np.nan])
+    np.testing.assert_allclose(metrics.mass_in_mask(maps, masks)[:3], [1.0, 10 / 23, 1.0])
+    assert np.isnan(metrics.relevance_mass_accuracy(np.zeros((1, 6, 6)), masks[:1]))[0]
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.relevance_rank_accuracy(maps, masks[:, :5])
+
+
+def test_sparseness_is_the_gini_index_and_complexity_the_entropy():
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 5, 4, 3)) * rng.random((3, 1, 1, 1))  # signed, channels, another scale per image
+    flat = np.abs(a.reshape(3, -1))
+    pairwise = np.abs(flat[:, :, None] - flat[:, None, :]).sum((1, 2))  # Gini's mean-difference definition
+    n = flat.shape[1]
+    np.testing.assert_allclose(metrics.sparseness(a), pairwise / (2 * n * flat.sum(1)), rtol=1e-10)
+    np.testing.assert_allclose(metrics.complexity(a), [entropy(f) for f in flat], rtol=1e-10)
+    np.testing.assert_allclose(metrics.sparseness(np.array([[0.0, 0.0, 1.0, -3.0]])), [0.625])
+    one_hot, flat_map = np.zeros((1, 8, 8)), np.full((1, 8, 8), 0.3)
+    one_hot[0, 3, 5] = -2.0
+    np.testing.assert_allclose(metrics.sparseness(np.concatenate([one_hot, flat_map])), [63 / 64, 0.0], atol=1e-12)
+    np.testing.assert_allclose(metrics.complexity(np.concatenate([one_hot, flat_map])), [0.0, np.log(64)])
+    assert np.isnan(metrics.sparseness(np.zeros((1, 4, 4)))[0]) and np.isnan(metrics.complexity(np.zeros((1, 4))))[0]
+
+
 def test_spearman_and_ssim():
     a = np.random.default_rng(0).random((2, 12, 12))
     np.testing.assert_allclose(metrics.spearman(a, a), 1.0)

@@ -1,6 +1,8 @@
 """Can I trust this heatmap? Faithfulness metrics and sanity checks.
 
-- :func:`pointing_game` and :func:`mass_in_mask`: against ground-truth masks.
+- :func:`pointing_game`, :func:`mass_in_mask`, :func:`relevance_rank_accuracy` and
+  :func:`relevance_mass_accuracy`: against ground-truth masks.
+- :func:`sparseness` (Gini) and :func:`complexity` (entropy): how concentrated an attribution is.
 - :func:`deletion_curve` / :func:`insertion_curve` (Petsiuk et al. 2018): remove or add pixels in order of
   attribution, patch by patch, and follow the class probability; the area under the curve summarises it
   (deletion: low is good; insertion: high is good).
@@ -44,8 +46,7 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) 
     (N,) bool
     """
     maps, masks = np.asarray(maps), np.asarray(masks, dtype=bool)
-    if maps.shape != masks.shape:
-        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must have the same shape.")
+    _shapes_agree(maps, masks)
     radius = int(round(tolerance * max(maps.shape[1:3]))) if maps.ndim == 3 else 0
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     hits = np.zeros(len(maps), dtype=bool)
@@ -56,13 +57,80 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) 
     return hits
 
 
-def mass_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Share of each (non-negative) map's total mass that lies inside its mask, ``(N,)`` in [0, 1]."""
-    maps = np.maximum(np.asarray(maps, dtype=np.float64), 0.0)
-    masks = np.asarray(masks, dtype=bool)
+def _shapes_agree(maps: np.ndarray, masks: np.ndarray) -> None:
+    if maps.shape != masks.shape:
+        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must have the same shape.")
+
+
+def _mass_share(maps: np.ndarray, masks: np.ndarray, no_mass: float) -> np.ndarray:
+    """``Σ_mask a / Σ a`` per map, ``no_mass`` where ``Σ a`` is 0."""
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    _shapes_agree(maps, masks)
     total = maps.reshape(len(maps), -1).sum(1)
     inside = (maps * masks).reshape(len(maps), -1).sum(1)
-    return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+    return np.where(total != 0, inside / np.where(total != 0, total, 1.0), no_mass)
+
+
+def mass_in_mask(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each (non-negative) map's total mass that lies inside its mask, ``(N,)`` in [0, 1] (0 for a map
+    with no mass). Negative values are clipped first; :func:`relevance_mass_accuracy` keeps them."""
+    return _mass_share(np.maximum(np.asarray(maps, dtype=np.float64), 0.0), masks, 0.0)
+
+
+def relevance_mass_accuracy(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Relevance mass accuracy (Arras et al. 2022, CLEVR-XAI): ``Σ_mask a / Σ a`` per map, ``(N,)``, signed as
+    given (Quantus' convention: negative relevance can take it outside [0, 1]); NaN for a map summing to 0 or an
+    empty mask. On non-negative maps it is :func:`mass_in_mask`."""
+    masks = np.asarray(masks, dtype=bool)
+    out = _mass_share(maps, masks, np.nan)
+    return np.where(masks.reshape(len(masks), -1).any(1), out, np.nan)
+
+
+def relevance_rank_accuracy(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Relevance rank accuracy (Arras et al. 2022, CLEVR-XAI): with ``K`` the size of each mask, the share of the
+    map's ``K`` highest values that lie inside it, ``(N,)`` in [0, 1]; 1 when the mask holds exactly the map's top
+    ``K`` pixels. Ties are taken in raster order; an empty mask gives NaN."""
+    maps, masks = np.asarray(maps, dtype=np.float64), np.asarray(masks, dtype=bool)
+    _shapes_agree(maps, masks)
+    out = np.full(len(maps), np.nan)
+    for i, (heat, mask) in enumerate(zip(maps.reshape(len(maps), -1), masks.reshape(len(masks), -1))):
+        k = int(mask.sum())
+        if k:
+            out[i] = mask[np.argsort(-heat, kind="stable")[:k]].mean()
+    return out
+
+
+def _magnitudes(attributions) -> tuple[np.ndarray, np.ndarray]:
+    """``|a|`` per image, flattened ``(N, D)`` float64, and each image's total."""
+    a = np.abs(np.asarray(attributions, dtype=np.float64))
+    a = a.reshape(len(a), -1)
+    return a, a.sum(1)
+
+
+def sparseness(attributions) -> np.ndarray:
+    """Sparseness (Chalasani et al. 2020): the Gini index of each attribution's magnitudes, ``(N,)``. With
+    ``|a|`` sorted ascending, ``Σ_i (2i − n − 1) |a|_(i) / (n Σ |a|)``, i = 1 … n: 0 when every value is the same,
+    ``(n − 1) / n`` when one value holds all of it; higher is more concentrated. Any shape ``(N, …)``: every value
+    of an image counts (pixels, and channels where there are), as Quantus counts them; scale does not matter. NaN
+    for an image with no attribution (Quantus adds 1e-7 to every value and reports 0 there)."""
+    a, total = _magnitudes(attributions)
+    a = np.sort(a, axis=1)
+    n = a.shape[1]
+    weights = 2.0 * np.arange(1, n + 1) - n - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (a * weights).sum(1) / (n * total), np.nan)
+
+
+def complexity(attributions) -> np.ndarray:
+    """Complexity (Bhatt et al. 2020): the entropy (natural log) of each attribution's share of magnitude,
+    ``p = |a| / Σ |a|``, ``−Σ p ln p``, ``(N,)``: 0 when one value holds all of it, ``ln n`` when all are equal;
+    lower is simpler. Any shape ``(N, …)``, every value counted; scale does not matter. NaN for an image with no
+    attribution."""
+    a, total = _magnitudes(attributions)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = a / total[:, None]
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return np.where(total > 0, -terms.sum(1), np.nan)
 
 
 @dataclass
