@@ -57,7 +57,7 @@ def demo_audit():
     images = np.concatenate([clean, trap])
     labels = np.concatenate([clean_labels, trap_labels])
     rails = np.concatenate([clean_masks["rail"], trap_masks["rail"]])
-    result = audit(loaded.model, images, labels, preprocess=loaded.preprocess, class_names=loaded.class_names)
+    result = audit(loaded, images, labels)  # what load_model returns: its preprocessing and class names apply
     return loaded, result, rails
 
 

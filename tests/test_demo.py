@@ -301,3 +301,19 @@ def test_bundled_trap_images_are_pools_with_rail_masks(shipped):
 def test_load_images_rejects_the_train_split():
     with pytest.raises(ValueError):
         demo.load_images("train")
+
+
+def test_what_load_model_returns_explains_and_scores_as_its_model_with_its_preprocessing():
+    """ce.explain, the metrics and the checks take load_model's result itself: raw pixels in, its preprocessing
+    applied (unless another is given), the same numbers as the Keras model with that preprocessing."""
+    loaded = ce.load_model("demo")
+    raw, _, _ = ce.demo.generate(4, "trap", seed=3)
+    ours = ce.explain(loaded, raw, "gradcam")
+    want = ce.explain(loaded.model, raw, "gradcam", preprocess=loaded.preprocess)
+    np.testing.assert_array_equal(ours.maps, want.maps)
+    np.testing.assert_array_equal(ours.targets, want.targets)
+    other = ce.explain(loaded, raw, "gradcam", preprocess=lambda v: loaded.preprocess(v) * 0.5)
+    assert not np.allclose(other.probabilities, ours.probabilities)  # a preprocess given wins
+    curve = metrics.deletion_curve(loaded, raw, ours.maps, steps=4)
+    want_curve = metrics.deletion_curve(loaded.model, raw, ours.maps, steps=4, preprocess=loaded.preprocess)
+    np.testing.assert_allclose(curve.scores, want_curve.scores)

@@ -38,6 +38,7 @@ from .images import collect_images, no_images_message, read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .model_io import input_names
+from .models import LoadedModel, unwrap_loaded
 from .plotting import to_uint8
 from .rules import GRADIENT_RULES
 from .tcav import MAX_SET, TCAVResult, tcav
@@ -476,6 +477,7 @@ def audit(
     Parameters
     ----------
     model : keras.Model
+        Or what :func:`~cnn_exposed.load_model` returns: its preprocessing and class names then apply unless given.
     images : (N, H, W, C) array, array-like, image files, or a dataset, PyDataset or iterable of batches
         In the model's own value range, or raw pixels when ``preprocess`` is given. Arrays may be memory
         maps; files (a list, or a folder of class sub-folders) are read a batch at a time (unreadable ones
@@ -500,6 +502,9 @@ def audit(
         then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    if class_names is None and isinstance(model, LoadedModel):
+        class_names = model.class_names
+    model, preprocess = unwrap_loaded(model, preprocess)
     with sources.temporary_folder() as spool_folder:
         source, labels = _source(model, images, labels, batch_size, spool_folder)
         try:

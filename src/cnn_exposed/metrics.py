@@ -25,6 +25,7 @@ from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .inputs import fill_images, prepare_images
 from .model_io import held_inputs, model_inputs, rows, split_inputs
+from .models import unwrap_loaded
 from .targets import one_per_image
 
 
@@ -172,6 +173,7 @@ def _curves(
     model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
     patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None, input=None, output=None,
 ) -> Curves:  # fmt: skip
+    model, preprocess = unwrap_loaded(model, preprocess)
     engine = engine_for(model, None, score, input=input, output=output)
     maps = np.asarray(maps, dtype=np.float32)
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
@@ -388,6 +390,7 @@ def randomisation_check(
 
     from .attribution import explain
 
+    model, preprocess = unwrap_loaded(model, preprocess)
     ports = {k: method_options[k] for k in ("input", "output") if k in method_options}
     x, labels = sources.collect(images)  # every image is explained again after each step: held at once
     if isinstance(target, str) and target == "true":

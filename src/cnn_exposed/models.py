@@ -90,6 +90,15 @@ class LoadedModel:
         )
 
 
+def unwrap_loaded(model, preprocess: Callable | None = None) -> tuple:
+    """``(keras model, preprocess)``: a :class:`LoadedModel` (what :func:`load_model` returns) stands for its Keras
+    model and, unless ``preprocess`` is given, its own preprocessing (so raw pixels go in, as with the CLI);
+    anything else is returned as it is."""
+    if isinstance(model, LoadedModel):
+        return model.model, model.preprocess if preprocess is None else preprocess
+    return model, preprocess
+
+
 def read_class_names(source: str | Path | Sequence[str] | None, count: int) -> list[str]:
     """Class names from a list, a text file (one per line), or a data folder's sub-folder names."""
     if source is None:

@@ -90,7 +90,8 @@ def explain(
     Parameters
     ----------
     model : keras.Model
-        Sequential, functional or nested (e.g. a ``keras.applications`` base inside a ``Sequential``).
+        Sequential, functional or nested (e.g. a ``keras.applications`` base inside a ``Sequential``); or what
+        :func:`~cnn_exposed.load_model` returns, whose preprocessing then applies unless ``preprocess`` is given.
     images : array-like, (N, H, W, C) or (H, W, C); a dict keyed by input name; or a dataset, PyDataset, iterable of
         batches or image files
         In the model's input range, or raw pixels when ``preprocess`` is given. A ``tf.data.Dataset`` (batched

@@ -15,6 +15,7 @@ from ..explanation import Explanation, channel_max_abs, concatenate, normalize_m
 from ..inputs import prepare_images
 from ..layers import find_last_spatial_layer
 from ..model_io import held_inputs, input_names, output_names, split_inputs
+from ..models import unwrap_loaded
 from ..rules import GRADIENT_RULES
 from ..savedmodel import LAYER_FREE_METHODS, require_layer_access
 from ..targets import resolve_predicted, resolve_targets
@@ -76,6 +77,7 @@ class AttributionMethod:
         input: int | str | None = None,
         output: int | str | None = None,
     ) -> None:
+        model, preprocess = unwrap_loaded(model, preprocess)
         if self.name not in LAYER_FREE_METHODS:  # a SavedModel's layers cannot be reached: say what works
             require_layer_access(model, f"Method {self.name!r}")
         self.input, self.output = input, output
