@@ -317,3 +317,14 @@ def test_what_load_model_returns_explains_and_scores_as_its_model_with_its_prepr
     curve = metrics.deletion_curve(loaded, raw, ours.maps, steps=4)
     want_curve = metrics.deletion_curve(loaded.model, raw, ours.maps, steps=4, preprocess=loaded.preprocess)
     np.testing.assert_allclose(curve.scores, want_curve.scores)
+
+
+def test_sparseness_and_complexity_take_an_explanation_cams_included():
+    loaded = ce.load_model("demo")
+    raw, _, _ = ce.demo.generate(3, "trap", seed=4)
+    cam, grad = ce.explain(loaded, raw, "gradcam"), ce.explain(loaded, raw, "gradient_x_input")
+    assert cam.attributions is None  # a CAM has its maps only
+    np.testing.assert_array_equal(metrics.sparseness(cam), metrics.sparseness(cam.raw_maps))
+    np.testing.assert_array_equal(metrics.complexity(grad), metrics.complexity(grad.attributions))
+    with pytest.raises(ValueError, match="pass the Explanation itself"):
+        metrics.sparseness(cam.attributions)

@@ -23,6 +23,7 @@ import numpy as np
 from . import sources
 from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
+from .explanation import Explanation
 from .inputs import fill_images, prepare_images
 from .model_io import held_inputs, model_inputs, rows, split_inputs
 from .models import unwrap_loaded
@@ -102,14 +103,25 @@ def relevance_rank_accuracy(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def _magnitudes(attributions) -> tuple[np.ndarray, np.ndarray]:
-    """``|a|`` per image, flattened ``(N, D)`` float64, and each image's total."""
+    """``|a|`` per image, flattened ``(N, D)`` float64, and each image's total. An :class:`Explanation` gives its
+    ``attributions`` where the method has them (the gradient and path methods, per channel), else its
+    ``raw_maps`` (the CAMs, occlusion and the other map-only methods)."""
+    if isinstance(attributions, Explanation):
+        exp = attributions
+        attributions = exp.attributions if exp.attributions is not None else exp.raw_maps
     a = np.abs(np.asarray(attributions, dtype=np.float64))
+    if a.ndim < 2:
+        raise ValueError(
+            f"attributions must be an array (N, ...) with one row per image, or an Explanation; got shape {a.shape} "
+            "(an Explanation's .attributions is None for the CAMs: pass the Explanation itself, or its .raw_maps)."
+        )
     a = a.reshape(len(a), -1)
     return a, a.sum(1)
 
 
 def sparseness(attributions) -> np.ndarray:
-    """Sparseness (Chalasani et al. 2020): the Gini index of each attribution's magnitudes, ``(N,)``. With
+    """Sparseness (Chalasani et al. 2020): the Gini index of each attribution's magnitudes, ``(N,)``
+    (``attributions``: an array ``(N, …)`` or an :class:`Explanation`). With
     ``|a|`` sorted ascending, ``Σ_i (2i − n − 1) |a|_(i) / (n Σ |a|)``, i = 1 … n: 0 when every value is the same,
     ``(n − 1) / n`` when one value holds all of it; higher is more concentrated. Any shape ``(N, …)``: every value
     of an image counts (pixels, and channels where there are), as Quantus counts them; scale does not matter. NaN
@@ -123,7 +135,8 @@ def sparseness(attributions) -> np.ndarray:
 
 
 def complexity(attributions) -> np.ndarray:
-    """Complexity (Bhatt et al. 2020): the entropy (natural log) of each attribution's share of magnitude,
+    """Complexity (Bhatt et al. 2020; ``attributions`` as :func:`sparseness` takes them): the entropy (natural
+    log) of each attribution's share of magnitude,
     ``p = |a| / Σ |a|``, ``−Σ p ln p``, ``(N,)``: 0 when one value holds all of it, ``ln n`` when all are equal;
     lower is simpler. Any shape ``(N, …)``, every value counted; scale does not matter. NaN for an image with no
     attribution."""
