@@ -7,6 +7,7 @@ which batch code reports and skips.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,11 +138,15 @@ def deeper_image_folders(paths, limit: int = 3) -> list[Path]:
         if not p.is_dir():
             continue
         for sub in sorted(c for c in p.iterdir() if c.is_dir()):
-            for folder in sorted({f.parent for f in sub.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS}):
-                if folder.parent != p and folder != sub:
-                    found.append(folder)
-                if len(found) >= limit:
-                    return found
+            # walked lazily, stopping at the limit: a catalogue's folder can hold millions of files
+            for root, dirs, names in os.walk(sub):
+                dirs.sort()  # the same suggestions on every file system
+                folder = Path(root)
+                if folder not in (p, sub) and folder.parent != p and folder not in found:
+                    if any(Path(n).suffix.lower() in IMAGE_EXTENSIONS for n in names):
+                        found.append(folder)
+                        if len(found) >= limit:
+                            return found
     return found
 
 
