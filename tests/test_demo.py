@@ -317,6 +317,10 @@ def test_what_load_model_returns_explains_and_scores_as_its_model_with_its_prepr
     curve = metrics.deletion_curve(loaded, raw, ours.maps, steps=4)
     want_curve = metrics.deletion_curve(loaded.model, raw, ours.maps, steps=4, preprocess=loaded.preprocess)
     np.testing.assert_allclose(curve.scores, want_curve.scores)
+    drawn = ce.visualise_classes(loaded, [0, 1], steps=3, progress=False)  # its class names as the labels
+    want_drawn = ce.visualise_classes(loaded.model, [0, 1], loaded.class_names, steps=3, progress=False)
+    assert drawn.labels == want_drawn.labels == loaded.class_names[:2]
+    np.testing.assert_array_equal(drawn.images, want_drawn.images)
 
 
 def test_sparseness_and_complexity_take_an_explanation_cams_included():

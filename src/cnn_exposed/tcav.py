@@ -53,6 +53,7 @@ from .images import resize_image
 from .inputs import as_batch, prepare_images
 from .layers import LayerRef, find_last_spatial_layer, is_nested_model, is_spatial, iter_layers, resolve_layer
 from .model_io import input_names
+from .models import unwrap_loaded
 from .rules import GRADIENT_RULES
 from .targets import class_count
 
@@ -271,6 +272,7 @@ def tcav(
     alpha : float
         Significance level of the two-sided test.
     """
+    model, preprocess = unwrap_loaded(model, preprocess)
     if runs < 2:
         raise InputError(f"runs must be at least 2 for a significance test, got {runs}.")
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)

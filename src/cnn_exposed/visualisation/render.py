@@ -17,6 +17,7 @@ from ..errors import CnnExposedError, ModelError, StopForward
 from ..graph import Plan, classifier_head, run_model
 from ..layers import LayerRef, iter_layers, layer_output_shape, resolve_layer
 from ..model_io import fixed_inputs, input_index, model_inputs, output_index
+from ..models import LoadedModel, unwrap_loaded
 from ..precision import low_precision, needs_scaling
 from ..targets import class_count
 from .grid import plot_grid
@@ -461,6 +462,7 @@ def visualise_filters(
         ``.images`` ``(N, size, size, 3)`` uint8 and ``.objective`` ``(N,)``, each filter's mean activation on
         its final image passed through ``preprocess``.
     """
+    model, _ = unwrap_loaded(model)
     ref = resolve_layer(model, layer)
     count = _channel_count(ref)
     if filters is None:
@@ -504,6 +506,9 @@ def visualise_classes(
     **render_options,
 ) -> Visualisation:
     """Render an image per class that maximises its pre-softmax score; titles are the class names."""
+    if class_names is None and isinstance(model, LoadedModel):
+        class_names = model.class_names
+    model, _ = unwrap_loaded(model)
     classes = [int(c) for c in classes]
     head = classifier_head(model, render_options.get("output"))
     count = class_count(head.units)
