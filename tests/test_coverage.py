@@ -11,11 +11,11 @@ One test per model, its cells run in a loop so the model is built once; a failur
 Fast settings (2 images, few steps). Nearly all of a cell's time is tracing: one graph per kind of pass
 (about a dozen per model).
 
-The family cells are marked ``family``. Six families (``CORE``) hold between them every kind of layer the
-twelve are made of; the other cells add none of their own and are also marked ``breadth``. The README's test
-command runs them all (CI's latest stack, Keras 3.15); CI's floor stage (Keras 3.10) deselects ``breadth`` and
-its Colab stage (Keras 3.13, between the two) ``family``: each end of the supported Keras range meets every
-kind of layer, the whole matrix runs once, and CI stays within its time.
+The family cells are marked ``family``; the README's test command runs them all (CI's latest stack, Keras 3.15)
+and CI's other two stages deselect them. A small model made of every kind of layer the twelve families are
+built from (``every_kind_model``), put together as ``keras.applications`` does, runs in every stage, so each end
+of the supported Keras range (the floor's 3.10, Colab's 3.13) meets every kind of layer and CI stays within its
+time.
 """
 
 from __future__ import annotations
@@ -92,6 +92,73 @@ def tutorial_model(size: int) -> keras.Model:
             keras.layers.Dense(3, activation="softmax"),
         ]
     )
+
+
+def every_kind_model(size: int, classes: int = 3) -> keras.Model:
+    """A small functional base made of every kind of layer the twelve families are built from, each put
+    together as ``keras.applications`` puts it, nested in a Sequential head like the family cells: the
+    matrix's layer kinds at a fraction of a family's tracing cost, so every CI stage meets all of them.
+
+    - MobileNetV2: zero padding then a 'valid' strided convolution, ReLU6, depthwise convolutions, an
+      inverted residual (expand, depthwise, project, add);
+    - MobileNetV3: Rescaling with an offset, hard-swish, a squeeze-and-excitation gate whose hard-sigmoid
+      is ``ReLU(6)(x + 3) * (1 / 6)`` (keras.ops in the graph) (pooling with keepdims, 1×1 convolutions);
+    - EfficientNet: Normalization, swish, a squeeze-and-excitation gate through Reshape and a sigmoid
+      convolution, Dropout with a noise shape before the residual add;
+    - ResNet50V2: padded max pooling, batch norm that no convolution precedes (pre-activation);
+    - InceptionV3: branches joined by Concatenate, 'same' average pooling, 'valid' convolutions and pooling;
+    - ConvNeXt: a 7×7 depthwise convolution, LayerNormalization, Dense layers on feature maps, GELU and
+      LayerScale.
+    """
+    from keras.src.applications.convnext import LayerScale  # not public; what ConvNeXt models hold
+
+    L = keras.layers
+    inp = keras.Input((size, size, 3))
+    # MobileNetV3 / EfficientNet preprocessing
+    x = L.Rescaling(1.0 / 127.5, offset=-1.0)(inp)
+    x = L.Normalization(mean=[0.1, 0.0, -0.1], variance=[0.8, 0.9, 1.1])(x)
+    # MobileNetV2 stem and inverted residual
+    x = L.ZeroPadding2D(((0, 1), (0, 1)))(x)
+    x = L.Conv2D(16, 3, strides=2, padding="valid", use_bias=False)(x)
+    x = L.ReLU(6.0)(L.BatchNormalization()(x))
+    y = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(32, 1, use_bias=False)(x)))
+    y = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(y)))
+    x = L.Add()([x, L.BatchNormalization()(L.Conv2D(16, 1, use_bias=False)(y))])
+
+    def hard_sigmoid(t):
+        return L.ReLU(6.0)(t + 3.0) * (1.0 / 6.0)
+
+    # MobileNetV3: hard-swish and its squeeze-and-excitation gate
+    x = L.Activation("hard_swish")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = hard_sigmoid(L.Conv2D(16, 1)(L.ReLU()(L.Conv2D(8, 1)(s))))
+    x = L.Multiply()([x, s])
+    # EfficientNet: swish, its gate, dropout before the residual add
+    y = L.Activation("swish")(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+    s = L.Reshape((1, 1, 16))(L.GlobalAveragePooling2D()(y))
+    s = L.Conv2D(16, 1, activation="sigmoid")(L.Conv2D(4, 1, activation="swish")(s))
+    y = L.BatchNormalization()(L.Conv2D(16, 1, use_bias=False)(L.multiply([y, s])))
+    x = L.Add()([L.Dropout(0.2, noise_shape=(None, 1, 1, 1))(y), x])
+    # ResNet50V2: padded max pooling, then a pre-activation block
+    x = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D(1)(x))
+    pre = L.Activation("relu")(L.BatchNormalization()(x))
+    shortcut = L.Conv2D(24, 1)(pre)
+    y = L.Conv2D(24, 3, padding="same", use_bias=False)(L.ZeroPadding2D(0)(pre))
+    x = L.Add()([shortcut, L.Conv2D(24, 1)(L.Activation("relu")(L.BatchNormalization()(y)))])
+    # InceptionV3: branches, 'same' average pooling, 'valid' convolution and pooling, Concatenate
+    b1 = L.Activation("relu")(L.BatchNormalization(scale=False)(L.Conv2D(8, 1, use_bias=False)(x)))
+    b2 = L.Conv2D(8, 1, activation="relu")(L.AveragePooling2D(3, strides=1, padding="same")(x))
+    b3 = L.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = L.Concatenate()([b1, b2, b3])
+    x = L.Concatenate()([L.Conv2D(16, 3, strides=2, padding="valid")(x), L.MaxPooling2D(3, strides=2)(x)])
+    # ConvNeXt: depthwise 7×7, LayerNormalization, Dense on feature maps, GELU, LayerScale
+    y = L.DepthwiseConv2D(7, padding="same")(x)
+    y = L.LayerNormalization(epsilon=1e-6)(y)
+    y = L.Dense(4 * 40)(y)
+    y = L.Activation("gelu")(y)
+    y = LayerScale(1e-6 * 1e5, 40)(L.Dense(40)(y))
+    x = L.LayerNormalization(epsilon=1e-6)(L.Add()([x, y]))
+    return nested(keras.Model(inp, x, name="every_kind"), size, classes)
 
 
 class Subclassed(keras.Model):
@@ -179,27 +246,15 @@ def run_family(family, size):
     assert not problems, "\n".join(f"{family} {size}px {cell}: {why}" for cell, why in problems.items())
 
 
-# Between them every kind of layer of the twelve: depthwise convolutions, ReLU6 and zero padding (MobileNetV2);
-# hard-swish, hard-sigmoid gates and Rescaling (MobileNetV3); Normalization, swish, squeeze-and-excitation
-# gates and Dropout (EfficientNet); batch norm that no convolution precedes (pre-activation) and padded max
-# pooling (ResNet50V2); Concatenate, average pooling and 'valid' padding (InceptionV3); LayerNormalization,
-# GELU, dense layers on feature maps and LayerScale (ConvNeXt). SeparableConv2D: the tutorial model below.
-CORE = ["MobileNetV2", "MobileNetV3Large", "EfficientNetB0", "ResNet50V2", "InceptionV3", "ConvNeXtTiny"]
-
 
 def cases(families, extra=()):
     """``pytest.param`` (family, size) at each family's odd size, and ``extra`` (family, size) pairs, all marked
-    ``family``; the families outside ``CORE`` and the extra pairs also ``breadth``."""
+    ``family``."""
     pairs = [(name, ODD[name]) for name in families] + list(extra)
-    marks = {True: [pytest.mark.family], False: [pytest.mark.family, pytest.mark.breadth]}
-    return [
-        pytest.param(name, size, id=f"{name}-{size}", marks=marks[name in CORE and size == ODD[name]])
-        for name, size in pairs
-    ]
+    return [pytest.param(name, size, id=f"{name}-{size}", marks=[pytest.mark.family]) for name, size in pairs]
 
 
-# Four classes of about equal cost, with and without the breadth cells (measured: 370-450 s and 170-240 s of
-# one worker): pytest-xdist (--dist loadscope) runs a class on one worker, so smaller classes balance better.
+# Four classes of about equal cost (measured: 370-450 s of one worker): pytest-xdist (--dist loadscope) runs a class on one worker, so smaller classes balance better.
 QUARTERS = [
     ["ConvNeXtTiny", "VGG16", "MobileNetV3Small"],
     ["InceptionV3", "DenseNet121"],
@@ -238,6 +293,13 @@ def test_every_method_on_a_tutorial_model_with_augmentation_inside(size):
     keras.utils.set_random_seed(0)
     problems = check_cells(tutorial_model(size), size)
     assert not problems, "\n".join(f"tutorial {size}px {cell}: {why}" for cell, why in problems.items())
+
+
+@pytest.mark.coverage
+def test_every_method_on_a_model_of_every_kind_of_layer():
+    keras.utils.set_random_seed(0)
+    problems = check_cells(every_kind_model(37), 37)
+    assert not problems, "\n".join(f"every kind {cell}: {why}" for cell, why in problems.items())
 
 
 @pytest.mark.coverage
