@@ -246,7 +246,6 @@ def run_family(family, size):
     assert not problems, "\n".join(f"{family} {size}px {cell}: {why}" for cell, why in problems.items())
 
 
-
 def cases(families, extra=()):
     """``pytest.param`` (family, size) at each family's odd size, and ``extra`` (family, size) pairs, all marked
     ``family``."""
@@ -254,7 +253,8 @@ def cases(families, extra=()):
     return [pytest.param(name, size, id=f"{name}-{size}", marks=[pytest.mark.family]) for name, size in pairs]
 
 
-# Four classes of about equal cost (measured: 370-450 s of one worker): pytest-xdist (--dist loadscope) runs a class on one worker, so smaller classes balance better.
+# Four classes of about equal cost (measured: 370-450 s of one worker): pytest-xdist (--dist loadscope) runs a
+# class on one worker, so smaller classes balance better.
 QUARTERS = [
     ["ConvNeXtTiny", "VGG16", "MobileNetV3Small"],
     ["InceptionV3", "DenseNet121"],
