@@ -3,9 +3,10 @@
 - :func:`pointing_game`, :func:`mass_in_mask`, :func:`relevance_rank_accuracy` and
   :func:`relevance_mass_accuracy`: against ground-truth masks.
 - :func:`sparseness` (Gini) and :func:`complexity` (entropy): how concentrated an attribution is.
-- :func:`deletion_curve` / :func:`insertion_curve` (Petsiuk et al. 2018): remove or add pixels in order of
-  attribution, patch by patch, and follow the class probability; the area under the curve summarises it
-  (deletion: low is good; insertion: high is good).
+- Faithfulness (:mod:`cnn_exposed.faithfulness`, re-exported here): :func:`deletion_curve` /
+  :func:`insertion_curve` (Petsiuk et al. 2018), :func:`faithfulness_correlation` and :func:`mu_fidelity`
+  (Bhatt et al. 2020), :func:`road` (Rong et al. 2022), :func:`irof` (Rieger & Hansen 2020),
+  :func:`average_drop` and :func:`increase_in_confidence` (Chattopadhay et al. 2018).
 - :func:`randomisation_check` (Adebayo et al. 2018): re-initialise the weights from the top layer down and
   see whether the maps change; a method whose maps stay the same does not explain the model.
 - :func:`random_target_check`: the map for a random other class should differ from the predicted class's.
@@ -15,19 +16,38 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from . import sources
-from .compat import trapezoid
 from .engine import DEFAULT_BATCH_SIZE, engine_for
 from .explanation import Explanation
-from .inputs import fill_images, prepare_images
-from .model_io import held_inputs, model_inputs, rows, split_inputs
+from .faithfulness import (
+    Curves,
+    average_drop,
+    average_ranks,
+    deletion_curve,
+    faithfulness_correlation,
+    increase_in_confidence,
+    insertion_curve,
+    irof,
+    metric_batches,
+    mu_fidelity,
+    road,
+)
+from .inputs import prepare_images
+from .model_io import held_inputs, model_inputs, split_inputs
 from .models import unwrap_loaded
 from .targets import one_per_image
+
+__all__ = [
+    "Curves", "SanityResult", "average_drop", "average_ranks", "compare_methods", "complexity", "deletion_curve",
+    "faithfulness_correlation", "format_table", "increase_in_confidence", "insertion_curve", "irof",
+    "mass_in_mask", "mu_fidelity", "pointing_game", "random_target_check", "randomisation_check",
+    "relevance_mass_accuracy", "relevance_rank_accuracy", "road", "sparseness", "spearman", "ssim",
+]  # fmt: skip
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.07) -> np.ndarray:
@@ -147,149 +167,7 @@ def complexity(attributions) -> np.ndarray:
     return np.where(total > 0, -terms.sum(1), np.nan)
 
 
-@dataclass
-class Curves:
-    """Deletion or insertion curves.
-
-    Attributes
-    ----------
-    fractions : (S + 1,) float
-        Share of the image removed (deletion) or inserted (insertion) at each point.
-    scores : (N, S + 1) float
-        The target's score (probability by default) at each point.
-    auc : (N,) float
-        Area under each curve (trapezoid rule over ``fractions``).
-    mode : str
-    """
-
-    fractions: np.ndarray
-    scores: np.ndarray
-    auc: np.ndarray
-    mode: str
-    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
-
-    def plot(self, ax=None, label: str | None = None):
-        """Mean curve with the per-image curves faint; returns the axes."""
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.gca()
-        for s in self.scores:
-            ax.plot(self.fractions, s, color="grey", alpha=0.15, lw=0.8)
-        ax.plot(self.fractions, self.scores.mean(0), lw=2, label=f"{label or self.mode} (AUC {self.auc.mean():.3f})")
-        ax.set_xlabel(f"fraction of the image {'removed' if self.mode == 'deletion' else 'inserted'}")
-        ax.set_ylabel("score of the explained class")
-        ax.legend(fontsize=8)
-        return ax
-
-
-def _curves(
-    model, images, maps, mode: str, *, target="predicted", preprocess: Callable | None = None, steps: int = 16,
-    patch: int = 4, fill="blur", score: str = "probability", batch_size: int | None = None, input=None, output=None,
-) -> Curves:  # fmt: skip
-    model, preprocess = unwrap_loaded(model, preprocess)
-    engine = engine_for(model, None, score, input=input, output=output)
-    maps = np.asarray(maps, dtype=np.float32)
-    batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    parts, done = [], 0
-    for batch in _batches(images, engine, batch_size):
-        explained, sides = split_inputs(model, batch.images, engine.input_index)
-        _, x = prepare_images(explained, engine.input_shape, preprocess)
-        part = maps[done : done + len(x)]
-        if part.shape[1:] != x.shape[1:3] or maps.ndim != 3:
-            raise ValueError(f"maps {maps.shape} must be (N, H, W) like the images {x.shape[:3]} (one per image).")
-        if len(part) < len(x):
-            raise ValueError(
-                f"maps {maps.shape} must be (N, H, W), one per image: got {len(maps)} maps for more than "
-                f"{len(maps)} images."
-            )
-        positions = np.arange(done, done + len(x))
-        with held_inputs(sides):
-            outputs, _ = engine.predict_all(x, batch_size)
-        targets = one_per_image(sources.batch_target(target, batch, positions), outputs)
-        parts.append((_curve_scores(engine, x, part, targets, mode, steps, patch, fill, batch_size, sides), targets))
-        done += len(x)
-    if done != len(maps):
-        raise ValueError(f"maps {maps.shape} must be (N, H, W), one per image: got {len(maps)} maps for {done} images.")
-    fractions = parts[0][0][0]
-    scores = np.concatenate([p[0][1] for p in parts])
-    auc = trapezoid(scores, fractions, axis=1)
-    return Curves(fractions, scores, auc, mode, np.concatenate([p[1] for p in parts]))
-
-
-def _batches(images, engine, batch_size: int):
-    """The images of any source (:mod:`cnn_exposed.sources`); an array in one piece, as the metrics always took
-    it, anything else a batch at a time."""
-    shape = engine.input_shape
-    size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
-    return sources.iter_batches(images, batch_size=batch_size, size=size, whole_arrays=True)
-
-
-def _curve_scores(engine, x, maps, targets, mode, steps, patch, fill, batch_size, sides):
-    """(fractions, scores (n, steps + 1)) of one batch's deletion or insertion curves; ``sides``: the batch's
-    side inputs (a model with several inputs), or None."""
-    n, h, w = maps.shape
-    # rank patches by their mean attribution (ties broken by position: reproducible)
-    gh, gw = -(-h // patch), -(-w // patch)
-    padded = np.zeros((n, gh * patch, gw * patch), np.float32)
-    padded[:, :h, :w] = maps
-    cell = padded.reshape(n, gh, patch, gw, patch).mean(axis=(2, 4)).reshape(n, -1)
-    order = np.argsort(-cell, axis=1, kind="stable")
-    counts = np.round(np.linspace(0, gh * gw, steps + 1)).astype(int)
-    fills = fill_images(x, fill)
-    start, end = (x, fills) if mode == "deletion" else (fills, x)
-    variants = np.empty((n * (steps + 1),) + x.shape[1:], dtype=np.float32)
-    for i in range(n):
-        for k, c in enumerate(counts):
-            chosen = np.zeros(gh * gw, bool)
-            chosen[order[i, :c]] = True
-            pixel_mask = np.kron(chosen.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
-            variants[i * (steps + 1) + k] = np.where(pixel_mask[..., None], end[i], start[i])
-    with held_inputs(sides), rows(np.repeat(np.arange(n), steps + 1)):  # each variant with its image's side inputs
-        scores = engine.scores_all(variants, np.repeat(targets, steps + 1).astype(np.int32), batch_size)
-    return counts / (gh * gw), scores.reshape(n, steps + 1)
-
-
-def deletion_curve(model, images, maps, **options) -> Curves:
-    """Remove the most attributed patches first (filling them with ``fill``) and follow the target's score.
-
-    ``images``: an array, or any source :mod:`cnn_exposed.sources` reads (a ``tf.data.Dataset``, a PyDataset, an
-    iterable of batches, files), processed a batch at a time; ``maps`` holds one map per image, in order (what
-    :func:`cnn_exposed.explain` returns for the same images; a dataset that reshuffles on every pass, as
-    ``image_dataset_from_directory`` does unless ``shuffle=False``, comes in another order each time).
-
-    Options: ``target`` ("predicted", "true" for the labels that come with the images, or one index per map),
-    ``preprocess``, ``steps`` (points after the start, 16),
-    ``patch`` (pixels per side of the removed cells, 4), ``fill`` ("blur" default, "mean", "zeros" or a
-    number, in model-input units), ``score`` ("probability" default, or "logit"), ``batch_size``, ``input`` and
-    ``output`` (a model with several: ``images`` is then a dict keyed by input name, see :func:`explain`). All
-    the modified images are evaluated in batches. A low area under the curve means a faithful map.
-    """
-    return _curves(model, images, maps, "deletion", **options)
-
-
-def insertion_curve(model, images, maps, **options) -> Curves:
-    """Start from the ``fill`` image (blurred by default) and put back the most attributed patches first;
-    a high area under the curve means a faithful map. Options as :func:`deletion_curve`."""
-    return _curves(model, images, maps, "insertion", **options)
-
-
 # ------------------------------------------------------------------------------------------ similarity
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks of each row of ``values`` ``(N, D)``, ties given the mean of the ranks they span (``scipy.stats.
-    rankdata``'s "average"): ReLU'd maps share many zeros, and ranking those by position would make two maps
-    look alike for nothing."""
-    values = np.asarray(values)
-    out = np.empty(values.shape, np.float64)
-    for i, row in enumerate(values):
-        order = np.argsort(row, kind="stable")
-        sorted_row = row[order]
-        starts = np.flatnonzero(np.r_[True, sorted_row[1:] != sorted_row[:-1]])
-        ends = np.r_[starts[1:], len(row)]
-        mean_rank = (starts + ends - 1) / 2.0  # 0-based ranks starts .. ends-1, averaged
-        out[i, order] = np.repeat(mean_rank, ends - starts)
-    return out
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of each pair of maps, ``(N,)``, ties ranked by their average rank (the
     Pearson correlation of :func:`average_ranks`, as ``scipy.stats.spearmanr``); 0 where a map is constant."""
@@ -469,7 +347,7 @@ def random_target_check(model, images, method: str, *, seed: int = 0, preprocess
     explainer = make_method(model, method, preprocess=preprocess, progress=False, **method_options)
     rng = np.random.default_rng(seed)
     out = []
-    for batch in _batches(images, explainer.engine, explainer.batch_size):
+    for batch in metric_batches(images, explainer.engine, explainer.batch_size):
         pred = explainer.explain(batch.images)
         k = pred.probabilities.shape[1]
         other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
@@ -500,7 +378,7 @@ def compare_methods(
     ports = {m: {k: options.get(m, {})[k] for k in ("input", "output") if k in options.get(m, {})} for m in methods}
     values: dict = {m: {} for m in methods}
     done = 0
-    for batch in _batches(images, next(iter(explainers.values())).engine, DEFAULT_BATCH_SIZE):
+    for batch in metric_batches(images, next(iter(explainers.values())).engine, DEFAULT_BATCH_SIZE):
         for m, explainer in explainers.items():
             exp = explainer.explain(batch.images)
             found = values[m]
