@@ -138,3 +138,41 @@ def test_irof_is_zero_when_the_score_never_moves_and_prefers_the_read_half(left_
     np.testing.assert_allclose(metrics.irof(flat, x, left, **options), 0.0, atol=1e-6)
     good, bad = metrics.irof(model, x, left, target=0, **options), metrics.irof(model, x, right, target=0, **options)
     assert (good > bad).all()
+
+
+def two_class_model(w0: np.ndarray, w1: np.ndarray) -> keras.Model:
+    model = linear_model(w0)
+    kernel = model.layers[-1].get_weights()[0]
+    kernel[:, 1] = w1.reshape(-1)
+    model.layers[-1].set_weights([kernel])
+    return model
+
+
+def test_sensitivity_is_zero_for_a_constant_gradient_and_scales_with_the_radius(linear):
+    model, x, _ = linear
+    np.testing.assert_allclose(metrics.max_sensitivity(model, x, "saliency", samples=3, target=0), 0.0, atol=1e-6)
+    no_gradient = metrics.max_sensitivity(model, x, "saliency", samples=2, target=1)  # class 1's logit is 0
+    assert np.isnan(no_gradient).all()
+    run = dict(samples=4, target=0)
+    big = metrics.max_sensitivity(model, x, "gradient_x_input", radius=0.2, **run)
+    small = metrics.max_sensitivity(model, x, "gradient_x_input", radius=0.1, **run)
+    np.testing.assert_allclose(big, 2 * small, rtol=1e-4)  # a − a′ = w · noise: linear in the radius
+    mean = metrics.average_sensitivity(model, x, "gradient_x_input", radius=0.2, **run)
+    assert (mean <= big + 1e-7).all() and (mean < big).any() and (mean > 0).all()
+    np.testing.assert_allclose(
+        metrics.max_sensitivity(model, x, "gradient_x_input", radius=0.2, batch_size=3, **run), big, rtol=1e-5
+    )
+
+
+def test_random_logit_is_one_when_the_classes_share_their_evidence(linear):
+    _, x, _ = linear
+    w = np.random.default_rng(7).normal(0, 0.05, (SIZE, SIZE, 3)).astype(np.float32)
+    same = two_class_model(w, 2 * w)  # class 1's gradient is twice class 0's: the same normalised map
+    np.testing.assert_allclose(metrics.random_logit(same, x, "saliency"), 1.0, atol=1e-5)
+    np.testing.assert_allclose(metrics.random_logit(same, x, "saliency", similarity="spearman"), 1.0, atol=1e-6)
+    halves = np.zeros_like(w), np.zeros_like(w)
+    halves[0][:, : SIZE // 2], halves[1][:, SIZE // 2 :] = w[:, : SIZE // 2], w[:, SIZE // 2 :]
+    apart = two_class_model(*halves)  # each class reads its own half
+    assert metrics.random_logit(apart, x, "saliency").max() < 0.5
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        metrics.random_logit(same, x, "saliency", similarity="pearson")

@@ -9,7 +9,10 @@
   :func:`average_drop` and :func:`increase_in_confidence` (Chattopadhay et al. 2018).
 - :func:`randomisation_check` (Adebayo et al. 2018): re-initialise the weights from the top layer down and
   see whether the maps change; a method whose maps stay the same does not explain the model.
-- :func:`random_target_check`: the map for a random other class should differ from the predicted class's.
+- :func:`random_target_check` and :func:`random_logit` (Sixt et al. 2020): the map for a random other class
+  should differ from the predicted class's.
+- Robustness (:mod:`cnn_exposed.robustness`, re-exported here): :func:`max_sensitivity` and
+  :func:`average_sensitivity` (Yeh et al. 2019).
 - :func:`compare_methods`: every chosen method's numbers in one table.
 """
 
@@ -40,13 +43,36 @@ from .faithfulness import (
 from .inputs import prepare_images
 from .model_io import held_inputs, model_inputs, split_inputs
 from .models import unwrap_loaded
+from .robustness import average_sensitivity, max_sensitivity
 from .targets import one_per_image
 
 __all__ = [
-    "Curves", "SanityResult", "average_drop", "average_ranks", "compare_methods", "complexity", "deletion_curve",
-    "faithfulness_correlation", "format_table", "increase_in_confidence", "insertion_curve", "irof",
-    "mass_in_mask", "mu_fidelity", "pointing_game", "random_target_check", "randomisation_check",
-    "relevance_mass_accuracy", "relevance_rank_accuracy", "road", "sparseness", "spearman", "ssim",
+    "Curves",
+    "SanityResult",
+    "average_drop",
+    "average_ranks",
+    "average_sensitivity",
+    "compare_methods",
+    "complexity",
+    "deletion_curve",
+    "faithfulness_correlation",
+    "format_table",
+    "increase_in_confidence",
+    "insertion_curve",
+    "irof",
+    "mass_in_mask",
+    "max_sensitivity",
+    "mu_fidelity",
+    "pointing_game",
+    "random_logit",
+    "random_target_check",
+    "randomisation_check",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "road",
+    "sparseness",
+    "spearman",
+    "ssim",
 ]  # fmt: skip
 
 
@@ -342,6 +368,25 @@ def random_target_check(model, images, method: str, *, seed: int = 0, preprocess
 
     ``images``: an array or any source :mod:`cnn_exposed.sources` reads, explained a batch at a time (the
     random classes are drawn image by image in order, so the result does not depend on the batching)."""
+    return _other_class_similarity(model, images, method, spearman, seed, preprocess, method_options)
+
+
+def random_logit(model, images, method: str, *, similarity: str = "ssim", seed: int = 0, preprocess=None,
+                 **method_options) -> np.ndarray:  # fmt: skip
+    """Random logit (Sixt et al. 2020, ICML): similarity ``(N,)`` between each image's map for its predicted class
+    and for a random other class; lower is better (a map that looks the same whatever class it is asked about
+    explains the image, not the decision). ``similarity``: "ssim" (:func:`ssim` on the maps, min-max normalised
+    to [0, 1], Wang et al.'s 11 × 11 Gaussian window) or "spearman" (:func:`random_target_check`). Quantus'
+    ``RandomLogit`` computes scikit-image's SSIM on the maps flattened to one dimension (a 7-value window along
+    the raster order), its maps normalised by their largest magnitude; its numbers differ from these. Options as
+    :func:`random_target_check`."""
+    measures = {"ssim": ssim, "spearman": spearman}
+    if similarity not in measures:
+        raise ValueError(f"similarity must be one of {sorted(measures)}, got {similarity!r}.")
+    return _other_class_similarity(model, images, method, measures[similarity], seed, preprocess, method_options)
+
+
+def _other_class_similarity(model, images, method, measure, seed, preprocess, method_options) -> np.ndarray:
     from .attribution import make_method
 
     explainer = make_method(model, method, preprocess=preprocess, progress=False, **method_options)
@@ -351,7 +396,7 @@ def random_target_check(model, images, method: str, *, seed: int = 0, preprocess
         pred = explainer.explain(batch.images)
         k = pred.probabilities.shape[1]
         other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
-        out.append(spearman(pred.maps, explainer.explain(batch.images, target=other).maps))
+        out.append(measure(pred.maps, explainer.explain(batch.images, target=other).maps))
     return np.concatenate(out)
 
 
