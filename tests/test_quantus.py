@@ -1,0 +1,72 @@
+"""Agreement with Quantus 0.6.0 (Hedström et al. 2023), the field's reference implementation of these metrics,
+on the same attributions, masks and images. Quantus is channel-first (``(N, C, H, W)`` images, ``(N, 1, H, W)``
+attributions); its base package runs beside our stack without its TensorFlow extra (which pins Keras 2), so it
+is installed with a stand-in for its GUI OpenCV requirement (tests/stubs/opencv-python).
+
+Convention differences, written down where they change a number:
+- Quantus adds 1e-7 to every value before sparseness (Gini) and 1e-12 inside complexity's logarithm; ours
+  take the values as they are (NaN for an all-zero attribution, where Quantus reports about 0).
+- Quantus normalises attributions by their largest magnitude over the batch first: these four metrics do not
+  see the scale.
+- ROAD: Quantus ranks the attribution broadcast to C·H·W values but removes H·W pixels; ours ranks the channel
+  sum. The imputation itself is the same linear system (compared here without noise).
+- IROF: Quantus reports ``n − Σ trapz(y_k / y_0)`` without the unperturbed point; ours divides the area by the
+  segment count and starts the curve at the image itself (see ``cnn_exposed.faithfulness.irof``).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from cnn_exposed import metrics
+from cnn_exposed.faithfulness import noisy_linear_imputation
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import quantus
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_imputation
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (5, 3, 12, 14)).astype(np.float32)
+    a = rng.normal(size=(5, 1, 12, 14)).astype(np.float32)
+    a[1] = np.abs(a[1])  # one non-negative map
+    a[2, 0, 2:8, 3:10] += 5.0  # one that points at the mask
+    masks = np.zeros((5, 1, 12, 14), bool)
+    masks[:, :, 2:8, 3:10] = True
+    masks[4, :, :6] = False  # a smaller mask
+    return x, a, masks, np.zeros(5, int)
+
+
+def _quantus(metric, x, a, y, **batch):
+    return np.asarray(metric(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a, **batch), float)
+
+
+def test_sparseness_and_complexity_agree_with_quantus(batch):
+    x, a, _, y = batch
+    np.testing.assert_allclose(metrics.sparseness(a[:, 0]), _quantus(quantus.Sparseness, x, a, y), atol=1e-5)
+    np.testing.assert_allclose(metrics.complexity(a[:, 0]), _quantus(quantus.Complexity, x, a, y), atol=1e-5)
+
+
+def test_relevance_rank_and_mass_accuracy_agree_with_quantus(batch):
+    x, a, masks, y = batch
+    rank = _quantus(quantus.RelevanceRankAccuracy, x, a, y, s_batch=masks)
+    np.testing.assert_allclose(metrics.relevance_rank_accuracy(a[:, 0], masks[:, 0]), rank, atol=1e-12)
+    mass = _quantus(quantus.RelevanceMassAccuracy, x, a, y, s_batch=masks)
+    np.testing.assert_allclose(metrics.relevance_mass_accuracy(a[:, 0], masks[:, 0]), mass, rtol=1e-5)
+    assert rank[2] == 1.0 and len(set(np.round(mass, 6))) == 5  # the test can tell the maps apart
+
+
+def test_road_imputation_agrees_with_quantus(batch):
+    x, _, _, _ = batch
+    rng = np.random.default_rng(1)
+    for image in x[:3]:
+        hidden = rng.uniform(size=image.shape[1:]) < 0.4
+        hidden[0, 0] = hidden[-1, 5] = True  # a corner and an edge
+        ours = noisy_linear_imputation(image.transpose(1, 2, 0), hidden, 0.0, rng)
+        theirs = quantus_imputation(image, np.flatnonzero(hidden), noise=0.0)
+        np.testing.assert_allclose(ours, theirs.reshape(image.shape).transpose(1, 2, 0), atol=1e-5)
+        assert np.abs(ours - image.transpose(1, 2, 0)).max() > 0.1  # something was filled
