@@ -32,7 +32,7 @@ import numpy as np
 
 from . import sources
 from .compat import trapezoid
-from .engine import DEFAULT_BATCH_SIZE, engine_for
+from .engine import DEFAULT_BATCH_SIZE, Engine, Outputs, engine_for
 from .explanation import Explanation
 from .inputs import fill_images, prepare_images
 from .model_io import held_inputs, rows, split_inputs
@@ -85,12 +85,12 @@ class _Batch:
     ``targets``, its images' source ``positions``, the model's ``outputs`` (every class's score and
     probabilities at ``x``) and what scoring perturbed copies needs."""
 
-    engine: object
+    engine: Engine
     x: np.ndarray
     attributions: np.ndarray
     targets: np.ndarray
     positions: np.ndarray
-    outputs: object
+    outputs: Outputs
     sides: object
     batch_size: int
 
