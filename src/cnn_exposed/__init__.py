@@ -58,6 +58,7 @@ from .errors import (
     TargetError,
     UnsupportedLayerError,
 )
+from .evaluation import Evaluation, Recommendation, evaluate
 from .explanation import Explanation, normalize_maps, signed_maps
 from .layers import find_last_spatial_layer, list_layers, resolve_layer
 from .metrics import pointing_game
@@ -95,6 +96,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "Engine",
+    "Evaluation",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -117,6 +119,7 @@ __all__ = [
     "NoSpatialLayerError",
     "Occlusion",
     "OfflineError",
+    "Recommendation",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
@@ -131,6 +134,7 @@ __all__ = [
     "colorize",
     "demo",
     "draw_map",
+    "evaluate",
     "explain",
     "explain_batches",
     "find_last_spatial_layer",

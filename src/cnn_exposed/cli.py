@@ -114,6 +114,25 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
     _saved_model_arguments(au)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="which explanation to trust: methods scored by faithfulness and sanity metrics, with a recommendation",
+        description="Explain the images with each method, score every explanation by each metric (means with "
+        "bootstrap intervals over the images, ranks), run the randomisation check, and recommend the most "
+        "faithful method that passes it. Writes OUT/evaluation.html, OUT/evaluation.png and OUT/evaluation.json.",
+    )
+    ev.add_argument("model", help=MODEL_HELP)
+    ev.add_argument("images", nargs="+", help="image files and/or folders")
+    ev.add_argument("--method", help="comma-separated methods (default: ce.evaluate's six, from Grad-CAM to LRP)")
+    ev.add_argument("--metrics", help="comma-separated metrics (default: ce.evaluate's: faithfulness, complexity and "
+                    "random logit; see cnn_exposed.evaluation.METRICS)")  # fmt: skip
+    ev.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    ev.add_argument("--class-names", help="text file with one class name per line, or the training folder")
+    ev.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
+    ev.add_argument("--out", default="cnn-exposed-evaluation", help="output folder (default: %(default)s)")
+    _saved_model_arguments(ev)
+
     layers = sub.add_parser("layers", help="list a model's layers (paths usable with --layer)")
     layers.add_argument("model")
     layers.add_argument("--all", action="store_true", help="all layers, not only those with a spatial output")
@@ -371,6 +390,27 @@ def _demo(args, echo=print) -> int:
     return 0
 
 
+def _evaluate(args, loaded, echo=print) -> int:
+    """``cnn-exposed evaluate``: the evaluation of the chosen methods on the files, written to ``args.out``."""
+    from .evaluation import DEFAULT_METHODS, evaluate
+
+    methods = _parse_methods(args.method) if args.method else list(DEFAULT_METHODS)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    files = _labelled_files(loaded, args.images, echo)[: args.limit]
+    try:
+        result = evaluate(
+            loaded, [f.path for f in files], methods, metrics, batch_size=args.batch_size, progress=sys.stderr.isatty()
+        )
+    except ValueError as err:  # an unknown metric or method: the message lists the valid ones
+        raise UsageError(str(err)) from None
+    for path, reason in result.skipped:
+        echo(f"skipped {path}: {reason}")
+    page = result.to_html(args.out)
+    echo(result.recommend().text)
+    echo(f"report: {page.resolve()}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -417,6 +457,8 @@ def main(argv=None) -> int:
             )
             print(f"report: {(Path(args.out) / 'index.html').resolve()}")
             return 0
+        if args.command == "evaluate":
+            return _evaluate(args, loaded)
         if saved_model:
             _saved_model_defaults(args, loaded)
         methods = _parse_methods(args.method or DEFAULT_METHODS)

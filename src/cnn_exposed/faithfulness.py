@@ -153,9 +153,11 @@ def pixel_map(attributions: np.ndarray) -> np.ndarray:
 def _each_batch(
     model, images, attributions, per_batch: Callable[[_Batch], object], *, target="predicted",
     preprocess: Callable | None = None, score: str = "probability", batch_size: int | None = None, input=None,
-    output=None,
+    output=None, first: int = 0,
 ) -> list:  # fmt: skip
-    """``per_batch`` on every batch of ``images`` with its share of ``attributions`` (one per image, in order)."""
+    """``per_batch`` on every batch of ``images`` with its share of ``attributions`` (one per image, in order).
+    ``first``: the position of the first image when ``images`` is one batch of a larger source (the draws of
+    each image are seeded by its position there)."""
     model, preprocess = unwrap_loaded(model, preprocess)
     engine = engine_for(model, None, score, input=input, output=output)
     attributions = as_attributions(attributions)
@@ -177,7 +179,7 @@ def _each_batch(
         with held_inputs(sides):
             outputs = engine.predict_all(x, batch_size)
         targets = one_per_image(sources.batch_target(target, batch, positions), outputs.scores)
-        results.append(per_batch(_Batch(engine, x, part, targets, positions, outputs, sides, batch_size)))
+        results.append(per_batch(_Batch(engine, x, part, targets, first + positions, outputs, sides, batch_size)))
         done += len(x)
     if done != len(attributions):
         raise ValueError(f"got {len(attributions)} attributions for {done} images: one per image, in order.")
@@ -269,7 +271,7 @@ def baseline_images(x: np.ndarray, baseline) -> np.ndarray:
     return fill_images(x, baseline)
 
 
-def _image_rng(seed: int, position) -> np.random.Generator:
+def image_rng(seed: int, position) -> np.random.Generator:
     """The random numbers of one image: seeded by ``seed`` and the image's position in the source, so they do not
     depend on how the images are batched."""
     return np.random.default_rng([int(seed), int(position)])
@@ -309,7 +311,7 @@ def _subset_correlations(b: _Batch, draw: Callable, runs: int, baseline, correla
     sums = np.zeros((len(b.x), runs))
 
     def copies(i):
-        rng = _image_rng(seed, b.positions[i])
+        rng = image_rng(seed, b.positions[i])
         out = np.empty((runs,) + b.x.shape[1:], np.float32)
         for r in range(runs):
             hidden, sums[i, r] = draw(rng, b.attributions[i])
@@ -481,7 +483,7 @@ def road(
         maps = pixel_map(b.attributions)
 
         def copies(i):
-            rng = _image_rng(seed, b.positions[i])
+            rng = image_rng(seed, b.positions[i])
             ranked = np.argsort(-maps[i].reshape(-1) if order == "morf" else maps[i].reshape(-1), kind="stable")
             out = np.empty((len(fractions),) + b.x.shape[1:], np.float32)
             for k, f in enumerate(fractions):

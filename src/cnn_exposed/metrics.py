@@ -293,7 +293,8 @@ def _weighted_layers(model) -> list:
 
 def randomisation_check(
     model, images, explain_fn: str | Callable, *, cascading: bool = True, layers: Sequence[str] | None = None,
-    seed: int = 0, threshold: float = 0.5, preprocess: Callable | None = None, target="predicted", **method_options,
+    seed: int = 0, threshold: float = 0.5, preprocess: Callable | None = None, target="predicted",
+    final_only: bool = False, **method_options,
 ) -> SanityResult:  # fmt: skip
     """Re-initialise layers from the top down (``cascading``) or one at a time, and compare the maps.
 
@@ -302,10 +303,13 @@ def randomisation_check(
     or any source :mod:`cnn_exposed.sources` reads (read into memory: the maps of every step are kept). The target is
     fixed to the original model's prediction, so only the weights change. A model with several inputs takes the
     images as :func:`explain` does (a dict keyed by input name), with ``input``/``output`` in ``method_options``.
+    ``final_only`` (with ``cascading``): explain only once every layer is randomised, the last step's maps and
+    verdict for one explanation instead of one per layer (the draws are the same, so the result equals the
+    full check's last step).
     """
     import keras
 
-    from .attribution import explain
+    from .attribution import AttributionMethod, explain
 
     model, preprocess = unwrap_loaded(model, preprocess)
     ports = {k: method_options[k] for k in ("input", "output") if k in method_options}
@@ -315,11 +319,12 @@ def randomisation_check(
             target, sources.Batch(None, labels, np.arange(0 if labels is None else len(labels)))
         )
     x = x if len(model_inputs(model)) > 1 else np.asarray(x)
-    if isinstance(explain_fn, str):
-        name = explain_fn
+    if isinstance(explain_fn, str) or (isinstance(explain_fn, type) and issubclass(explain_fn, AttributionMethod)):
+        name = explain_fn if isinstance(explain_fn, str) else explain_fn.name
+        method = explain_fn
 
         def run(m, t):
-            return explain(m, x, name, target=t, preprocess=preprocess, progress=False, **method_options).maps
+            return explain(m, x, method, target=t, preprocess=preprocess, progress=False, **method_options).maps
 
     else:
         name = getattr(explain_fn, "__name__", "custom")
@@ -352,6 +357,8 @@ def randomisation_check(
             std = float(w.std()) or 0.05
             new.append(rng.normal(0.0, std, w.shape).astype(w.dtype))
         r.layer.set_weights(new)
+        if final_only and cascading and r is not refs[-1]:
+            continue
         all_maps.append(run(clone, targets))
         names.append(r.path)
     maps = np.stack(all_maps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import sources
-from .faithfulness import as_attributions, metric_batches
+from .faithfulness import as_attributions, image_rng, metric_batches
 from .model_io import input_names, split_inputs
 
 
@@ -39,7 +39,7 @@ def _sensitivity(model, images, method: str, aggregate, *, samples: int, radius:
         norm = np.sqrt((a * a).sum(1))
         flat = np.asarray(x, np.float32).reshape(len(x), -1)
         span = (flat.max(1) - flat.min(1)).reshape((-1,) + (1,) * (x.ndim - 1))
-        rngs = [np.random.default_rng([int(seed), int(p)]) for p in batch.index]
+        rngs = [image_rng(seed, p) for p in batch.index]
         moved = np.zeros((samples, len(exp)))
         for s in range(samples):
             noise = np.stack([rng.uniform(-radius, radius, x.shape[1:]) for rng in rngs]) * span

@@ -1,0 +1,130 @@
+"""ce.evaluate: methods x metrics with bootstrap intervals, ranks, and a recommendation that never names a method
+failing the randomisation check."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import cnn_exposed as ce
+from cnn_exposed.attribution import Result
+from cnn_exposed.evaluation import kendall_w
+
+SIZE = 12
+
+
+def checker_model() -> tuple[keras.Model, np.ndarray]:
+    """Reads only the left half of the image (a checkerboard detector there); the images carry the pattern."""
+    checker = np.indices((SIZE, SIZE)).sum(0) % 2 * 2.0 - 1.0
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, use_bias=False, activation="softmax"),
+        ]
+    )
+    kernel = np.zeros((SIZE, SIZE, 3, 2), np.float32)
+    kernel[:, : SIZE // 2, :, 0] = 0.05 * checker[:, : SIZE // 2, None]
+    model.layers[-1].set_weights([kernel.reshape(-1, 2)])
+    rng = np.random.default_rng(0)
+    x = 0.5 + rng.uniform(-0.05, 0.05, (6, SIZE, SIZE, 3))
+    x[:, :, : SIZE // 2] += 0.3 * checker[:, : SIZE // 2, None]
+    return model, x.astype(np.float32)
+
+
+class _Half(ce.AttributionMethod):
+    """A fixed map on one half of the image, whatever the model: it cannot pass the randomisation check."""
+
+    columns = slice(0, 0)
+
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
+        maps = np.zeros(x.shape[:3], np.float32)
+        maps[:, :, self.columns] = np.linspace(1.0, 2.0, x.shape[1])[:, None]  # ranked within the half
+        return Result(maps, targets, scores, probs)
+
+
+class LeftHalf(_Half):
+    name = "left_half"
+    columns = slice(0, SIZE // 2)
+
+
+class RightHalf(_Half):
+    name = "right_half"
+    columns = slice(SIZE // 2, SIZE)
+
+
+FAITHFUL = ["deletion", "insertion", "faithfulness_correlation", "road", "irof"]
+LIGHT = {"road": {"percentages": (25, 50)}, "irof": {"segment_options": {"n_segments": 6}}, "deletion": {"steps": 6},
+         "insertion": {"steps": 6}, "faithfulness_correlation": {"runs": 20, "subset_size": 24}}  # fmt: skip
+
+
+def test_the_method_pointing_at_the_region_the_model_reads_ranks_first():
+    model, x = checker_model()
+    ev = ce.evaluate(model, x, [RightHalf, LeftHalf], FAITHFUL, target=0, metric_options=LIGHT, sanity_images=0,
+                     resamples=200)  # fmt: skip
+    for metric in FAITHFUL:
+        assert ev.ranks(metric) == {"left_half": 1.0, "right_half": 2.0}, metric
+    rec = ev.recommend()
+    assert rec.method == "left_half" and rec.first_on == 5 and rec.certainty > 0.9
+    assert rec.agreement == pytest.approx(1.0)
+    lo, hi = ev.interval("left_half", "irof")
+    assert lo <= ev.mean("left_half", "irof") <= hi and lo < hi
+
+
+def test_a_method_failing_the_randomisation_check_is_never_recommended():
+    model, x = checker_model()
+    ev = ce.evaluate(model, x, [LeftHalf, "saliency"], ["deletion", "irof"], target=0, metric_options=LIGHT,
+                     sanity_images=4, resamples=100)  # fmt: skip
+    assert ev.sanity["left_half"]["passed"] is False and ev.sanity["saliency"]["passed"] is True
+    rec = ev.recommend()
+    assert rec.method == "saliency" and rec.failed_sanity == ["left_half"]
+    alone = ce.evaluate(model, x, [LeftHalf], ["deletion"], metric_options=LIGHT, sanity_images=4, resamples=50)
+    assert alone.recommend().method is None and "no method passes" in alone.recommend().text
+
+
+def test_results_do_not_depend_on_the_batch_size_or_the_source():
+    model, x = checker_model()
+    run = dict(metrics=["faithfulness_correlation", "random_logit", "road"], metric_options=LIGHT, sanity_images=0)
+    whole = ce.evaluate(model, x, ["saliency", "gradient_x_input"], batch_size=6, **run)
+    split = ce.evaluate(model, list(x), ["saliency", "gradient_x_input"], batch_size=4, **run)
+    for key, values in whole.values.items():
+        np.testing.assert_allclose(split.values[key], values, rtol=1e-5, atol=1e-6, err_msg=str(key))
+
+
+def test_kendall_w_by_hand():
+    assert kendall_w(np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3]])) == pytest.approx(1.0)
+    assert kendall_w(np.array([[1, 2], [2, 1]])) == pytest.approx(0.0)
+    # 3 raters, 3 items: rank sums 4, 6, 8 -> S = 8; W = 12 S / (9 · 24) = 0.444…
+    assert kendall_w(np.array([[1, 2, 3], [2, 1, 3], [1, 3, 2]])) == pytest.approx(12 * 8 / (9 * 24))
+
+
+def test_bad_requests_say_what_to_pass():
+    model, x = checker_model()
+    with pytest.raises(ValueError, match="unknown metric"):
+        ce.evaluate(model, x, ["saliency"], ["faithfulness"])
+    with pytest.raises(ValueError, match="need masks"):
+        ce.evaluate(model, x, ["saliency"], ["pointing_game"])
+    with pytest.raises(ValueError, match="Valid methods"):
+        ce.evaluate(model, x, ["salency"])
+
+
+def test_on_the_demo_with_masks_the_report_files_and_the_command(tmp_path):
+    from cnn_exposed.cli import main
+
+    loaded = ce.load_model("demo")
+    images, labels, masks = ce.demo.load_images("trap")
+    pool = np.flatnonzero(labels == ce.demo.CLASS_NAMES.index("pool"))[:6]  # the trap pools: rails in view
+    ev = ce.evaluate(loaded, images[pool].astype(np.float32), ["gradcam", LeftHalf], masks=masks["rail"][pool],
+                     metric_options=LIGHT, sanity_images=3, resamples=100)  # fmt: skip
+    assert "relevance_rank_accuracy" in ev.metrics and ev.sanity["gradcam"]["passed"]
+    assert ev.recommend().method == "gradcam" and not ev.sanity["left_half"]["passed"]
+    page = ev.to_html(tmp_path / "api")
+    assert "gradcam: the most faithful" in page.read_text() and (tmp_path / "api" / "evaluation.png").stat().st_size
+    folder = ce.bundled.data_dir() / "demo" / "images" / "trap" / "pool"
+    code = main(["evaluate", "demo", str(folder), "--method", "gradcam,saliency", "--metrics", "deletion,irof",
+                 "--limit", "4", "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert code == 0
+    saved = json.loads((tmp_path / "cli" / "evaluation.json").read_text())
+    assert saved["methods"] == ["gradcam", "saliency"] and len(saved["results"]["gradcam"]["irof"]["values"]) == 4
