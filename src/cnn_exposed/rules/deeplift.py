@@ -25,6 +25,8 @@ sums, concatenation, reshaping) take their plain gradient, which is their multip
 
 from __future__ import annotations
 
+import types
+
 from keras import ops
 
 from ..backend import fused, vjp, with_backward
@@ -43,20 +45,40 @@ def in_float32(fn):
 
 
 def halves(t):
-    """The inputs' rows and the references' rows of a paired batch."""
-    n = ops.shape(t)[0] // 2
-    return t[:n], t[n:]
+    """The inputs' rows and the references' rows of a paired batch, by one split: two slices at the dynamic
+    ``shape[0] // 2`` added about a dozen operations to the traced graph per call (ResNet50V2's DeepLIFT pass:
+    7,246 operations, 4,104 with the split)."""
+    return tuple(ops.split(t, 2, axis=0))
 
 
 def with_zeros(first, t):
-    """``first`` (the inputs' multipliers) stacked on zeros for the references' rows of ``t``."""
-    return ops.concatenate([first, ops.zeros_like(halves(t)[1])], axis=0)
+    """``first`` (the inputs' multipliers) stacked on zeros for the references' rows of ``t`` (as many as
+    ``first``'s: a paired batch splits in two equal halves)."""
+    return ops.concatenate([first, ops.zeros_like(first)], axis=0)
 
 
 def divided(num, dx, grad):
     """``num / Δx``, and ``grad`` where ``|Δx| <`` :data:`EPSILON`."""
     small = ops.abs(dx) < EPSILON
     return ops.where(small, grad, num / ops.where(small, ops.ones_like(dx), dx))
+
+
+_FUSED_RESCALE: dict = {}
+"""``fn -> fused multipliers`` of the Rescale rule, for module-level activation functions (immortal, so the cache
+holds nothing else alive)."""
+
+
+def _shared_fused(fn, multipliers):
+    """``fused(multipliers)``, shared by every layer whose activation is the same module-level function
+    (``keras.activations.relu``): each distinct shape is then traced and XLA-compiled once, not once per layer
+    (ResNet50V2 at 35 px: 14 compilations instead of 49). Layers (``ReLU``, ``PReLU``) and closures get their
+    own."""
+    if not (isinstance(fn, types.FunctionType) and "<" not in fn.__qualname__):
+        return fused(multipliers)
+    compiled = _FUSED_RESCALE.get(fn)
+    if compiled is None:
+        compiled = _FUSED_RESCALE[fn] = fused(multipliers)
+    return compiled
 
 
 def rescale_backward(fn):
@@ -68,7 +90,7 @@ def rescale_backward(fn):
         (grad,) = vjp(in_float32(fn), [xa], ga)
         return with_zeros(divided(ga * (ya - yb), xa - xb, grad), x)
 
-    compiled = fused(multipliers)
+    compiled = _shared_fused(fn, multipliers)
 
     def backward(inputs, y, g):
         return [compiled(inputs[0], y, g)]
