@@ -70,3 +70,27 @@ def test_road_imputation_agrees_with_quantus(batch):
         theirs = quantus_imputation(image, np.flatnonzero(hidden), noise=0.0)
         np.testing.assert_allclose(ours, theirs.reshape(image.shape).transpose(1, 2, 0), atol=1e-5)
         assert np.abs(ours - image.transpose(1, 2, 0)).max() > 0.1  # something was filled
+
+
+def test_faithfulness_correlation_agrees_with_quantus_where_the_answer_is_known():
+    """Class 0's logit is linear, so gradient x input is exact and hiding a subset (to the image's lowest value, 0
+    here: Quantus' "black") lowers the logit by its attribution's sum: both must find +1 and -1. Quantus draws its
+    subsets from NumPy's global state, so on other attributions the two agree only in distribution."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 0.05, (8, 8, 3)).astype(np.float32)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, use_bias=False)])
+    model.layers[-1].set_weights([np.stack([weights.reshape(-1), np.zeros(192, np.float32)], 1)])
+    x = rng.uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    x[:, 0, 0, 0] = 0.0
+    exact = weights * x
+    functional = keras.Model(model.inputs, model.outputs)  # Quantus' TensorFlow wrapper reads model.input
+    for sign in (1.0, -1.0):
+        theirs = quantus.FaithfulnessCorrelation(
+            nr_runs=30, subset_size=20, perturb_baseline="black", disable_warnings=True, return_aggregate=False
+        )(model=functional, x_batch=x, y_batch=np.zeros(4, int), a_batch=sign * exact.transpose(0, 3, 1, 2),
+          channel_first=False)  # fmt: skip
+        ours = metrics.faithfulness_correlation(model, x, sign * exact, runs=30, subset_size=20, target=0)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        np.testing.assert_allclose(ours, sign, atol=1e-5)
