@@ -4,7 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+import cnn_exposed as ce
 from cnn_exposed import metrics
+from cnn_exposed.attribution import Result
 from cnn_exposed.faithfulness import noisy_linear_imputation
 
 SIZE = 8
@@ -176,3 +178,39 @@ def test_random_logit_is_one_when_the_classes_share_their_evidence(linear):
     assert metrics.random_logit(apart, x, "saliency").max() < 0.5
     with pytest.raises(ValueError, match="similarity must be one of"):
         metrics.random_logit(same, x, "saliency", similarity="pearson")
+
+
+class _Fixed(ce.AttributionMethod):
+    """The same map whatever the model: no randomisation can change it."""
+
+    name = "fixed"
+
+    def compute(self, x, targets, images) -> Result:
+        targets, scores, probs = self.resolve(x, targets)
+        maps = np.broadcast_to(np.linspace(0.0, 1.0, x.shape[1] * x.shape[2]).reshape(x.shape[1:3]), x.shape[:3])
+        return Result(np.ascontiguousarray(maps, np.float32), targets, scores, probs)
+
+
+def test_efficient_mprt_against_its_definition(linear):
+    from scipy.stats import entropy
+
+    model, x, _ = linear
+    np.testing.assert_array_equal(metrics.efficient_mprt(model, x, _Fixed), 0.0)
+    check = metrics.randomisation_check(model, x, "saliency", final_only=True, target=0)
+    before = np.array([entropy(np.histogram(m, bins=100)[0]) for m in check.maps[0]])
+    after = np.array([entropy(np.histogram(m, bins=100)[0]) for m in check.maps[-1]])
+    np.testing.assert_allclose(metrics.efficient_mprt(model, x, "saliency", target=0), (after - before) / before,
+                               rtol=1e-9)  # fmt: skip
+    assert len(check.layers) == 1 and not metrics.randomisation_check(model, x, _Fixed).passed
+
+
+def test_smooth_mprt_averages_noisy_copies(linear):
+    model, x, _ = linear
+    plain = metrics.randomisation_check(model, x, "gradient_x_input", target=0)
+    np.testing.assert_array_equal(metrics.randomisation_check(model, x, "gradient_x_input", target=0, smooth=1).maps,
+                                  plain.maps)  # fmt: skip
+    smoothed = metrics.randomisation_check(model, x, "gradient_x_input", target=0, smooth=4)
+    assert np.abs(smoothed.maps - plain.maps).max() > 1e-3  # gradient x input moves with the noise
+    # the gradient of a linear logit does not: saliency's smoothed maps are its plain ones
+    np.testing.assert_allclose(metrics.randomisation_check(model, x, "saliency", target=0, smooth=4).maps,
+                               metrics.randomisation_check(model, x, "saliency", target=0).maps, atol=1e-6)  # fmt: skip
