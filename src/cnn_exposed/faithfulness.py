@@ -174,7 +174,10 @@ def _each_batch(
                 f"images {x.shape} (one per image)."
             )
         if len(part) < len(x):
-            raise ValueError(f"got {len(attributions)} attributions for more than {len(attributions)} images.")
+            raise ValueError(
+                f"attributions {attributions.shape} must be one per image: got {len(attributions)} maps for more than "
+                f"{len(attributions)} images."
+            )
         positions = np.arange(done, done + len(x))
         with held_inputs(sides):
             outputs = engine.predict_all(x, batch_size)
@@ -182,7 +185,10 @@ def _each_batch(
         results.append(per_batch(_Batch(engine, x, part, targets, first + positions, outputs, sides, batch_size)))
         done += len(x)
     if done != len(attributions):
-        raise ValueError(f"got {len(attributions)} attributions for {done} images: one per image, in order.")
+        raise ValueError(
+            f"attributions {attributions.shape} must be one per image, in order: got {len(attributions)} maps for "
+            f"{done} images."
+        )
     return results
 
 

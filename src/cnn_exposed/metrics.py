@@ -56,6 +56,7 @@ __all__ = [
     "complexity",
     "deletion_curve",
     "efficient_mprt",
+    "entropy_rise",
     "faithfulness_correlation",
     "format_table",
     "increase_in_confidence",
@@ -292,6 +293,11 @@ def _weighted_layers(model) -> list:
     return [r for r in iter_layers(model) if not is_nested_model(r.layer) and r.layer.weights]
 
 
+# Batch normalisation's moving statistics and a Normalization layer's are not learned weights, and a random
+# (negative) variance makes every output NaN: the randomisation check leaves them as they are.
+STATISTICS = frozenset({"moving_mean", "moving_variance", "mean", "variance", "count"})
+
+
 def randomisation_check(
     model, images, explain_fn: str | Callable, *, cascading: bool = True, layers: Sequence[str] | None = None,
     seed: int = 0, threshold: float = 0.5, preprocess: Callable | None = None, target="predicted",
@@ -299,11 +305,13 @@ def randomisation_check(
 ) -> SanityResult:  # fmt: skip
     """Re-initialise layers from the top down (``cascading``) or one at a time, and compare the maps.
 
-    The user's model is not touched: a clone carries the randomised weights. ``explain_fn`` is a method
-    name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. ``images``: an array
-    or any source :mod:`cnn_exposed.sources` reads (read into memory: the maps of every step are kept). The target is
-    fixed to the original model's prediction, so only the weights change. A model with several inputs takes the
-    images as :func:`explain` does (a dict keyed by input name), with ``input``/``output`` in ``method_options``.
+    The user's model is not touched: a clone carries the randomised weights (each weight array redrawn from a normal
+    distribution of its own standard deviation; moving statistics, :data:`STATISTICS`, are kept). ``explain_fn`` is
+    a method name (with ``method_options``) or a callable ``(model, images) -> (N, H, W) maps``. ``images``: an
+    array or any source :mod:`cnn_exposed.sources` reads (read into memory: the maps of every step are kept). The
+    target is fixed to the original model's prediction, so only the weights change. A model with several inputs
+    takes the images as :func:`explain` does (a dict keyed by input name), with ``input``/``output`` in
+    ``method_options``.
     ``final_only`` (with ``cascading``): explain only once every layer is randomised, the last step's maps and
     verdict for one explanation instead of one per layer (the draws are the same, so the result equals the
     full check's last step). ``smooth``: smooth MPRT (Hedström et al. 2023; Quantus' ``SmoothMPRT`` uses 50): each
@@ -342,11 +350,12 @@ def randomisation_check(
     for r in refs:
         if not cascading:
             clone.set_weights(pristine)
-        new = []
-        for w in r.layer.get_weights():
+        for v in r.layer.weights:
+            w = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+            if v.name.split("/")[-1] in STATISTICS:
+                continue
             std = float(w.std()) or 0.05
-            new.append(rng.normal(0.0, std, w.shape).astype(w.dtype))
-        r.layer.set_weights(new)
+            v.assign(rng.normal(0.0, std, w.shape).astype(w.dtype))
         if final_only and cascading and r is not refs[-1]:
             continue
         all_maps.append(run(clone, targets))
@@ -399,7 +408,13 @@ def efficient_mprt(model, images, method, *, bins: int = 100, seed: int = 0, pre
     randomisation that of :func:`randomisation_check`'s last step. NaN for a constant original map."""
     check = randomisation_check(model, images, method, seed=seed, preprocess=preprocess, final_only=True,
                                 **method_options)  # fmt: skip
-    before, after = _histogram_entropy(check.maps[0], bins), _histogram_entropy(check.maps[-1], bins)
+    return entropy_rise(check.maps[0], check.maps[-1], bins)
+
+
+def entropy_rise(original: np.ndarray, randomised: np.ndarray, bins: int = 100) -> np.ndarray:
+    """``(H(randomised) − H(original)) / H(original)`` per map, ``H`` the entropy (natural log) of a ``bins``-bin
+    histogram over the map's own range: :func:`efficient_mprt`'s score; NaN where the original is constant."""
+    before, after = _histogram_entropy(original, bins), _histogram_entropy(randomised, bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(before > 0, (after - before) / before, np.nan)
 
