@@ -128,3 +128,35 @@ def test_on_the_demo_with_masks_the_report_files_and_the_command(tmp_path):
     assert code == 0
     saved = json.loads((tmp_path / "cli" / "evaluation.json").read_text())
     assert saved["methods"] == ["gradcam", "saliency"] and len(saved["results"]["gradcam"]["irof"]["values"]) == 4
+
+
+def test_a_tf_data_pipeline_gives_the_array_result():
+    import tensorflow as tf
+
+    model, x = checker_model()
+    run = dict(metrics=["deletion", "faithfulness_correlation", "sparseness"], metric_options=LIGHT, sanity_images=2,
+               resamples=50)  # fmt: skip
+    arrays = ce.evaluate(model, x, ["saliency"], **run)
+    dataset = ce.evaluate(model, tf.data.Dataset.from_tensor_slices(x).batch(4), ["saliency"], **run)
+    for key, values in arrays.values.items():
+        np.testing.assert_allclose(dataset.values[key], values, rtol=1e-5, atol=1e-6, err_msg=str(key))
+    assert dataset.sanity == arrays.sanity
+
+
+def test_the_command_reports_a_broken_file_and_writes_the_rest(tmp_path, capsys):
+    import shutil
+
+    from cnn_exposed.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for f in sorted((ce.bundled.data_dir() / "demo" / "images" / "trap" / "pool").glob("*.png"))[:3]:
+        shutil.copy(f, folder / f.name)
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="broken.png"):
+        code = main(["evaluate", "demo", str(folder), "--method", "gradcam", "--metrics", "deletion",
+                     "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0 and "skipped" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert len(saved["results"]["gradcam"]["deletion"]["values"]) == 3
+    assert saved["skipped"][0][0].endswith("broken.png")
