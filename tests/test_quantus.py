@@ -11,7 +11,9 @@ Convention differences, written down where they change a number:
 - ROAD: Quantus ranks the attribution broadcast to C·H·W values but removes H·W pixels; ours ranks the channel
   sum. The imputation itself is the same linear system (compared here without noise).
 - IROF: Quantus reports ``n − Σ trapz(y_k / y_0)`` without the unperturbed point; ours divides the area by the
-  segment count and starts the curve at the image itself (see ``cnn_exposed.faithfulness.irof``).
+  segment count and starts the curve at the image itself (see ``cnn_exposed.faithfulness.irof``); Quantus' "mean"
+  baseline is recomputed on the already perturbed image at every step, ours is the image's; Quantus 0.6.0's IROF
+  refuses RGB images (its mask has one channel) and calls ``np.trapz``, gone in NumPy 2.4.
 """
 
 import warnings
@@ -94,3 +96,41 @@ def test_faithfulness_correlation_agrees_with_quantus_where_the_answer_is_known(
         ours = metrics.faithfulness_correlation(model, x, sign * exact, runs=30, subset_size=20, target=0)
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
         np.testing.assert_allclose(ours, sign, atol=1e-5)
+
+
+def test_irof_agrees_with_quantus_after_converting_its_scale(monkeypatch):
+    """Quantus reports ``Q = n − Σ trapz(y_k / y_0)`` over k = 1 … n; ours is the area over the curve that starts at
+    the image itself, divided by the segment count: ``ours · n + (1 + y_1) / 2 = Q``, with ``y_1`` the score left
+    after the first segment goes. Grayscale: Quantus 0.6.0's IROF asserts that its one-channel mask has the
+    image's shape, so it refuses RGB images. The baseline is "black" (each image's lowest value, 0 here, which
+    Quantus recomputes on the perturbed image every step: still 0). Quantus calls ``np.trapz``, which NumPy 2.4
+    removed; the test hands it ``np.trapezoid``, the same function under its new name."""
+    import keras
+
+    from cnn_exposed.segmentation import segment_images
+
+    if not hasattr(np, "trapz"):
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 16, 16, 1)).astype(np.float32)
+    x[:, 0, 0], x[:, -1, -1] = 0.0, 1.0  # in [0, 1] already: our per-image scaling before SLIC changes nothing
+    a = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    y = model.predict(x, verbose=0).argmax(1)
+    theirs = quantus.IROF(perturb_baseline="black", disable_warnings=True, return_aggregate=False)(
+        model=keras.Model(model.inputs, model.outputs), x_batch=x, y_batch=y, a_batch=a[:, None], channel_first=False
+    )
+    slic = {"n_segments": 100, "compactness": 10.0, "sigma": 0.0}  # scikit-image's defaults, which Quantus uses
+    ours = metrics.irof(model, x, a, baseline="black", target=y, segment_options=slic)
+    labels = segment_images(x, "slic", segment_options=slic)
+    n = labels.reshape(3, -1).max(1) + 1
+    y0 = model.predict(x, verbose=0)[np.arange(3), y]
+    first = []
+    for i in range(3):
+        means = np.array([a[i][labels[i] == s].mean() for s in range(n[i])])
+        hidden = x[i].copy()
+        hidden[labels[i] == np.argmax(means)] = 0.0
+        first.append(model.predict(hidden[None], verbose=0)[0, y[i]] / y0[i])
+    np.testing.assert_allclose(ours * n + (1 + np.array(first)) / 2, theirs, rtol=1e-4)
