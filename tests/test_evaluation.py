@@ -160,3 +160,20 @@ def test_the_command_reports_a_broken_file_and_writes_the_rest(tmp_path, capsys)
     saved = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert len(saved["results"]["gradcam"]["deletion"]["values"]) == 3
     assert saved["skipped"][0][0].endswith("broken.png")
+
+
+def test_bootstrap_intervals_and_certainty_by_brute_force():
+    rng = np.random.default_rng(3)
+    n, methods, metrics = 30, ["a", "b", "c"], ["deletion", "insertion", "irof"]
+    values = {(m, k): rng.normal(loc, 1.0, n) for m, loc in zip(methods, (0.0, 0.3, 0.35)) for k in metrics}
+    ev = ce.Evaluation(methods, metrics, values, {}, confidence=0.9, resamples=400, seed=5)
+    draws = np.random.default_rng(5).integers(0, n, (400, n))  # one chunk of resamples at this size
+    means = {key: v[draws].mean(1) for key, v in values.items()}
+    assert ev.interval("b", "irof") == pytest.approx(tuple(np.percentile(means["b", "irof"], [5, 95])))
+    # deletion: lower is better; insertion and IROF: higher is better
+    rank = {k: np.argsort(np.argsort(np.stack([means[m, k] for m in methods], 1) * (1 if k == "deletion" else -1),
+                                     axis=1), axis=1) + 1 for k in metrics}  # fmt: skip
+    winners = np.argmin(np.mean([rank[k] for k in metrics], axis=0), axis=1)
+    rec = ev.recommend()
+    assert rec.certainty == pytest.approx(np.mean(winners == methods.index(rec.method)))
+    assert 0 < rec.certainty < 1  # the three are close: the answer is not certain

@@ -19,6 +19,7 @@ import base64
 import html
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,28 +107,42 @@ class Evaluation:
     seed: int = 0
     settings: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)  # (file, reason) of unreadable files
+    _boot: dict | None = field(default=None, init=False, repr=False)
 
-    def _draws(self) -> np.ndarray:
-        n = len(next(iter(self.values.values())))
-        return np.random.default_rng(self.seed).integers(0, n, (self.resamples, n))
+    def bootstrap_means(self) -> dict:
+        """(method, metric) -> the mean over images in each of ``resamples`` resamples of the images, ``(R,)``. The
+        same resamples serve every method and metric (paired), drawn a few at a time so that memory stays about
+        two million indices whatever the number of images; computed once."""
+        if self._boot is None:
+            n = len(next(iter(self.values.values())))
+            rng = np.random.default_rng(self.seed)
+            chunk = max(1, min(self.resamples, 2_000_000 // max(n, 1)))
+            parts: dict = {key: [] for key in self.values}
+            done = 0
+            while done < self.resamples:
+                draw = rng.integers(0, n, (min(chunk, self.resamples - done), n))
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a resample of NaNs only: its mean is NaN
+                    for key, v in self.values.items():
+                        parts[key].append(np.nanmean(v[draw], axis=1) if n else np.full(len(draw), np.nan))
+                done += len(draw)
+            self._boot = {key: np.concatenate(v) for key, v in parts.items()}
+        return self._boot
 
     def mean(self, method: str, metric: str) -> float:
         return float(np.nanmean(self.values[method, metric])) if len(self.values[method, metric]) else np.nan
 
     def interval(self, method: str, metric: str) -> tuple[float, float]:
         """Percentile bootstrap interval of the mean over images (the same resamples for every method)."""
-        v = self.values[method, metric]
-        means = np.nanmean(v[self._draws()], axis=1)
+        means = self.bootstrap_means()[method, metric]
         tail = 100 * (1 - self.confidence) / 2
         return float(np.nanpercentile(means, tail)), float(np.nanpercentile(means, 100 - tail))
 
-    def ranks(self, metric: str, methods: Sequence[str] | None = None, draw=None) -> dict:
+    def ranks(self, metric: str, methods: Sequence[str] | None = None) -> dict:
         """Rank of each method on ``metric`` (1 is best, ties share the mean rank)."""
         methods = list(methods or self.methods)
-        v = [self.values[m, metric] if draw is None else self.values[m, metric][draw] for m in methods]
-        means = np.array([np.nanmean(x) if len(x) else np.nan for x in v])
-        signed = np.where(np.isnan(means), np.inf, -means if METRICS[metric].higher_is_better else means)
-        return dict(zip(methods, fa.average_ranks(signed[None])[0] + 1))
+        means = np.array([[self.mean(m, metric) for m in methods]])
+        return dict(zip(methods, _rank_rows(means, metric)[0]))
 
     def _faithfulness(self) -> list:
         return [k for k in self.metrics if METRICS[k].group == "faithfulness"]
@@ -143,11 +158,11 @@ class Evaluation:
         per_metric = {k: self.ranks(k, eligible) for k in faith}
         order = sorted(eligible, key=lambda m: (np.mean([per_metric[k][m] for k in faith]), eligible.index(m)))
         best, runner = order[0], (order[1] if len(order) > 1 else None)
-        wins = 0
-        for draw in self._draws():
-            mean_rank = {m: np.mean([self.ranks(k, eligible, draw)[m] for k in faith]) for m in eligible}
-            wins += min(eligible, key=lambda m: (mean_rank[m], eligible.index(m))) == best
-        certainty = wins / self.resamples
+        boot = self.bootstrap_means()
+        per_resample = np.mean(
+            [_rank_rows(np.stack([boot[m, k] for m in eligible], axis=1), k) for k in faith], axis=0
+        )  # (R, methods): each resample's mean rank over the faithfulness metrics
+        certainty = float(np.mean(np.argmin(per_resample, axis=1) == eligible.index(best)))
         first_on = sum(per_metric[k][best] == 1 for k in faith)
         overlapping = []
         if runner is not None:
@@ -239,6 +254,12 @@ class Evaluation:
         (out / "evaluation.html").write_text(page, encoding="utf-8")
         (out / "evaluation.json").write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
         return out / "evaluation.html"
+
+
+def _rank_rows(means: np.ndarray, metric: str) -> np.ndarray:
+    """Ranks (1 best, ties averaged, NaN last) of each row of ``means`` ``(R, methods)`` on ``metric``."""
+    signed = np.where(np.isnan(means), np.inf, -means if METRICS[metric].higher_is_better else means)
+    return fa.average_ranks(signed) + 1
 
 
 def _json_default(value):
