@@ -367,14 +367,6 @@ def _check(methods, metric_names, masks) -> None:
         )
 
 
-def _class_dependence(explainer, images, exp, positions, seed: int) -> np.ndarray:
-    """Random logit for one batch: SSIM of each map with the map of a random other class (per image, seeded by
-    its position)."""
-    k = exp.probabilities.shape[1]
-    other = np.array([(t + fa.image_rng(seed, p).integers(1, k)) % k for t, p in zip(exp.targets, positions)])
-    return mt.ssim(exp.maps, explainer.explain(images, target=other).maps)
-
-
 def evaluate(
     model, images, methods: Sequence[str] = DEFAULT_METHODS, metrics: Sequence[str] | None = None, *,
     masks=None, preprocess=None, target="predicted", options: dict | None = None, metric_options: dict | None = None,
@@ -421,7 +413,7 @@ def evaluate(
             exp = explainer.explain(batch.images, target=sources.batch_target(target, batch))
             for k in metric_names:
                 if k == "random_logit":
-                    found = _class_dependence(explainer, batch.images, exp, batch.index, seed)
+                    found = mt.ssim(exp.maps, mt.other_class_maps(explainer, batch.images, exp, batch.index, seed))
                 elif k == "average_sensitivity":
                     found = average_sensitivity(
                         model, batch.images, given[m], preprocess=preprocess, target=exp.targets, seed=seed,

@@ -33,6 +33,7 @@ from .faithfulness import (
     average_ranks,
     deletion_curve,
     faithfulness_correlation,
+    image_rng,
     increase_in_confidence,
     insertion_curve,
     irof,
@@ -433,7 +434,8 @@ def random_target_check(model, images, method: str, *, seed: int = 0, preprocess
     class. High values mean the method hardly depends on the class it is asked to explain.
 
     ``images``: an array or any source :mod:`cnn_exposed.sources` reads, explained a batch at a time (the
-    random classes are drawn image by image in order, so the result does not depend on the batching)."""
+    random class of each image is drawn from ``seed`` and its position, so the result does not depend on the
+    batching)."""
     return _other_class_similarity(model, images, method, spearman, seed, preprocess, method_options)
 
 
@@ -452,17 +454,22 @@ def random_logit(model, images, method: str, *, similarity: str = "ssim", seed: 
     return _other_class_similarity(model, images, method, measures[similarity], seed, preprocess, method_options)
 
 
+def other_class_maps(explainer, images, explained: Explanation, positions, seed: int) -> np.ndarray:
+    """Maps of ``images`` for a random class other than each one's ``explained.targets``, drawn per image from
+    ``seed`` and its ``positions`` in the source (so they do not depend on the batching)."""
+    k = explained.probabilities.shape[1]
+    other = [(t + image_rng(seed, p).integers(1, k)) % k for t, p in zip(explained.targets, positions)]
+    return explainer.explain(images, target=np.asarray(other)).maps
+
+
 def _other_class_similarity(model, images, method, measure, seed, preprocess, method_options) -> np.ndarray:
     from .attribution import make_method
 
     explainer = make_method(model, method, preprocess=preprocess, progress=False, **method_options)
-    rng = np.random.default_rng(seed)
     out = []
     for batch in metric_batches(images, explainer.engine, explainer.batch_size):
         pred = explainer.explain(batch.images)
-        k = pred.probabilities.shape[1]
-        other = (pred.targets + rng.integers(1, k, len(pred.targets))) % k
-        out.append(measure(pred.maps, explainer.explain(batch.images, target=other).maps))
+        out.append(measure(pred.maps, other_class_maps(explainer, batch.images, pred, batch.index, seed)))
     return np.concatenate(out)
 
 
