@@ -173,7 +173,36 @@ def test_bootstrap_intervals_and_certainty_by_brute_force():
     # deletion: lower is better; insertion and IROF: higher is better
     rank = {k: np.argsort(np.argsort(np.stack([means[m, k] for m in methods], 1) * (1 if k == "deletion" else -1),
                                      axis=1), axis=1) + 1 for k in metrics}  # fmt: skip
-    winners = np.argmin(np.mean([rank[k] for k in metrics], axis=0), axis=1)
+    mean_rank = np.mean([rank[k] for k in metrics], axis=0)
+    first = mean_rank == mean_rank.min(1, keepdims=True)  # a tie for first counts for each in equal parts
     rec = ev.recommend()
-    assert rec.certainty == pytest.approx(np.mean(winners == methods.index(rec.method)))
-    assert 0 < rec.certainty < 1  # the three are close: the answer is not certain
+    assert rec.certainty == pytest.approx(np.mean(first[:, methods.index(rec.method)] / first.sum(1)))
+    assert 0 < rec.certainty < 1 and np.any(first.sum(1) > 1)  # the three are close; some resamples tie
+
+
+def test_two_methods_alike_share_the_certainty_and_a_metric_alike_for_all_is_left_out():
+    rng = np.random.default_rng(4)
+    n = 40
+    same = {k: rng.normal(0.0, 1.0, n) for k in ("deletion", "insertion")}
+    values = {("a", k): v for k, v in same.items()} | {("b", k): v.copy() for k, v in same.items()}
+    values |= {("c", "deletion"): same["deletion"] + 3.0, ("c", "insertion"): same["insertion"] - 3.0}
+    flat = rng.uniform(0, 1, n)  # IROF: the model's score never followed what was hidden, the same for all
+    values |= {(m, "irof"): flat.copy() for m in "abc"}
+    ev = ce.Evaluation(["a", "b", "c"], ["deletion", "insertion", "irof"], values, {}, resamples=200)
+    rec = ev.recommend()
+    assert rec.method == "a" and rec.certainty == pytest.approx(0.5)  # a and b tie in every resample
+    assert rec.uninformative == ["irof"] and rec.faithfulness_metrics == ["deletion", "insertion"]
+    assert "Left out, as every method scores the same on every image: irof" in rec.text
+
+
+def test_no_recommendation_when_the_model_does_not_follow_what_is_hidden():
+    """An untrained head whose weights are all zero: every probability is 1/3 whatever the image, so every
+    method's deletion and insertion curves are flat and the same, and no method can be called most faithful."""
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(2, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax",
+                                                                         kernel_initializer="zeros")])  # fmt: skip
+    x = np.random.default_rng(0).uniform(0, 1, (4, 12, 12, 3)).astype(np.float32)
+    ev = ce.evaluate(model, x, ["saliency", "gradcam"], ["deletion", "insertion"], sanity_images=0, resamples=50)
+    rec = ev.recommend()
+    assert rec.method is None and rec.uninformative == ["deletion", "insertion"]
+    assert "no faithfulness metric tells the methods apart" in rec.text

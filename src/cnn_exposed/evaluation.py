@@ -85,6 +85,7 @@ class Recommendation:
     agreement: float  # Kendall's W of the faithfulness metrics' rankings (1: they agree)
     failed_sanity: list
     text: str
+    uninformative: list = field(default_factory=list)  # faithfulness metrics on which every method scores the same
 
 
 @dataclass
@@ -147,22 +148,37 @@ class Evaluation:
     def _faithfulness(self) -> list:
         return [k for k in self.metrics if METRICS[k].group == "faithfulness"]
 
+    def uninformative(self, methods: Sequence[str] | None = None) -> list:
+        """The faithfulness metrics that cannot tell ``methods`` apart: on every image each method's value equals the
+        others' (a model whose score does not follow what is hidden, such as an untrained one whose probabilities
+        stay uniform, gives every map the same curve)."""
+        methods = list(methods or self.methods)
+        out = []
+        for k in self._faithfulness():
+            table = np.stack([self.values[m, k] for m in methods])
+            spread = np.nanmax(table, axis=0) - np.nanmin(table, axis=0) if np.isfinite(table).any() else np.zeros(1)
+            if np.all(np.nan_to_num(spread) <= 1e-6 * (1 + np.nanmax(np.abs(table), initial=0.0))):
+                out.append(k)
+        return out
+
     def recommend(self) -> Recommendation:
         """The method that passes the sanity checks and is most faithful on this model, and how sure that is."""
         failed = [m for m in self.methods if not self.sanity.get(m, {}).get("passed", True)]
         eligible = [m for m in self.methods if m not in failed]
-        faith = self._faithfulness()
+        dead = self.uninformative(eligible) if len(eligible) > 1 else []
+        faith = [k for k in self._faithfulness() if k not in dead]
         if not eligible or not faith:
-            why = "no method passes the randomisation check" if not eligible else "no faithfulness metric was run"
-            return Recommendation(None, None, 0.0, 0, faith, [], np.nan, failed, f"No recommendation: {why}.")
+            why = (
+                "no method passes the randomisation check" if not eligible
+                else f"no faithfulness metric tells the methods apart on this model ({', '.join(dead)}: every method "
+                "scores the same on every image, so the model's score does not follow what is hidden)" if dead
+                else "no faithfulness metric was run"
+            )  # fmt: skip
+            return Recommendation(None, None, 0.0, 0, faith, [], np.nan, failed, f"No recommendation: {why}.", dead)
         per_metric = {k: self.ranks(k, eligible) for k in faith}
         order = sorted(eligible, key=lambda m: (np.mean([per_metric[k][m] for k in faith]), eligible.index(m)))
         best, runner = order[0], (order[1] if len(order) > 1 else None)
-        boot = self.bootstrap_means()
-        per_resample = np.mean(
-            [_rank_rows(np.stack([boot[m, k] for m in eligible], axis=1), k) for k in faith], axis=0
-        )  # (R, methods): each resample's mean rank over the faithfulness metrics
-        certainty = float(np.mean(np.argmin(per_resample, axis=1) == eligible.index(best)))
+        certainty = self._certainty(eligible, faith, best)
         first_on = sum(per_metric[k][best] == 1 for k in faith)
         overlapping = []
         if runner is not None:
@@ -179,9 +195,20 @@ class Evaluation:
             + (f"; its {int(100 * self.confidence)} % intervals overlap {runner}'s on {len(overlapping)} of "
                f"{len(faith)} metrics" if runner else "")
             + f". The metrics' rankings agree with Kendall's W = {agreement:.2f} (1: fully)."
+            + (f" Left out, as every method scores the same on every image: {', '.join(dead)}." if dead else "")
             + (f" Failed the randomisation check (never recommended): {', '.join(failed)}." if failed else "")
         )  # fmt: skip
-        return Recommendation(best, runner, certainty, first_on, faith, overlapping, agreement, failed, text)
+        return Recommendation(best, runner, certainty, first_on, faith, overlapping, agreement, failed, text, dead)
+
+    def _certainty(self, eligible: list, faith: list, best: str) -> float:
+        """Share of bootstrap resamples in which ``best`` has the lowest mean rank over ``faith``; a resample where
+        several methods tie for first counts for each of them in equal parts."""
+        boot = self.bootstrap_means()
+        per_resample = np.mean(
+            [_rank_rows(np.stack([boot[m, k] for m in eligible], axis=1), k) for k in faith], axis=0
+        )  # (R, methods): each resample's mean rank over the faithfulness metrics
+        tied = np.isclose(per_resample, per_resample.min(axis=1, keepdims=True), rtol=0, atol=1e-9)
+        return float(np.mean(tied[:, eligible.index(best)] / tied.sum(axis=1)))
 
     def table(self) -> str:
         """A Markdown table: per method, each metric's mean [interval] (rank), and the sanity verdict."""
@@ -224,7 +251,16 @@ class Evaluation:
             },  # fmt: skip
             "recommendation": {
                 key: getattr(rec, key)
-                for key in ("method", "runner_up", "certainty", "first_on", "overlapping", "agreement", "text")
+                for key in (
+                    "method",
+                    "runner_up",
+                    "certainty",
+                    "first_on",
+                    "overlapping",
+                    "agreement",
+                    "uninformative",
+                    "text",
+                )
             },
         }
 
