@@ -181,6 +181,23 @@ def test_the_audit_streams_its_images_and_files_give_the_same_result(tmp_path, d
         np.testing.assert_array_equal(a.boxes, b.boxes)
         assert (a.flip_rate, a.control_flip_rate) == (b.flip_rate, b.control_flip_rate)
     assert from_files.to_json()["candidates"][0]["files"][0].endswith(".png")
+    # the same folder listed in another order and read in other batches: the same answer (every draw is seeded
+    # by the file's identity, and the files are audited in the order of their identities)
+    order = np.random.default_rng(0).permutation(len(files))
+    shuffled = audit(loaded.model, [files[i] for i in order], file_labels[order], preprocess=loaded.preprocess,
+                     batch_size=7, progress=False)  # fmt: skip
+    assert shuffled.files == paths and [f for f, _ in shuffled.skipped] == [str(tmp_path / "broken.png")]
+    assert _answer(shuffled) == _answer(from_files) and len(_answer(shuffled)) >= 2
+
+
+def _answer(result) -> list:
+    """What an audit concludes: per candidate, its classes, its images, its flip counts and p-value, its TCAV."""
+    return [
+        (c.true_class, c.predicted_class, tuple(np.asarray(result.files)[c.indices]), c.tested,
+         round(c.flip_rate * c.tested), round(c.control_flip_rate * c.tested), c.p_value,
+         None if c.tcav is None else round(c.tcav.score, 6))
+        for c in result.candidates
+    ]  # fmt: skip
 
 
 def test_report_pages_stay_light_however_many_candidates(tmp_path):

@@ -407,6 +407,22 @@ class _Images:
             array = np.asarray(array)[None]
         self.array: Any = array  # unused when files were given
         self.size = size
+        self.names = sources.file_identities(self.files) if self.files is not None else None
+
+    def in_canonical_order(self, labels: np.ndarray) -> np.ndarray:
+        """Files put in the order of their identities (paths relative to their shared folder), ``labels`` with
+        them: what is drawn and sampled then depends neither on the order of the list nor on the batching.
+        Returns the labels in the new order; an array keeps its order."""
+        if self.files is None:
+            return labels
+        order = sorted(range(len(self.files)), key=self.names.__getitem__)
+        self.files = [self.files[i] for i in order]
+        self.names = [self.names[i] for i in order]
+        return labels[order]
+
+    def identity(self, index: int):
+        """What seeds an image's random draws: its file's identity, or its position in an array."""
+        return self.names[index] if self.names is not None else int(index)
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.array)
@@ -481,7 +497,9 @@ def audit(
     images : (N, H, W, C) array, array-like, image files, or a dataset, PyDataset or iterable of batches
         In the model's own value range, or raw pixels when ``preprocess`` is given. Arrays may be memory
         maps; files (a list, or a folder of class sub-folders) are read a batch at a time (unreadable ones
-        are reported in ``Audit.skipped``). A ``tf.data.Dataset``, ``keras.utils.PyDataset`` or any iterable of
+        are reported in ``Audit.skipped``), in the order of their paths relative to the folder they share
+        (``Audit.files``; each image's random draws are seeded by that path, so neither the order of the list
+        nor the batch size changes the answer). A ``tf.data.Dataset``, ``keras.utils.PyDataset`` or any iterable of
         batches (a generator too: see :mod:`cnn_exposed.sources`) is read once, and its images spooled to a
         temporary file on disk (deleted before this returns) from which the candidates' images are read
         again: memory stays bounded by the batch, the disk holds the images (as uint8 when they are
@@ -538,7 +556,7 @@ def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np
     labels = np.asarray(known if labels is None else labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(source):
         raise InputError(f"Got {len(labels)} labels for {len(source)} images: give one true class per image.")
-    return source, labels
+    return source, source.in_canonical_order(labels)
 
 
 @dataclass
@@ -557,7 +575,7 @@ def _audit(model, source, labels, preprocess, class_names, method, batch_size, s
     explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
     engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     rng = np.random.default_rng(seed)
-    found = _explaining_pass(model, source, explainer, preprocess, batch_size, rng, seed, progress)
+    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress)
     true = labels[found.rows]
     groups = _groups(true, found.predicted, found.features, min_group, seed)
     read = _Reader(source, found.rows, engine.input_shape, preprocess)
@@ -576,7 +594,7 @@ def _audit(model, source, labels, preprocess, class_names, method, batch_size, s
     return Audit(candidates, found.predicted, true, names, params, found.skipped, files)
 
 
-def _explaining_pass(model, source, explainer, preprocess, batch_size, rng, seed, progress) -> _Pass:
+def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress) -> _Pass:
     """Every image read a batch at a time, explained, and forgotten but for its prediction, attended and
     control boxes, and (projected) crop features."""
     feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
@@ -596,7 +614,8 @@ def _explaining_pass(model, source, explainer, preprocess, batch_size, rng, seed
             projection = np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS)
         kept.append(ok)
         boxes.append(b)
-        controls.append(np.stack([control_box(box, x.shape[1:3], rng) for box in b]))
+        draws = [sources.image_rng(seed, source.identity(i)) for i in ok]  # per image: any order, any batching
+        controls.append(np.stack([control_box(box, x.shape[1:3], g) for box, g in zip(b, draws)]))
         predictions.append(np.asarray(exp.targets, np.int64))
         features.append((f @ projection if projection is not None else f).astype(np.float32))
     if not kept:

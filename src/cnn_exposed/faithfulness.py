@@ -37,6 +37,7 @@ from .explanation import Explanation
 from .inputs import fill_images, prepare_images
 from .model_io import held_inputs, rows, split_inputs
 from .models import unwrap_loaded
+from .sources import image_rng
 from .targets import one_per_image
 
 
@@ -275,12 +276,6 @@ def baseline_images(x: np.ndarray, baseline) -> np.ndarray:
         value = flat.min(1) if baseline == "black" else flat.max(1)
         return np.broadcast_to(value.reshape(-1, 1, 1, 1), x.shape).astype(np.float32)
     return fill_images(x, baseline)
-
-
-def image_rng(seed: int, position) -> np.random.Generator:
-    """The random numbers of one image: seeded by ``seed`` and the image's position in the source, so they do not
-    depend on how the images are batched."""
-    return np.random.default_rng([int(seed), int(position)])
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

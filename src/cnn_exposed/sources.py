@@ -23,6 +23,7 @@ one-hot or categorical vectors become their argmax, a binary ``(N, 1)`` label it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -388,6 +389,25 @@ def spool(images, folder, *, batch_size: int, names: list | None = None) -> tupl
     if not any(y is None for y in store.labels):
         known = np.concatenate(store.labels)
     return store, known
+
+
+def image_rng(seed: int, identity) -> np.random.Generator:
+    """The random numbers of one image, seeded by ``seed`` and the image's identity: its position in the source
+    (an int) or a name (a str, such as a file's path relative to the folder: see :func:`file_identities`), so
+    they depend neither on how the images are batched nor on the order they are read in."""
+    if isinstance(identity, str):
+        identity = int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([int(seed), int(identity)])
+
+
+def file_identities(files) -> list[str]:
+    """Each file's identity: its path relative to the folder all of them share (``bathroom/0001.jpg``), in POSIX
+    form, so that it does not change with the working directory, the order of the list or the machine."""
+    paths = [os.path.abspath(os.fspath(f)) for f in files]
+    if not paths:
+        return []
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
 
 
 def temporary_folder() -> tempfile.TemporaryDirectory:
