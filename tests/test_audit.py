@@ -193,7 +193,8 @@ def test_the_audit_streams_its_images_and_files_give_the_same_result(tmp_path, d
 def _answer(result) -> list:
     """What an audit concludes: per candidate, its classes, its images, its flip counts and p-value, its TCAV."""
     return [
-        (c.true_class, c.predicted_class, tuple(np.asarray(result.files)[c.indices]), c.tested,
+        (c.true_class, c.predicted_class, tuple(np.asarray(result.files or np.arange(len(result.labels)))[c.indices]),
+         c.tested,
          round(c.flip_rate * c.tested), round(c.control_flip_rate * c.tested), c.p_value,
          None if c.tcav is None else round(c.tcav.score, 6))
         for c in result.candidates
@@ -272,6 +273,15 @@ def test_the_audit_command_on_a_folder_of_class_sub_folders(tmp_path, capsys):
     assert data["skipped"][0]["file"].endswith("broken.png") and data["images"] == 65
     assert data["candidates"][0]["flip_rate"] > data["candidates"][0]["control_flip_rate"]
     assert "1 file(s) skipped" in (tmp_path / "out" / "index.html").read_text()
+    assert not (tmp_path / "out" / ".checkpoint").exists()  # the records go once the report is written
+    # the records of a run interrupted after its explaining pass: the command resumes from them
+    loaded = ce.load_model("demo")
+    records = tmp_path / "again" / ".checkpoint"
+    audit(loaded.model, tmp_path / "photos", preprocess=loaded.preprocess, checkpoint=records, progress=False,
+          batch_size=32)  # fmt: skip
+    assert main(["audit", "demo", str(tmp_path / "photos"), "--out", str(tmp_path / "again")]) == 0
+    assert "resumed an interrupted run: 66 of 66 image(s) read back" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again" / "audit.json").read_text())["candidates"] == data["candidates"]
     assert main(["audit", "demo", str(tmp_path / "photos" / "pool")]) == 2  # no class sub-folders: no labels
     assert "needs true labels" in capsys.readouterr().err
 
@@ -305,3 +315,34 @@ def test_the_audit_report_in_a_real_headless_browser_shows_the_rails_on_the_firs
     assert heading.startswith("1. pool → bathroom (mistake")
     assert loaded and box is not None and box["y"] + box["height"] <= 800  # the crops, without scrolling
     assert sheet
+
+
+class _Interrupted(_CountingImages):
+    """An array-like whose ``stop_at``-th read is interrupted (as Ctrl-C, or a machine going away, would)."""
+
+    def __init__(self, array, stop_at: int):
+        super().__init__(array)
+        self.stop_at = stop_at
+
+    def __getitem__(self, index):
+        if len(self.reads) + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        return super().__getitem__(index)
+
+
+def test_an_interrupted_audit_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path, demo_audit):
+    loaded, _, _ = demo_audit
+    clean, clean_labels, _ = ce.demo.generate(40, "clean", seed=9)
+    trap, trap_labels, _ = ce.demo.generate(24, "trap", seed=9)
+    images, labels = np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels])
+    options = dict(preprocess=loaded.preprocess, batch_size=16, progress=False, min_group=2)
+    whole = audit(loaded.model, images, labels, **options)
+    with pytest.raises(KeyboardInterrupt):  # two batches of 16 done, then the third read is interrupted
+        audit(loaded.model, _Interrupted(images, 3), labels, checkpoint=tmp_path / "ck", **options)
+    again = _CountingImages(images)
+    resumed = audit(loaded.model, again, labels, checkpoint=tmp_path / "ck", **options)
+    assert resumed.resumed == 32 and again.reads[:2] == [16, 16]  # only the last two batches are explained
+    assert _answer(resumed) == _answer(whole) and len(_answer(whole)) >= 2
+    np.testing.assert_array_equal(resumed.predictions, whole.predictions)
+    with pytest.raises(ce.errors.InputError, match="holds the records of another run .*seed"):
+        audit(loaded.model, images, labels, checkpoint=tmp_path / "ck", seed=1, **options)

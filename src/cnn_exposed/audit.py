@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import sources
 from .attribution import method_class
+from .checkpoint import Checkpoint, identities_digest, model_fingerprint
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
 from .images import collect_images, no_images_message, read_image, resize_image
@@ -158,6 +159,7 @@ class Audit:
     params: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)  # (file, reason) of the inputs that could not be read
     files: list | None = None  # the audited files, when files were given (what ``indices`` point into)
+    resumed: int = 0  # images whose records an earlier, interrupted attempt left in the checkpoint
 
     def _name(self, c: int) -> str:
         return str(self.class_names[c]) if self.class_names is not None else str(c)
@@ -487,6 +489,7 @@ def audit(
     seed: int = 0,
     progress: bool = True,
     min_group: int = 3,
+    checkpoint=None,
 ) -> Audit:
     """Find what the model attends to in its mistakes and correct answers, and test whether it causes them.
 
@@ -511,6 +514,12 @@ def audit(
         The attribution method whose map points at the attended region (any of :data:`cnn_exposed.METHODS`).
     min_group : int
         Groups and clusters with fewer images are not candidates.
+    checkpoint : str or Path, optional
+        A folder where the explaining pass (the part that grows with the images) keeps its per-image records,
+        one file per batch, as it goes. Given again after an interruption, the images already done are not
+        explained again and the result equals an uninterrupted run's (``Audit.resumed`` says how many were read
+        back). A folder holding another run's records (another model or weights, method, seed or set
+        of images) is refused. The records stay after the run; delete the folder when done.
 
     Returns
     -------
@@ -526,7 +535,10 @@ def audit(
     with sources.temporary_folder() as spool_folder:
         source, labels = _source(model, images, labels, batch_size, spool_folder)
         try:
-            return _audit(model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group)
+            kept = None if checkpoint is None else _checkpoint(checkpoint, model, source, method, seed, preprocess)
+            return _audit(
+                model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, kept
+            )
         finally:
             if isinstance(source.array, sources.Spooled):
                 source.array.close()
@@ -569,13 +581,27 @@ class _Pass:
     predicted: np.ndarray
     features: np.ndarray
     skipped: list
+    resumed: int = 0  # images an earlier, interrupted attempt had done (read from the checkpoint)
 
 
-def _audit(model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group) -> Audit:
+def _checkpoint(folder, model, source, method: str, seed: int, preprocess) -> Checkpoint:
+    """The audit's records in ``folder``, for this model, method, seed, preprocessing and images."""
+    manifest = {
+        "run": "audit: explaining pass", "format": 1, "model": model_fingerprint(model), "method": method,
+        "seed": seed, "preprocess": getattr(preprocess, "__qualname__", repr(preprocess)), "images": len(source),
+        "identities": identities_digest(source.identity(i) for i in range(len(source))),
+        "feature_dims": FEATURE_DIMS,
+    }  # fmt: skip
+    return Checkpoint(folder, manifest)
+
+
+def _audit(
+    model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, checkpoint
+) -> Audit:
     explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
     engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     rng = np.random.default_rng(seed)
-    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress)
+    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint)
     true = labels[found.rows]
     groups = _groups(true, found.predicted, found.features, min_group, seed)
     read = _Reader(source, found.rows, engine.input_shape, preprocess)
@@ -591,39 +617,65 @@ def _audit(model, source, labels, preprocess, class_names, method, batch_size, s
         "max_tested": MAX_TESTED, "alpha": ALPHA,
     }  # fmt: skip
     files = [source.files[i] for i in found.rows] if source.files is not None else None
-    return Audit(candidates, found.predicted, true, names, params, found.skipped, files)
+    return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed)
 
 
-def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress) -> _Pass:
+def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint) -> _Pass:
     """Every image read a batch at a time, explained, and forgotten but for its prediction, attended and
-    control boxes, and (projected) crop features."""
+    control boxes, and (projected) crop features. With a ``checkpoint``, each batch's records are saved as they
+    are made, and the images an earlier attempt finished are not done again."""
     feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
-    shape = explainer.engine.input_shape
-    projection = None
-    kept, boxes, controls, predictions, features, skipped = [], [], [], [], [], []
+    earlier = checkpoint.load() if checkpoint is not None else None
+    parts = [earlier] if earlier is not None else []
+    finished = set() if earlier is None else set(np.concatenate([earlier["rows"], earlier["skipped_rows"]]).tolist())
+    projection: list = []
     for part in batch_slices(len(source), batch_size, progress=progress, desc="audit: explaining"):
-        raw, ok, errors = source.read(np.arange(part.start, part.stop))
-        skipped += errors
-        if not len(ok):
-            continue
-        display, x = prepare_images(raw, shape, preprocess)
-        exp = explainer.explain(x)
-        b = np.stack([attended_box(m, x.shape[1:3]) for m in exp.maps])
-        f = _crop_features(feature_engine, x, b, batch_size)
-        if projection is None and f.shape[1] > FEATURE_DIMS:
-            projection = np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS)
-        kept.append(ok)
-        boxes.append(b)
-        draws = [sources.image_rng(seed, source.identity(i)) for i in ok]  # per image: any order, any batching
-        controls.append(np.stack([control_box(box, x.shape[1:3], g) for box, g in zip(b, draws)]))
-        predictions.append(np.asarray(exp.targets, np.int64))
-        features.append((f @ projection if projection is not None else f).astype(np.float32))
-    if not kept:
+        wanted = np.array([i for i in range(part.start, part.stop) if i not in finished], np.int64)
+        if len(wanted):
+            records = _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed,
+                                     projection)  # fmt: skip
+            if checkpoint is not None:
+                checkpoint.save(records)
+            parts.append(records)
+    return _merged(parts, source, len(finished))
+
+
+def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection) -> dict:
+    """The records of one batch of images (by position): those read, and those that could not be."""
+    raw, ok, errors = source.read(wanted)
+    failed = np.array([i for i in wanted if i not in set(ok.tolist())], np.int64)
+    records = {"skipped_rows": failed, "skipped_reasons": np.array([r for _, r in errors], dtype=str).reshape(-1)}
+    if not len(ok):
+        return {"rows": ok, **records}
+    _, x = prepare_images(raw, explainer.engine.input_shape, preprocess)
+    exp = explainer.explain(x)
+    b = np.stack([attended_box(m, x.shape[1:3]) for m in exp.maps])
+    f = _crop_features(feature_engine, x, b, batch_size)
+    if not projection and f.shape[1] > FEATURE_DIMS:
+        projection.append(np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS))
+    draws = [sources.image_rng(seed, source.identity(i)) for i in ok]  # per image: any order, any batching
+    return {
+        "rows": ok, "predicted": np.asarray(exp.targets, np.int64), "boxes": b,
+        "controls": np.stack([control_box(box, x.shape[1:3], g) for box, g in zip(b, draws)]),
+        "features": (f @ projection[0] if projection else f).astype(np.float32), **records,
+    }  # fmt: skip
+
+
+def _merged(parts: list, source, resumed: int) -> _Pass:
+    """The records of all batches, in the order of the images."""
+    read = [p for p in parts if len(p["rows"])]
+    if not read:
         raise InputError(f"None of the {len(source)} images could be read.")
-    return _Pass(
-        np.concatenate(kept), np.concatenate(boxes), np.concatenate(controls), np.concatenate(predictions),
-        np.concatenate(features), skipped,
-    )  # fmt: skip
+    cols = {k: np.concatenate([p[k] for p in read]) for k in ("rows", "predicted", "boxes", "controls", "features")}
+    order = np.argsort(cols["rows"], kind="stable")
+    failed = [p for p in parts if len(p["skipped_rows"])]
+    skipped_rows = np.concatenate([p["skipped_rows"] for p in failed]) if failed else np.zeros(0, np.int64)
+    reasons = np.concatenate([p["skipped_reasons"] for p in failed]) if failed else np.zeros(0, str)
+    where = np.argsort(skipped_rows, kind="stable")
+    name = (lambda r: str(source.files[r])) if source.files is not None else str
+    skipped = [(name(int(skipped_rows[i])), str(reasons[i])) for i in where]
+    c = {k: v[order] for k, v in cols.items()}
+    return _Pass(c["rows"], c["boxes"], c["controls"], c["predicted"], c["features"], skipped, resumed)
 
 
 def _groups(true: np.ndarray, predicted: np.ndarray, features: np.ndarray, min_group: int, seed: int) -> list:

@@ -13,6 +13,7 @@ from .errors import ImageReadError, InputError, UsageError
 
 DEFAULT_METHODS = "gradcam,integrated_gradients,smoothgrad,occlusion"
 DEMO_METHODS = "gradcam,layercam,integrated_gradients,smoothgrad,occlusion"
+AUDIT_CHECKPOINT = ".checkpoint"  # in OUT: the audit's records while it runs (resumed after an interruption)
 
 DESCRIPTION = """\
 Show why a Keras image classifier decides what it decides.
@@ -112,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
     au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
+    au.add_argument(
+        "--fresh", action="store_true",
+        help=f"start over: discard the records an interrupted run left in OUT/{AUDIT_CHECKPOINT} (without it, a run "
+        "resumes from them)",
+    )  # fmt: skip
     _saved_model_arguments(au)
 
     ev = sub.add_parser(
@@ -233,13 +239,23 @@ def _labelled_files(loaded, sources: list, echo=print) -> list:
     return files
 
 
-def run_audit(loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print, progress=False):
+def run_audit(
+    loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print, progress=False,
+    fresh: bool = False,
+):  # fmt: skip
     """Audit the model on a folder of class sub-folders: the candidate shortcuts, ``out/index.html`` and
-    ``out/audit.json``. Broken files are reported and skipped. Returns the :class:`~cnn_exposed.Audit`."""
+    ``out/audit.json``. Broken files are reported and skipped. The explaining pass keeps its records in
+    ``out/.checkpoint`` as it goes: a run that was interrupted resumes from them (``fresh``: discards them first);
+    they are deleted once the report is written. Returns the :class:`~cnn_exposed.Audit`."""
+    import shutil
+
     import numpy as np
 
     from .audit import audit
 
+    checkpoint = Path(out) / AUDIT_CHECKPOINT
+    if fresh:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     files = _labelled_files(loaded, [folder], echo)
     if any(f.label is None for f in files):
         raise UsageError(f"{folder}: the audit needs true labels: give a folder whose sub-folders are the classes")
@@ -247,12 +263,17 @@ def run_audit(loaded, folder, *, method="gradcam", batch_size=16, out="cnn-expos
         result = audit(
             loaded.model, [f.path for f in files], np.asarray([f.label for f in files]), preprocess=loaded.preprocess,
             class_names=list(loaded.class_names), method=method, batch_size=batch_size, progress=progress,
+            checkpoint=checkpoint,
         )  # fmt: skip
     except InputError as err:
-        raise UsageError(f"{folder}: {err}") from None
+        hint = " (or pass --fresh)" if str(checkpoint) in str(err) else ""
+        raise UsageError(f"{folder}: {err}{hint}") from None
+    if result.resumed:
+        echo(f"resumed an interrupted run: {result.resumed} of {len(files)} image(s) read back from {checkpoint}")
     for path, reason in result.skipped:
         echo(f"skipped {path}: {reason}")
     result.to_html(out)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     return result
 
 
@@ -447,6 +468,7 @@ def main(argv=None) -> int:
                 batch_size=args.batch_size,
                 out=args.out,
                 progress=sys.stderr.isatty(),
+                fresh=args.fresh,
             )
             for line in result.summary(3):
                 print(line)
