@@ -419,9 +419,12 @@ def _evaluate(args, loaded, echo=print) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     files = _labelled_files(loaded, args.images, echo)[: args.limit]
     try:
-        result = evaluate(
-            loaded, [f.path for f in files], methods, metrics, batch_size=args.batch_size, progress=sys.stderr.isatty()
-        )
+        with warnings.catch_warnings():  # the unreadable files are listed below, once
+            warnings.filterwarnings("ignore", message="Skipped unreadable file", category=UserWarning)
+            result = evaluate(
+                loaded, [f.path for f in files], methods, metrics, batch_size=args.batch_size,
+                progress=sys.stderr.isatty(),
+            )  # fmt: skip
     except ValueError as err:  # an unknown metric or method: the message lists the valid ones
         raise UsageError(str(err)) from None
     for path, reason in result.skipped:

@@ -40,15 +40,16 @@ class Metric:
     higher_is_better: bool
     label: str
     needs_masks: bool = False
+    span: float = 1.0  # the width of its values' natural range (AUCs of probabilities: 1; correlations: 2)
 
 
 METRICS: dict[str, Metric] = {
     "deletion": Metric("faithfulness", False, "deletion AUC"),
     "insertion": Metric("faithfulness", True, "insertion AUC"),
-    "faithfulness_correlation": Metric("faithfulness", True, "faithfulness corr."),
+    "faithfulness_correlation": Metric("faithfulness", True, "faithfulness corr.", span=2.0),
     "road": Metric("faithfulness", False, "ROAD MoRF AUC"),
     "irof": Metric("faithfulness", True, "IROF"),
-    "average_drop": Metric("faithfulness", False, "average drop %"),
+    "average_drop": Metric("faithfulness", False, "average drop %", span=100.0),
     "pointing_game": Metric("localisation", True, "pointing game", True),
     "relevance_rank_accuracy": Metric("localisation", True, "rank accuracy", True),
     "relevance_mass_accuracy": Metric("localisation", True, "mass accuracy", True),
@@ -60,6 +61,7 @@ METRICS: dict[str, Metric] = {
 DEFAULT_METRICS = (
     "deletion", "insertion", "faithfulness_correlation", "road", "irof", "sparseness", "complexity", "random_logit",
 )  # fmt: skip
+NEGLIGIBLE = 1e-3  # methods whose means differ by less than this share of a metric's span are not told apart
 DEFAULT_METHODS = ("gradcam", "gradcam++", "saliency", "integrated_gradients", "occlusion", "lrp")
 # lighter than each metric's published default, so that evaluate costs a few passes per method and image
 FAST_SETTINGS: dict[str, dict] = {
@@ -85,7 +87,7 @@ class Recommendation:
     agreement: float  # Kendall's W of the faithfulness metrics' rankings (1: they agree)
     failed_sanity: list
     text: str
-    uninformative: list = field(default_factory=list)  # faithfulness metrics on which every method scores the same
+    uninformative: list = field(default_factory=list)  # faithfulness metrics that cannot tell the methods apart
 
 
 @dataclass
@@ -149,15 +151,16 @@ class Evaluation:
         return [k for k in self.metrics if METRICS[k].group == "faithfulness"]
 
     def uninformative(self, methods: Sequence[str] | None = None) -> list:
-        """The faithfulness metrics that cannot tell ``methods`` apart: on every image each method's value equals the
-        others' (a model whose score does not follow what is hidden, such as an untrained one whose probabilities
-        stay uniform, gives every map the same curve)."""
+        """The faithfulness metrics that cannot tell ``methods`` apart: their means differ by less than
+        :data:`NEGLIGIBLE` of the metric's span (0.001 of an AUC of probabilities). A model whose score does not
+        follow what is hidden gives every map the same curve: an untrained one whose probabilities stay uniform,
+        or a confident one whose probabilities stay saturated near 1 (score logits there, where the metric can:
+        ``metric_options={"deletion": {"score": "logit"}}``)."""
         methods = list(methods or self.methods)
         out = []
         for k in self._faithfulness():
-            table = np.stack([self.values[m, k] for m in methods])
-            spread = np.nanmax(table, axis=0) - np.nanmin(table, axis=0) if np.isfinite(table).any() else np.zeros(1)
-            if np.all(np.nan_to_num(spread) <= 1e-6 * (1 + np.nanmax(np.abs(table), initial=0.0))):
+            means = np.array([self.mean(m, k) for m in methods])
+            if not np.isfinite(means).any() or np.nanmax(means) - np.nanmin(means) < NEGLIGIBLE * METRICS[k].span:
                 out.append(k)
         return out
 
@@ -170,8 +173,9 @@ class Evaluation:
         if not eligible or not faith:
             why = (
                 "no method passes the randomisation check" if not eligible
-                else f"no faithfulness metric tells the methods apart on this model ({', '.join(dead)}: every method "
-                "scores the same on every image, so the model's score does not follow what is hidden)" if dead
+                else f"no faithfulness metric tells the methods apart on this model ({', '.join(dead)}: the methods' "
+                f"means differ by less than {NEGLIGIBLE:g} of each metric's span, so the model's score hardly follows "
+                "what is hidden)" if dead
                 else "no faithfulness metric was run"
             )  # fmt: skip
             return Recommendation(None, None, 0.0, 0, faith, [], np.nan, failed, f"No recommendation: {why}.", dead)
@@ -195,7 +199,8 @@ class Evaluation:
             + (f"; its {int(100 * self.confidence)} % intervals overlap {runner}'s on {len(overlapping)} of "
                f"{len(faith)} metrics" if runner else "")
             + f". The metrics' rankings agree with Kendall's W = {agreement:.2f} (1: fully)."
-            + (f" Left out, as every method scores the same on every image: {', '.join(dead)}." if dead else "")
+            + (f" Left out, as the methods' means differ by less than {NEGLIGIBLE:g} of the metric's span (the "
+               f"model's score hardly follows what is hidden there): {', '.join(dead)}." if dead else "")
             + (f" Failed the randomisation check (never recommended): {', '.join(failed)}." if failed else "")
         )  # fmt: skip
         return Recommendation(best, runner, certainty, first_on, faith, overlapping, agreement, failed, text, dead)
