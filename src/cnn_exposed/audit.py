@@ -415,11 +415,12 @@ class _Images:
         """Files put in the order of their identities (paths relative to their shared folder), ``labels`` with
         them: what is drawn and sampled then depends neither on the order of the list nor on the batching.
         Returns the labels in the new order; an array keeps its order."""
-        if self.files is None:
+        names = self.names
+        if self.files is None or names is None:
             return labels
-        order = sorted(range(len(self.files)), key=self.names.__getitem__)
+        order = sorted(range(len(self.files)), key=names.__getitem__)
         self.files = [self.files[i] for i in order]
-        self.names = [self.names[i] for i in order]
+        self.names = [names[i] for i in order]
         return labels[order]
 
     def identity(self, index: int):

@@ -99,26 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--score", choices=["logit", "probability"], default="logit", help="what is explained")
     _saved_model_arguments(ex)
 
-    au = sub.add_parser(
-        "audit",
-        help="find the shortcut: what the model attends to in its mistakes, with causal proof",
-        description="Group the images of a labelled folder by true and predicted class, cluster each group by "
-        "what the model attends to, and test every cluster by blurring the attended regions (against a region "
-        "of the same size elsewhere). Writes OUT/index.html (candidate shortcuts first) and OUT/audit.json.",
-    )
-    au.add_argument("model", help=MODEL_HELP)
-    au.add_argument("folder", help="a folder of class sub-folders (the sub-folder names are the true labels)")
-    au.add_argument("--method", default="gradcam", help="the attribution method (default: %(default)s)")
-    au.add_argument("--class-names", help="text file with one class name per line, or the training folder")
-    au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
-    au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
-    au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
-    au.add_argument(
-        "--fresh", action="store_true",
-        help=f"start over: discard the records an interrupted run left in OUT/{AUDIT_CHECKPOINT} (without it, a run "
-        "resumes from them)",
-    )  # fmt: skip
-    _saved_model_arguments(au)
+    _audit_parser(sub)
 
     ev = sub.add_parser(
         "evaluate",
@@ -146,6 +127,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 MODEL_HELP = "'demo', 'demo-fair', a keras.applications name, a .keras/.h5 file, or a SavedModel directory"
+
+
+def _audit_parser(sub) -> None:
+    """The ``audit`` command's arguments."""
+    au = sub.add_parser(
+        "audit",
+        help="find the shortcut: what the model attends to in its mistakes, with causal proof",
+        description="Group the images of a labelled folder by true and predicted class, cluster each group by "
+        "what the model attends to, and test every cluster by blurring the attended regions (against a region "
+        "of the same size elsewhere). Writes OUT/index.html (candidate shortcuts first) and OUT/audit.json.",
+    )
+    au.add_argument("model", help=MODEL_HELP)
+    au.add_argument("folder", help="a folder of class sub-folders (the sub-folder names are the true labels)")
+    au.add_argument("--method", default="gradcam", help="the attribution method (default: %(default)s)")
+    au.add_argument("--class-names", help="text file with one class name per line, or the training folder")
+    au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
+    au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
+    au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
+    au.add_argument(
+        "--fresh", action="store_true",
+        help=f"start over: discard the records an interrupted run left in OUT/{AUDIT_CHECKPOINT} (without it, a run "
+        "resumes from them)",
+    )  # fmt: skip
+    _saved_model_arguments(au)
 
 
 def _saved_model_arguments(parser: argparse.ArgumentParser) -> None:
