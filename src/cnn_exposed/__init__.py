@@ -44,6 +44,7 @@ from .attribution import (
     explain_batches,
 )
 from .audit import Audit, Candidate, audit
+from .distributed import RayEngine
 from .engine import Engine
 from .errors import (
     CnnExposedError,
@@ -119,6 +120,7 @@ __all__ = [
     "NoSpatialLayerError",
     "Occlusion",
     "OfflineError",
+    "RayEngine",
     "Recommendation",
     "Saliency",
     "ScoreCAM",

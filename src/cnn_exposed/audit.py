@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from . import sources
 from .attribution import method_class
 from .checkpoint import Checkpoint, identities_digest, model_fingerprint
+from .distributed import RayEngine
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
 from .images import collect_images, no_images_message, read_image, resize_image
@@ -491,6 +493,7 @@ def audit(
     progress: bool = True,
     min_group: int = 3,
     checkpoint=None,
+    engine=None,
 ) -> Audit:
     """Find what the model attends to in its mistakes and correct answers, and test whether it causes them.
 
@@ -521,6 +524,11 @@ def audit(
         explained again and the result equals an uninterrupted run's (``Audit.resumed`` says how many were read
         back). A folder holding another run's records (another model or weights, method, seed or set
         of images) is refused. The records stay after the run; delete the folder when done.
+    engine : :class:`~cnn_exposed.RayEngine` or "ray", optional
+        Run the explaining pass on a Ray cluster (``"ray"``: a local one, or the one this process is connected
+        to): each worker builds the model and its passes once and explains batches of files (read by the
+        workers, so they must reach the paths) or of images sent from here. The rest of the audit (bounded:
+        at most :data:`MAX_TESTED` images per candidate) runs here. The answer is the single machine's.
 
     Returns
     -------
@@ -530,6 +538,9 @@ def audit(
         then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
+    engine = RayEngine() if isinstance(engine, str) and engine == "ray" else engine
+    if engine is not None and not isinstance(engine, RayEngine):
+        raise InputError(f'engine must be "ray" or a cnn_exposed.RayEngine(...), got {engine!r}.')
     if class_names is None and isinstance(model, LoadedModel):
         class_names = model.class_names
     model, preprocess = unwrap_loaded(model, preprocess)
@@ -538,7 +549,18 @@ def audit(
         try:
             kept = None if checkpoint is None else _checkpoint(checkpoint, model, source, method, seed, preprocess)
             return _audit(
-                model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, kept
+                model,
+                source,
+                labels,
+                preprocess,
+                class_names,
+                method,
+                batch_size,
+                seed,
+                progress,
+                min_group,
+                kept,
+                engine,
             )
         finally:
             if isinstance(source.array, sources.Spooled):
@@ -597,12 +619,12 @@ def _checkpoint(folder, model, source, method: str, seed: int, preprocess) -> Ch
 
 
 def _audit(
-    model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, checkpoint
+    model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, checkpoint, on_ray
 ) -> Audit:
     explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
     engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     rng = np.random.default_rng(seed)
-    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint)
+    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint, on_ray)
     true = labels[found.rows]
     groups = _groups(true, found.predicted, found.features, min_group, seed)
     read = _Reader(source, found.rows, engine.input_shape, preprocess)
@@ -621,7 +643,7 @@ def _audit(
     return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed)
 
 
-def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint) -> _Pass:
+def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint, on_ray) -> _Pass:
     """Every image read a batch at a time, explained, and forgotten but for its prediction, attended and
     control boxes, and (projected) crop features. With a ``checkpoint``, each batch's records are saved as they
     are made, and the images an earlier attempt finished are not done again."""
@@ -630,15 +652,71 @@ def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, pro
     parts = [earlier] if earlier is not None else []
     finished = set() if earlier is None else set(np.concatenate([earlier["rows"], earlier["skipped_rows"]]).tolist())
     projection: list = []
-    for part in batch_slices(len(source), batch_size, progress=progress, desc="audit: explaining"):
-        wanted = np.array([i for i in range(part.start, part.stop) if i not in finished], np.int64)
-        if len(wanted):
-            records = _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed,
-                                     projection)  # fmt: skip
-            if checkpoint is not None:
-                checkpoint.save(records)
-            parts.append(records)
+    todo = [np.array([i for i in range(b.start, b.stop) if i not in finished], np.int64)
+            for b in batch_slices(len(source), batch_size, progress=False)]  # fmt: skip
+    todo = [wanted for wanted in todo if len(wanted)]
+    if on_ray is None:
+        results: Iterator = (
+            _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection)
+            for wanted in todo
+        )
+    else:  # the same batches, on the workers
+        job = _ExplainJob(model, explainer.name, preprocess, batch_size, seed, source.size)
+        results = on_ray.map(job, (_job_item(source, wanted) for wanted in todo))
+    results = tqdm(results, total=len(todo), desc="audit: explaining", unit="batch", disable=not progress)
+    for records in results:
+        if checkpoint is not None:
+            checkpoint.save(records)
+        parts.append(records)
     return _merged(parts, source, len(finished))
+
+
+def _job_item(source, wanted: np.ndarray) -> tuple:
+    """What a worker needs of one batch: its rows, and its files (with their identities) or images."""
+    if source.files is not None:
+        return wanted, [str(source.files[i]) for i in wanted], [source.identity(i) for i in wanted]
+    return wanted, source.read(wanted)[0], [int(i) for i in wanted]
+
+
+class _ExplainJob:
+    """The explaining pass's work for a Ray worker (:class:`cnn_exposed.distributed.RayEngine`): the model travels
+    as a ``.keras`` file's bytes, rebuilt with the explainer and the feature pass once per worker."""
+
+    def __init__(self, model, method: str, preprocess, batch_size: int, seed: int, size):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            try:
+                model.save(path)
+            except Exception as err:  # noqa: BLE001 (any reason a model cannot be saved)
+                raise InputError(
+                    f"Running on Ray sends the model to the workers as a .keras file, and this model cannot be saved "
+                    f"as one ({type(err).__name__}: {err}); run without Ray, or make the model savable."
+                ) from None
+            self.model_bytes = path.read_bytes()
+        self.method, self.preprocess, self.batch_size, self.seed, self.size = method, preprocess, batch_size, seed, size
+
+    def setup(self) -> None:
+        import tempfile
+
+        import keras
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(self.model_bytes)
+            model = keras.saving.load_model(path, compile=False)
+        self.explainer = method_class(self.method)(model, batch_size=self.batch_size, progress=False)
+        self.features = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
+        self.projection: list = []
+
+    def __call__(self, item) -> dict:
+        wanted, images, names = item
+        local = _Images(images, self.size)
+        local.names = names
+        records = _explain_batch(local, np.arange(len(wanted)), self.explainer, self.features, self.preprocess,
+                                 self.batch_size, self.seed, self.projection)  # fmt: skip
+        return {**records, "rows": wanted[records["rows"]], "skipped_rows": wanted[records["skipped_rows"]]}
 
 
 def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection) -> dict:

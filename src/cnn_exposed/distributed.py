@@ -1,0 +1,126 @@
+"""Run a pass over many images on a Ray cluster: one worker process per CPU (or GPU), each building its model and
+compiled passes once, fed batches.
+
+:class:`RayEngine` is generic: it maps a *job* (a picklable object with ``setup()``, called once in each worker,
+and ``__call__(item)``, called per batch) over items and yields the results as they finish, with a bounded
+number in flight so the driver's memory does not grow with the catalogue. A worker that dies is restarted by
+Ray and its unfinished batches run again (``max_restarts`` / ``max_task_retries``), so every batch's result
+arrives once. Ray is an optional dependency (``pip install "cnn-exposed[ray]"``), imported only here, when a
+``RayEngine`` starts.
+
+TensorFlow in the workers: each worker process starts with ``TF_FORCE_GPU_ALLOW_GROWTH`` set (a worker takes
+the GPU memory it needs, not all of it), ``CUDA_VISIBLE_DEVICES`` empty when it has no GPU (a CPU worker never
+touches one), and TensorFlow's C++ logs quieted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from .errors import InputError
+
+
+class RayEngine:
+    """Where and how wide a pass runs on Ray.
+
+    Parameters
+    ----------
+    address : str or None
+        The cluster to join (``"auto"``, ``"ray://head:10001"``, ...); None starts a local one on this machine, or
+        joins the one this process is already connected to.
+    workers : int or None
+        Worker processes; None: as many as the cluster's CPUs (or GPUs, with ``gpus_per_worker``) allow.
+    cpus_per_worker, gpus_per_worker : float
+        What each worker reserves (one GPU per worker is the usual choice on a GPU cluster).
+    in_flight : int
+        Batches queued per worker: enough to keep each busy, few enough to bound the driver's memory.
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1,
+                 gpus_per_worker: float = 0, in_flight: int = 2):  # fmt: skip
+        self.address, self.requested = address, workers
+        self.cpus_per_worker, self.gpus_per_worker, self.in_flight = cpus_per_worker, gpus_per_worker, in_flight
+        self.workers: list = []  # the live workers' actor handles, while a pass runs
+        self._job: list = []
+
+    def _start(self, job) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        resources = ray.cluster_resources()
+        if self.requested:
+            n = int(self.requested)
+        elif self.gpus_per_worker:
+            n = int(resources.get("GPU", 0) // self.gpus_per_worker)
+        else:
+            n = int(resources.get("CPU", 1) // max(self.cpus_per_worker, 1e-9))
+        if n < 1:
+            raise InputError(
+                f"The Ray cluster has {resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s): not "
+                f"enough for one worker of {self.cpus_per_worker:g} CPU(s) and {self.gpus_per_worker:g} GPU(s)."
+            )
+        env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        if not self.gpus_per_worker:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        worker = ray.remote(_Worker).options(
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=-1, max_task_retries=-1,
+            runtime_env={"env_vars": env},
+        )  # fmt: skip
+        self._job = [ray.put(job)]  # nested in a list: a worker fetches it on its first batch, and again if restarted
+        self.workers = [worker.remote() for _ in range(n)]
+
+    def map(self, job, items: Iterable) -> Iterator:
+        """``job(item)`` for every item, on the workers; results in the order they finish."""
+        ray = _ray()
+        self._start(job)
+        try:
+            pending: dict = {}
+            queue = iter(items)
+            turn = 0
+            for item in queue:
+                ref = self.workers[turn % len(self.workers)].run.remote(self._job, item)
+                pending[ref] = item
+                turn += 1
+                while len(pending) >= self.in_flight * len(self.workers):
+                    yield from _finished(ray, pending)
+            while pending:
+                yield from _finished(ray, pending)
+        finally:
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
+            self.workers, self._job = [], []
+
+
+def _finished(ray, pending: dict) -> Iterator:
+    done, _ = ray.wait(list(pending), num_returns=1)
+    for ref in done:
+        del pending[ref]
+        yield ray.get(ref)
+
+
+class _Worker:
+    """One worker process: the job fetched and set up on its first batch (again after a restart), then fed
+    items."""
+
+    def __init__(self):
+        self.job = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: list, item):
+        if self.job is None:
+            self.job = _ray().get(job[0])
+            self.job.setup()
+        return self.job(item)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            'Running on Ray needs Ray: pip install "cnn-exposed[ray]" (or pip install ray), then try again.'
+        ) from None
+    return ray
