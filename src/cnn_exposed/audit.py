@@ -37,7 +37,7 @@ from .checkpoint import Checkpoint, identities_digest, model_fingerprint
 from .distributed import RayEngine
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
-from .images import collect_images, no_images_message, read_image, resize_image
+from .images import collect_images, match_folder_classes, no_images_message, read_image, resize_image
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .model_io import input_names
@@ -545,7 +545,7 @@ def audit(
         class_names = model.class_names
     model, preprocess = unwrap_loaded(model, preprocess)
     with sources.temporary_folder() as spool_folder:
-        source, labels = _source(model, images, labels, batch_size, spool_folder)
+        source, labels = _source(model, images, labels, batch_size, spool_folder, class_names)
         try:
             kept = None if checkpoint is None else _checkpoint(checkpoint, model, source, method, seed, preprocess)
             return _audit(
@@ -567,7 +567,7 @@ def audit(
                 source.array.close()
 
 
-def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np.ndarray]:
+def _source(model, images, labels, batch_size: int, folder, class_names=None) -> tuple[_Images, np.ndarray]:
     """The audited images as an :class:`_Images` reader (a dataset or iterable spooled to ``folder``), and one
     true class per image (given, or those that came with the images)."""
     shape = engine_for(model, None, "logit", GRADIENT_RULES).input_shape
@@ -577,9 +577,12 @@ def _source(model, images, labels, batch_size: int, folder) -> tuple[_Images, np
     if what in ("dataset", "pydataset", "batches"):
         images, known = sources.spool(images, folder, batch_size=batch_size, names=input_names(model))
     elif what == "files" and isinstance(images, (str, Path)):  # a folder: its files, labelled by class folders
-        found, _ = collect_images([images])
+        found, folder_classes = collect_images([images])
         if not found:
             raise InputError(no_images_message([images]))
+        note = match_folder_classes(found, folder_classes, class_names)  # numbered as the model numbers them
+        if note and labels is None:
+            raise InputError(f"{images}: {note}. Name the sub-folders after the classes, or give labels=...")
         images = [f.path for f in found]
         known = np.asarray([f.label for f in found]) if found and all(f.label is not None for f in found) else None
     source = _Images(images, size)

@@ -29,7 +29,7 @@ def model_fingerprint(model) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(str(getattr(model, "name", "")).encode())
     for w in model.weights:
-        value = np.ascontiguousarray(np.asarray(w))
+        value = np.ascontiguousarray(w.numpy() if hasattr(w, "numpy") else np.asarray(w))
         digest.update(f"{w.path if hasattr(w, 'path') else w.name}{value.shape}{value.dtype}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()

@@ -146,6 +146,11 @@ def _audit_parser(sub) -> None:
     au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
     au.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="explain the images on a Ray cluster (pip install 'cnn-exposed[ray]'): ADDRESS to join one (e.g. auto, "
+        "ray://head:10001), none to start one on this machine; the workers must reach the folder's files",
+    )  # fmt: skip
+    au.add_argument(
         "--fresh", action="store_true",
         help=f"start over: discard the records an interrupted run left in OUT/{AUDIT_CHECKPOINT} (without it, a run "
         "resumes from them)",
@@ -225,28 +230,29 @@ def _parse_target(text: str, class_names: list) -> int | str:
 def _labelled_files(loaded, sources: list, echo=print) -> list:
     """The image files under ``sources``, each with its true class in the model's numbering when the
     folders give one (class sub-folders, matched by name, else in Keras' sorted-folder order)."""
-    from .images import collect_images, no_images_message
+    from .images import collect_images, match_folder_classes, no_images_message
 
     files, folder_classes = collect_images(sources)
     if not files:
         raise UsageError(no_images_message(sources))
-    names = list(loaded.class_names)
-    if folder_classes is not None:
-        if all(c in names for c in folder_classes):
-            remap = {i: names.index(c) for i, c in enumerate(folder_classes)}
-            for f in files:
-                if f.label is not None:
-                    f.label = remap[f.label]
-        elif len(folder_classes) != len(names):
-            echo(f"note: folder classes {folder_classes} do not match the model's classes; labels ignored")
-            for f in files:
-                f.label = None
+    note = match_folder_classes(files, folder_classes, list(loaded.class_names))
+    if note:
+        echo(f"note: {note}")
     return files
+
+
+def _ray_engine(address: str | None):
+    """``--ray [ADDRESS]``: None without the flag; a local cluster with it alone."""
+    if address is None:
+        return None
+    from .distributed import RayEngine
+
+    return RayEngine(address=address or None)
 
 
 def run_audit(
     loaded, folder, *, method="gradcam", batch_size=16, out="cnn-exposed-audit", echo=print, progress=False,
-    fresh: bool = False,
+    fresh: bool = False, engine=None,
 ):  # fmt: skip
     """Audit the model on a folder of class sub-folders: the candidate shortcuts, ``out/index.html`` and
     ``out/audit.json``. Broken files are reported and skipped. The explaining pass keeps its records in
@@ -268,7 +274,7 @@ def run_audit(
         result = audit(
             loaded.model, [f.path for f in files], np.asarray([f.label for f in files]), preprocess=loaded.preprocess,
             class_names=list(loaded.class_names), method=method, batch_size=batch_size, progress=progress,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, engine=engine,
         )  # fmt: skip
     except InputError as err:
         hint = " (or pass --fresh)" if str(checkpoint) in str(err) else ""
@@ -477,6 +483,7 @@ def main(argv=None) -> int:
                 out=args.out,
                 progress=sys.stderr.isatty(),
                 fresh=args.fresh,
+                engine=_ray_engine(args.ray),
             )
             for line in result.summary(3):
                 print(line)

@@ -202,3 +202,24 @@ def collect_images(paths) -> tuple[list[ImageFile], list[str] | None]:
         else:
             files.append(ImageFile(p))  # named explicitly: read it, and report it if it is not an image
     return files, class_names
+
+
+def match_folder_classes(files: list, folder_classes, class_names) -> str | None:
+    """Renumber the labels that class sub-folders gave ``files`` (Keras' sorted-folder order) in the order of the
+    model's ``class_names``, when every folder is named after one of them. When they cannot be matched: with as
+    many folders as classes the sorted order stands (Keras' convention, as ``image_dataset_from_directory``
+    trained the model); otherwise the labels are dropped. Returns a note saying so, or None."""
+    if folder_classes is None or class_names is None:
+        return None
+    names = [str(c) for c in class_names]
+    if all(c in names for c in folder_classes):
+        remap = {i: names.index(c) for i, c in enumerate(folder_classes)}
+        for f in files:
+            if f.label is not None:
+                f.label = remap[f.label]
+        return None
+    if len(folder_classes) == len(names):
+        return None
+    for f in files:
+        f.label = None
+    return f"folder classes {list(folder_classes)} do not match the model's classes {names}; labels ignored"

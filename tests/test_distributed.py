@@ -1,0 +1,117 @@
+"""The audit on a Ray cluster: the single machine's answer, a killed worker, resuming, the command.
+
+One local cluster (two CPUs) serves the module (pytest-xdist's loadscope keeps a module on one worker). Ray is an
+optional extra: this module runs where it is installed (the latest-releases stage installs it with
+requirements.txt); every other test runs everywhere, without it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import cnn_exposed as ce
+from cnn_exposed.audit import audit
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """64 demo photos in class sub-folders, one broken file among them, and their single-machine audit."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    names = ce.demo.CLASS_NAMES
+    clean, clean_labels, _ = ce.demo.generate(40, "clean", seed=9)
+    trap, trap_labels, _ = ce.demo.generate(24, "trap", seed=9)
+    for i, (img, label) in enumerate(zip(np.concatenate([clean, trap]), np.concatenate([clean_labels, trap_labels]))):
+        (root / names[label]).mkdir(exist_ok=True)
+        Image.fromarray(img).save(root / names[label] / f"{i:03d}.png")
+    (root / "pool" / "broken.png").write_bytes(b"not a png")
+    loaded = ce.load_model("demo")
+    local = audit(loaded, root, batch_size=4, progress=False, min_group=2)
+    return root, loaded, local
+
+
+def _answer(result) -> list:
+    """What an audit concludes: per candidate, its classes, its files, its flip counts and p-value, its TCAV."""
+    return [
+        (c.true_class, c.predicted_class, tuple(str(result.files[i]) for i in c.indices), c.tested,
+         round(c.flip_rate * c.tested), round(c.control_flip_rate * c.tested), c.p_value,
+         None if c.tcav is None else round(c.tcav.score, 6))
+        for c in result.candidates
+    ]  # fmt: skip
+
+
+def test_on_ray_the_audit_survives_a_killed_worker_and_gives_the_single_machine_answer(cluster, folder, tmp_path):
+    root, loaded, local = folder
+    engine = ce.RayEngine(workers=2)
+    records = tmp_path / "records"
+    killed = {}
+
+    def kill_a_worker_mid_job():  # once the first batches are in, while most are still to come
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(records.glob("part-*.npz")):
+            time.sleep(0.02)
+        if engine.workers:
+            killed["pid"] = ray.get(engine.workers[0].pid.remote())
+            killed["parts"] = len(list(records.glob("part-*.npz")))
+            ray.kill(engine.workers[0], no_restart=False)  # the process dies; Ray starts another
+
+    watcher = threading.Thread(target=kill_a_worker_mid_job)
+    watcher.start()
+    on_ray = audit(loaded, root, batch_size=4, progress=False, min_group=2, engine=engine, checkpoint=records)
+    watcher.join()
+    assert 0 < killed["parts"] < 16, killed  # 17 batches of 4 (65 files): the worker died mid-job
+    assert _answer(on_ray) == _answer(local) and len(_answer(local)) >= 3
+    np.testing.assert_array_equal(on_ray.predictions, local.predictions)  # every image once, none lost
+    assert on_ray.files == local.files and len(on_ray.files) == 64
+    assert [f for f, _ in on_ray.skipped] == [str(root / "pool" / "broken.png")]
+    assert len(list(records.glob("part-*.npz"))) == 17  # one record file per batch, none twice
+
+
+def test_on_ray_an_interrupted_audit_resumes(cluster, folder, tmp_path, monkeypatch):
+    """Half done on this machine (the records an interrupted run left), the rest on Ray: the same answer."""
+    from cnn_exposed.checkpoint import Checkpoint
+
+    root, loaded, local = folder
+    save, count = Checkpoint.save, []
+
+    def save_then_stop_after_eight(self, records):  # as Ctrl-C after the eighth batch would
+        save(self, records)
+        count.append(1)
+        if len(count) == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_stop_after_eight)
+    with pytest.raises(KeyboardInterrupt):
+        audit(loaded, root, batch_size=4, progress=False, checkpoint=tmp_path / "records")
+    monkeypatch.undo()
+    resumed = audit(loaded, root, batch_size=4, progress=False, min_group=2, engine="ray",
+                    checkpoint=tmp_path / "records")  # fmt: skip
+    assert resumed.resumed == 32 and _answer(resumed) == _answer(local)
+
+
+def test_the_audit_command_on_ray(cluster, folder, tmp_path, capsys):
+    from cnn_exposed.cli import main
+
+    root, loaded, _ = folder
+    assert main(["audit", "demo", str(root), "--out", str(tmp_path / "out"), "--ray", "--batch-size", "8"]) == 0
+    assert "audited 64 image(s), skipped 1." in capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "audit.json").read_text())
+    local = audit(loaded, root, progress=False)  # the command's settings, on this machine
+    assert [c["files"] for c in data["candidates"]] == [[str(local.files[i]) for i in c.indices]
+                                                         for c in local.candidates]  # fmt: skip
+    assert [c["p_value"] for c in data["candidates"]] == pytest.approx([c.p_value for c in local.candidates])
