@@ -347,3 +347,15 @@ def test_an_interrupted_audit_resumes_where_it_stopped_and_ends_as_an_uninterrup
     np.testing.assert_array_equal(resumed.predictions, whole.predictions)
     with pytest.raises(ce.errors.InputError, match="holds the records of another run .*seed"):
         audit(loaded.model, images, labels, checkpoint=tmp_path / "ck", seed=1, **options)
+
+
+def test_without_ray_the_audit_runs_here_and_engine_ray_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the ray extra is not installed: import ray fails
+    loaded = ce.load_model("demo")
+    images, labels, _ = ce.demo.load_images("trap")
+    with pytest.raises(ce.InputError, match=r'pip install "cnn-exposed\[ray\]"'):
+        audit(loaded, images, labels, engine="ray", progress=False)
+    with pytest.raises(ce.InputError, match='engine must be "ray" or a cnn_exposed.RayEngine'):
+        audit(loaded, images, labels, engine="spark", progress=False)

@@ -39,6 +39,7 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, in_flight: int = 2):  # fmt: skip
+        _ray()  # without Ray installed: say how to install it, now rather than at the first batch
         self.address, self.requested = address, workers
         self.cpus_per_worker, self.gpus_per_worker, self.in_flight = cpus_per_worker, gpus_per_worker, in_flight
         self.workers: list = []  # the live workers' actor handles, while a pass runs
