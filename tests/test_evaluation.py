@@ -196,6 +196,8 @@ def test_two_methods_alike_share_the_certainty_and_a_metric_alike_for_all_is_lef
     assert rec.method == "a" and rec.certainty == pytest.approx(0.5)  # a and b tie in every resample
     assert rec.uninformative == ["irof"] and rec.faithfulness_metrics == ["deletion", "insertion"]
     assert "the model's score hardly follows what is hidden there): irof." in rec.text
+    one = ce.Evaluation(["a", "b", "c"], ["deletion", "irof"], values, {}, resamples=50).recommend()
+    assert one.method == "a" and "one metric, so no agreement between metrics to measure" in one.text
 
 
 def test_no_recommendation_when_the_model_does_not_follow_what_is_hidden():

@@ -198,7 +198,8 @@ class Evaluation:
             f"bootstrap resamples of the images"
             + (f"; its {int(100 * self.confidence)} % intervals overlap {runner}'s on {len(overlapping)} of "
                f"{len(faith)} metrics" if runner else "")
-            + f". The metrics' rankings agree with Kendall's W = {agreement:.2f} (1: fully)."
+            + (f". The metrics' rankings agree with Kendall's W = {agreement:.2f} (1: fully)." if len(faith) > 1
+               else ": one metric, so no agreement between metrics to measure.")
             + (f" Left out, as the methods' means differ by less than {NEGLIGIBLE:g} of the metric's span (the "
                f"model's score hardly follows what is hidden there): {', '.join(dead)}." if dead else "")
             + (f" Failed the randomisation check (never recommended): {', '.join(failed)}." if failed else "")
