@@ -233,3 +233,23 @@ def test_engine_results_are_named_and_stay_named_over_batches(cnn):
     assert isinstance(many, InputGradients)
     np.testing.assert_allclose(many.gradients, one.gradients, rtol=1e-5, atol=1e-7)
     assert many.targets[3] == one.probabilities[3].argmax()  # -1 resolved to the top class
+
+
+def test_a_model_that_rescales_its_input_itself_gets_raw_pixels(tmp_path):
+    """Keras' image-classification tutorial puts Rescaling(1./255) first (and EfficientNet rescales inside): scaling
+    the pixels again by default would feed it nearly black images. Such a model is loaded with "none"."""
+    import cnn_exposed as ce
+
+    pixels = np.full((1, 8, 8, 3), 200.0, np.float32)
+    layers = [keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")]
+    tutorial = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), *layers])
+    plain = keras.Sequential([keras.Input((8, 8, 3)), *[keras.layers.deserialize(keras.layers.serialize(x))
+                                                        for x in layers]])  # fmt: skip
+    nested = keras.Sequential([keras.Input((8, 8, 3)), tutorial, keras.layers.Dense(2)])  # a base inside a head
+    for model, want in ((tutorial, 200.0), (plain, 200.0 / 255), (nested, 200.0)):
+        path = tmp_path / f"{model.name}.keras"
+        model.save(path)
+        loaded = ce.load_model(path)
+        np.testing.assert_allclose(loaded.preprocess(pixels), want, rtol=1e-6)
+        assert ("rescales its input itself" in loaded.metadata.get("preprocess", "")) == (want == 200.0)
+    assert ce.load_model(tmp_path / f"{tutorial.name}.keras", preprocess="scale_0_1").preprocess(pixels).max() < 1

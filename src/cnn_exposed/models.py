@@ -189,8 +189,9 @@ def load_model(
         :data:`APPLICATIONS`); a ``.keras`` or ``.h5`` file; a TensorFlow SavedModel directory (the one holding
         ``saved_model.pb``: see :mod:`cnn_exposed.savedmodel` for what works on it); or a model object.
     preprocess : str or callable, optional
-        For a user's model: ``"scale_0_1"`` (default), ``"scale_-1_1"``, ``"none"``, a
-        ``keras.applications`` name, or a function. Applications and the demo bring their own.
+        For a user's model: ``"scale_0_1"`` (default; ``"none"`` when the model rescales its input itself, see
+        :func:`rescales_itself`), ``"scale_-1_1"``, ``"none"``, a ``keras.applications`` name, or a function.
+        Applications and the demo bring their own.
     class_names : list, text file or folder, optional
         For a user's model: names in output order, a file with one per line, or the training data
         folder (its sorted sub-folder names, the ``image_dataset_from_directory`` order).
@@ -214,6 +215,9 @@ def load_model(
         options = {"endpoint": endpoint, "output": output, "head": head, "input_size": input_size}
         model, name, metadata = _load_file(Path(name_or_path), **options)
     shape = tuple(model.inputs[0].shape[1:3])
+    if preprocess is None and rescales_itself(model):
+        preprocess = "none"
+        metadata["preprocess"] = "none: the model rescales its input itself (Rescaling before its first weights)"
     return LoadedModel(
         model=model,
         preprocess=preprocessing_function(preprocess or "scale_0_1"),
@@ -222,6 +226,20 @@ def load_model(
         name=name,
         metadata=metadata,
     )
+
+
+def rescales_itself(model: keras.Model) -> bool:
+    """Whether the model takes 0–255 pixels: a ``Rescaling`` layer comes before its first trainable weights (as
+    Keras' image-classification tutorial puts ``Rescaling(1./255)`` first, and as EfficientNet and ConvNeXt
+    rescale inside), so scaling the pixels again would feed it nearly black images."""
+    from .layers import iter_layers
+
+    for ref in iter_layers(model):
+        if isinstance(ref.layer, keras.layers.Rescaling):
+            return True
+        if not isinstance(ref.layer, keras.Model) and ref.layer.trainable_weights:
+            return False
+    return False
 
 
 def _load_file(path: Path, **saved_model_options) -> tuple[keras.Model, str, dict]:
