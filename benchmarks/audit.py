@@ -1,13 +1,17 @@
 """The audit's cost and memory at scale: ``cnn_exposed.audit`` over folders of 1,000 and 10,000 generated demo
 images (a quarter of them trap pools), against the bare explanation pass over the same files.
 
-    python benchmarks/audit.py [--sizes 1000 10000] [--batch-size 64] [--folder /tmp/cnn-exposed-bench-audit]
+    python benchmarks/audit.py [--sizes 1000 10000] [--batch-size 64] [--folder /tmp/cnn-exposed-bench-audit] [--ray]
 
 The images are generated once into ``--folder`` (class sub-folders of PNG files, as ``cnn-exposed audit``
 reads them), in chunks, so the benchmark itself never holds them all. Each measurement runs in a fresh
 process, so its peak resident memory (``ru_maxrss``) is its own: the bare pass reads the files a batch at a
 time and explains them with Grad-CAM, keeping nothing; the audit does the same plus everything it adds. For
 each size the two run back to back, and the ratio (audit / bare) is what to compare, on this shared machine.
+
+With ``--ray`` (the ``ray`` extra installed), the audit also runs on a local Ray cluster with 1 and 2 CPU workers
+(``cnn_exposed.RayEngine``), each in its own process after the cluster has started: its time includes the
+workers' start (importing TensorFlow, building the model and its passes), which a long run pays once.
 """
 
 from __future__ import annotations
@@ -41,8 +45,14 @@ if mode == "bare":
         ce.explain(loaded.model, x, "gradcam", preprocess=loaded.preprocess, batch_size=batch, progress=False)
     found = None
 else:
+    engine = None
+    if mode.startswith("ray"):
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        engine = ce.RayEngine(workers=int(mode[3:]))
+        start = time.perf_counter()
     found = ce.audit(loaded.model, paths, labels, preprocess=loaded.preprocess, class_names=loaded.class_names,
-                     batch_size=batch, progress=False)
+                     batch_size=batch, progress=False, engine=engine)
 seconds = time.perf_counter() - start
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 top = found.summary(1)[0] if found is not None else ""
@@ -82,6 +92,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--folder", type=Path, default=Path("/tmp/cnn-exposed-bench-audit"))
+    parser.add_argument("--ray", action="store_true", help="also on a local Ray cluster, 1 and 2 CPU workers")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
@@ -95,6 +106,12 @@ def main() -> None:
         print(f"  bare explanation pass: {bare['seconds']:.1f} s, peak {bare['peak_mb']:.0f} MB", flush=True)
         print(f"  audit:                 {full['seconds']:.1f} s, peak {full['peak_mb']:.0f} MB", flush=True)
         print(f"  {full['top']}", flush=True)
+        for workers in (1, 2) if args.ray else ():
+            on_ray = measure(f"ray{workers}", folder, args.batch_size)
+            print(f"  audit on Ray, {workers} worker(s): {on_ray['seconds']:.1f} s "
+                  f"({on_ray['seconds'] / full['seconds']:.2f}x the single-machine audit; "
+                  f"{size / on_ray['seconds']:.0f} images/s); the same top candidate: {on_ray['top'] == full['top']}",
+                  flush=True)  # fmt: skip
     print("\n| images | bare pass s | audit s | audit / bare | bare peak MB | audit peak MB | audit - bare MB |")
     print("|---|---|---|---|---|---|---|")
     for size, bare, full in rows:
