@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from test_audit import _answer  # what an audit concludes, as the single-machine tests compare it
 
 import cnn_exposed as ce
 from cnn_exposed.audit import audit
@@ -43,16 +44,6 @@ def folder(tmp_path_factory):
     loaded = ce.load_model("demo")
     local = audit(loaded, root, batch_size=4, progress=False, min_group=2)
     return root, loaded, local
-
-
-def _answer(result) -> list:
-    """What an audit concludes: per candidate, its classes, its files, its flip counts and p-value, its TCAV."""
-    return [
-        (c.true_class, c.predicted_class, tuple(str(result.files[i]) for i in c.indices), c.tested,
-         round(c.flip_rate * c.tested), round(c.control_flip_rate * c.tested), c.p_value,
-         None if c.tcav is None else round(c.tcav.score, 6))
-        for c in result.candidates
-    ]  # fmt: skip
 
 
 def test_on_ray_the_audit_survives_a_killed_worker_and_gives_the_single_machine_answer(cluster, folder, tmp_path):

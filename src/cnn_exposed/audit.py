@@ -725,7 +725,7 @@ class _ExplainJob:
 def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection) -> dict:
     """The records of one batch of images (by position): those read, and those that could not be."""
     raw, ok, errors = source.read(wanted)
-    failed = np.array([i for i in wanted if i not in set(ok.tolist())], np.int64)
+    failed = wanted[~np.isin(wanted, ok)]  # in order, as ``errors`` lists them
     records = {"skipped_rows": failed, "skipped_reasons": np.array([r for _, r in errors], dtype=str).reshape(-1)}
     if not len(ok):
         return {"rows": ok, **records}
