@@ -29,7 +29,7 @@ class RuleMethod(GradientMethod):
             model, score=score, preprocess=preprocess, batch_size=batch_size, progress=progress, input=input,
             output=output,
         )  # fmt: skip
-        self.engine = engine_for(model, None, self.score, self._rules(), input, output)
+        self.engine = engine_for(self.model, None, self.score, self._rules(), input, output)
 
     def _pass(self, x, targets):
         return self.engine.map_batches(self.engine.relevance, (x, targets), self.batch_size, self.progress, self.name)

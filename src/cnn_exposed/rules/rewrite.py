@@ -266,18 +266,25 @@ def chain_maps(maps: list):
 
 
 def only_consumer(layer, models) -> object | None:
-    """The one layer that reads ``layer``'s output in its model, or None (several, none, or unknown)."""
-    try:
-        output = layer.output
-    except (AttributeError, ValueError):  # a shared layer has no single output
-        return None
+    """The one layer that reads ``layer``'s output in its model, or None (several, none, or unknown).
+
+    A consumer is found by who produced its input (the tensor's history), not by identity with ``layer.output``:
+    a nested ``Sequential`` loaded from a ``.keras`` file has called its layers once per rebuild while loading
+    (conv1 of the demo model: 11 nodes), and ``layer.output`` is the first node's output while the next layer reads
+    a later one's; by identity no batch normalisation was folded there, and LRP's z+ rule then went through the
+    unfolded normalisation (relevance summing to -0.18 for a logit of 6.85)."""
     consumers: list = []
     for other in models[-1].layers:
         try:
             inputs = other.input if isinstance(other.input, (list, tuple)) else [other.input]
         except (AttributeError, ValueError):
             continue
-        consumers.extend(other for t in inputs if t is output)
+        for t in inputs:
+            try:
+                if producer(t) is layer:
+                    consumers.append(other)
+            except AttributeError:
+                continue
     return consumers[0] if len(consumers) == 1 else None
 
 
