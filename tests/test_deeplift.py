@@ -254,7 +254,11 @@ def test_results_do_not_depend_on_batch_size():
     runs = [ce.explain(model, x, "deepshap", background=background, batch_size=n, progress=False) for n in (1, 5, 64)]
     for other in runs[1:]:
         np.testing.assert_array_equal(other.targets, runs[0].targets)
-        np.testing.assert_allclose(other.attributions, runs[0].attributions, rtol=1e-5, atol=1e-7)
+        # float rounding only: the convolutions' kernels differ with the batch (on this host 1.6e-7 where the
+        # largest attribution is ~1e-3); a batch that leaked into another image would differ by its whole size
+        np.testing.assert_allclose(
+            other.attributions, runs[0].attributions, atol=1e-3 * np.abs(runs[0].attributions).max()
+        )
         np.testing.assert_allclose(other.completeness_error, runs[0].completeness_error, atol=1e-5)
 
 
