@@ -180,6 +180,18 @@ def test_files_and_folders_are_read_resized_and_broken_ones_skipped(model, folde
             ce.explain(model, [broken], "saliency")
 
 
+def test_files_skipped_after_the_last_readable_batch_are_listed_too(model, photos, tmp_path):
+    _, _, _, paths = photos
+    broken = [tmp_path / f"broken{i}.png" for i in range(3)]
+    for b in broken:
+        b.write_bytes(b"")
+    files = [paths[0], paths[1], paths[2], broken[0], broken[1], broken[2]]  # batches of 2: the last two unreadable
+    with pytest.warns(UserWarning, match="broken"):
+        parts = list(ce.explain_batches(model, files, "saliency", preprocess=scale, batch_size=2, progress=False))
+    assert [list(p.image_index) for p in parts] == [[0, 1], [2]]
+    assert [[f for f, _ in p.skipped] for p in parts] == [[], [str(b) for b in broken]]
+
+
 def test_metrics_and_tcav_on_a_dataset_equal_the_array_result(model, photos):
     ds, x, y, _ = photos
     exp = ce.explain(model, x, "gradcam", preprocess=scale, progress=False)

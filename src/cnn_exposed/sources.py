@@ -191,46 +191,81 @@ def _elements(images, what: str, batch_size: int) -> Iterator:
         yield from images
 
 
-def _file_batches(images, batch_size: int, size) -> Iterator[Batch]:
-    """Files read a batch at a time, resized to ``size`` (None: the first image's size)."""
+def file_list(images) -> tuple[list[Path], np.ndarray | None]:
+    """The files of a file source (a path, a folder, a list of paths) and their labels (a folder of class
+    sub-folders), without reading them."""
     if isinstance(images, (str, os.PathLike)):
         found, _ = collect_images([images])
         if not found:
             raise InputError(no_images_message([images]))
-        paths = [f.path for f in found]
         known: np.ndarray | None = None
         if all(f.label is not None for f in found):
             known = np.asarray([f.label for f in found], np.int64)
-    else:
-        paths, known = [Path(p) for p in images], None
-    pending: list = []
-    yielded = False
-    for start in range(0, len(paths), batch_size):
-        read, ok, errors = [], [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                image = read_image(paths[i])
-            except ImageReadError as err:
-                errors.append((str(paths[i]), str(err)))
-                continue
-            size = image.shape[:2] if size is None else size
-            read.append(resize_image(image, tuple(size)))
-            ok.append(i)
-        if errors:
-            warnings.warn(
-                "Skipped unreadable file(s): " + "; ".join(f"{f}: {r}" for f, r in errors[:10]),
-                UserWarning,
-                stacklevel=4,
-            )
-            pending += errors
-        if not ok:
+        return [f.path for f in found], known
+    return [Path(p) for p in images], None
+
+
+def first_size(paths: list) -> tuple[int, int] | None:
+    """The size of the first readable file (what a model of any input size takes all of them at), or None."""
+    for path in paths:
+        try:
+            return read_image(path).shape[:2]
+        except ImageReadError:
             continue
-        index = np.asarray(ok, np.int64)
-        labels = known[index] if known is not None else None
-        yield Batch(np.stack(read), labels, index, [paths[i] for i in ok], pending)
-        pending, yielded = [], True
-    if not yielded:
+    return None
+
+
+def read_files(paths: list, positions: np.ndarray, size, labels: np.ndarray | None = None) -> tuple[Batch | None, list]:
+    """One batch of files read and resized to ``size`` (None: the first image's), as a :class:`Batch` whose
+    ``index`` is ``positions`` of the files read (None when none could be), and the (file, reason) of the
+    others. ``labels``: one per file, or None."""
+    read, ok, errors = [], [], []
+    for k, path in enumerate(paths):
+        try:
+            image = read_image(path)
+        except ImageReadError as err:
+            errors.append((str(path), str(err)))
+            continue
+        size = image.shape[:2] if size is None else size
+        read.append(resize_image(image, tuple(size)))
+        ok.append(k)
+    if not ok:
+        return None, errors
+    kept = np.asarray(ok, np.int64)
+    index = np.asarray(positions, np.int64)[kept]
+    return Batch(np.stack(read), None if labels is None else labels[kept], index, [paths[k] for k in ok]), errors
+
+
+def warn_unreadable(errors: list, stacklevel: int = 3) -> None:
+    """The warning that files were skipped (the first ten named)."""
+    if errors:
+        text = "; ".join(f"{f}: {r}" for f, r in errors[:10]) + (" ..." if len(errors) > 10 else "")
+        warnings.warn("Skipped unreadable file(s): " + text, UserWarning, stacklevel=stacklevel + 1)
+
+
+def _file_batches(images, batch_size: int, size) -> Iterator[Batch]:
+    """Files read a batch at a time, resized to ``size`` (None: the first image's size). Each batch is yielded once
+    the next one with a readable image has been read (or the files have ended), so that the files skipped after it
+    are listed in its ``skipped``: no unreadable file goes unlisted."""
+    paths, known = file_list(images)
+    pending: list = []
+    held: Batch | None = None
+    for start in range(0, len(paths), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(paths)))
+        labels = known[positions] if known is not None else None
+        batch, errors = read_files(paths[start : positions[-1] + 1], positions, size, labels)
+        warn_unreadable(errors, stacklevel=4)
+        pending += errors
+        if batch is None:
+            continue
+        size = batch.images.shape[1:3]
+        if held is not None:
+            yield held
+        held, batch.skipped, pending = batch, pending, []
+    if held is None:
         raise InputError(f"None of the {len(paths)} files could be read ({pending[0][0]}: {pending[0][1]}).")
+    held.skipped += pending
+    yield held
 
 
 def iter_batches(
