@@ -357,5 +357,5 @@ def test_without_ray_the_audit_runs_here_and_engine_ray_says_how_to_install_it(m
     images, labels, _ = ce.demo.load_images("trap")
     with pytest.raises(ce.InputError, match=r'pip install "cnn-exposed\[ray\]"'):
         audit(loaded, images, labels, engine="ray", progress=False)
-    with pytest.raises(ce.InputError, match='engine must be "ray" or a cnn_exposed.RayEngine'):
+    with pytest.raises(ce.InputError, match='engine must be None, "ray" or a cnn_exposed.RayEngine'):
         audit(loaded, images, labels, engine="spark", progress=False)

@@ -106,3 +106,78 @@ def test_the_audit_command_on_ray(cluster, folder, tmp_path, capsys):
     assert [c["files"] for c in data["candidates"]] == [[str(local.files[i]) for i in c.indices]
                                                          for c in local.candidates]  # fmt: skip
     assert [c["p_value"] for c in data["candidates"]] == pytest.approx([c.p_value for c in local.candidates])
+
+
+def _same_maps(a, b) -> None:
+    """Two explanations of the same images agree map for map (and in everything else that is per map), to float
+    precision: a worker rebuilds the model from a .keras file and runs it with one CPU thread."""
+    np.testing.assert_array_equal(a.image_index, b.image_index)
+    np.testing.assert_array_equal(a.targets, b.targets)
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
+    np.testing.assert_allclose(a.raw_maps, b.raw_maps, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-5, atol=1e-7)
+    assert a.files == b.files and a.skipped == b.skipped
+    assert (a.labels is None) == (b.labels is None) and (a.labels is None or (a.labels == b.labels).all())
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "target"),
+    [
+        ("rise", {"samples": 64, "seed": 3}, "true"),  # the folder's labels; random masks drawn from the seed
+        ("deeplift", {}, 1),  # XLA-fused rules: the short batches are padded on the workers
+    ],
+)
+def test_explain_on_ray_equals_explain_here_map_for_map(cluster, folder, method, options, target):
+    root, loaded, _ = folder
+    here = ce.explain(loaded, root, method, target=target, batch_size=8, progress=False, **options)
+    with pytest.warns(UserWarning, match="broken.png"):  # the broken file is reported on the driver too
+        on_ray = ce.explain(loaded, root, method, target=target, batch_size=8, progress=False, engine="ray", **options)
+    _same_maps(on_ray, here)
+    assert len(on_ray) == 64 and [f for f, _ in on_ray.skipped] == [str(root / "pool" / "broken.png")]
+
+
+def test_explain_batches_on_ray_arrive_in_order_for_arrays_and_per_image_targets(cluster):
+    loaded = ce.load_model("demo")
+    images, labels, _ = ce.demo.generate(21, "clean", seed=4)
+    classes = (labels + 1) % 3  # one class per image, not the predicted one
+    here = list(ce.explain_batches(loaded, images, "lrp", target=classes, batch_size=8, progress=False))
+    engine = ce.RayEngine(workers=2, in_flight=3)
+    on_ray = list(ce.explain_batches(loaded, images, "lrp", target=classes, batch_size=8, progress=False,
+                                     engine=engine))  # fmt: skip
+    assert [len(e) for e in on_ray] == [8, 8, 5]  # the last, short batch padded on its worker and cut back
+    for a, b in zip(on_ray, here):
+        _same_maps(a, b)
+    np.testing.assert_array_equal(np.concatenate([e.targets for e in on_ray]), classes)
+
+
+def test_explain_on_ray_takes_every_file_of_a_model_of_any_size_at_the_first_files_size(cluster, tmp_path):
+    """A model without a fixed input size: files of several sizes are all taken at the first readable file's size,
+    on every worker (a worker does not pick its own first file's)."""
+    import keras
+    from PIL import Image
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    rng = np.random.default_rng(0)
+    (tmp_path / "0_broken.png").write_bytes(b"")
+    for i, side in enumerate([20, 28, 36, 44, 28, 20]):
+        Image.fromarray(rng.integers(0, 255, (side, side + 4, 3), dtype=np.uint8)).save(tmp_path / f"{i + 1}.png")
+    here = ce.explain(model, tmp_path, "gradcam", batch_size=2, progress=False)
+    with pytest.warns(UserWarning, match="0_broken.png"):
+        on_ray = ce.explain(model, tmp_path, "gradcam", batch_size=2, progress=False, engine=ce.RayEngine(workers=2))
+    assert on_ray.images.shape[1:3] == (20, 24)
+    _same_maps(on_ray, here)
+
+
+def test_the_explain_command_on_ray(cluster, folder, tmp_path, capsys):
+    from cnn_exposed.cli import main
+
+    root, _, _ = folder
+    for name, extra in (("here", []), ("ray", ["--ray"])):
+        out = tmp_path / name
+        assert main(["explain", "demo", str(root), "--method", "gradcam,lrp", "--out", str(out), *extra]) == 0
+        assert "explained 64 image(s), skipped 1." in capsys.readouterr().out
+    here, ray_ = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("here", "ray"))
+    assert ray_["images"] == here["images"] and ray_["skipped"] == here["skipped"]

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import sources
 from .attribution import method_class
 from .checkpoint import Checkpoint, identities_digest, model_fingerprint
-from .distributed import RayEngine
+from .distributed import as_engine, model_from_bytes, model_to_bytes, padded
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
 from .errors import ImageReadError, InputError
 from .images import collect_images, match_folder_classes, no_images_message, read_image, resize_image
@@ -538,9 +538,7 @@ def audit(
         then by size.
     """
     batch_size = int(batch_size or DEFAULT_BATCH_SIZE)
-    engine = RayEngine() if isinstance(engine, str) and engine == "ray" else engine
-    if engine is not None and not isinstance(engine, RayEngine):
-        raise InputError(f'engine must be "ray" or a cnn_exposed.RayEngine(...), got {engine!r}.')
+    engine = as_engine(engine)
     if class_names is None and isinstance(model, LoadedModel):
         class_names = model.class_names
     model, preprocess = unwrap_loaded(model, preprocess)
@@ -594,7 +592,10 @@ def _source(model, images, labels, batch_size: int, folder, class_names=None) ->
     labels = np.asarray(known if labels is None else labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(source):
         raise InputError(f"Got {len(labels)} labels for {len(source)} images: give one true class per image.")
-    return source, source.in_canonical_order(labels)
+    labels = source.in_canonical_order(labels)
+    if source.files is not None and source.size is None:  # a model of any input size: the first file's, for all
+        source.size = sources.first_size(source.files)  # (set now: a resumed run or a Ray worker starts elsewhere)
+    return source, labels
 
 
 @dataclass
@@ -683,32 +684,15 @@ def _job_item(source, wanted: np.ndarray) -> tuple:
 
 class _ExplainJob:
     """The explaining pass's work for a Ray worker (:class:`cnn_exposed.distributed.RayEngine`): the model travels
-    as a ``.keras`` file's bytes, rebuilt with the explainer and the feature pass once per worker."""
+    as a ``.keras`` file's bytes, rebuilt with the explainer and the feature pass once per worker. Short batches
+    are padded to the full size, so that the worker's passes are compiled for one shape."""
 
     def __init__(self, model, method: str, preprocess, batch_size: int, seed: int, size):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.keras"
-            try:
-                model.save(path)
-            except Exception as err:  # noqa: BLE001 (any reason a model cannot be saved)
-                raise InputError(
-                    f"Running on Ray sends the model to the workers as a .keras file, and this model cannot be saved "
-                    f"as one ({type(err).__name__}: {err}); run without Ray, or make the model savable."
-                ) from None
-            self.model_bytes = path.read_bytes()
+        self.model_bytes = model_to_bytes(model)
         self.method, self.preprocess, self.batch_size, self.seed, self.size = method, preprocess, batch_size, seed, size
 
     def setup(self) -> None:
-        import tempfile
-
-        import keras
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.keras"
-            path.write_bytes(self.model_bytes)
-            model = keras.saving.load_model(path, compile=False)
+        model = model_from_bytes(self.model_bytes)
         self.explainer = method_class(self.method)(model, batch_size=self.batch_size, progress=False)
         self.features = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
         self.projection: list = []
@@ -718,26 +702,32 @@ class _ExplainJob:
         local = _Images(images, self.size)
         local.names = names
         records = _explain_batch(local, np.arange(len(wanted)), self.explainer, self.features, self.preprocess,
-                                 self.batch_size, self.seed, self.projection)  # fmt: skip
+                                 self.batch_size, self.seed, self.projection, pad=True)  # fmt: skip
         return {**records, "rows": wanted[records["rows"]], "skipped_rows": wanted[records["skipped_rows"]]}
 
 
-def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection) -> dict:
-    """The records of one batch of images (by position): those read, and those that could not be."""
+def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_size, seed, projection,
+                   pad: bool = False) -> dict:  # fmt: skip
+    """The records of one batch of images (by position): those read, and those that could not be. ``pad``: a
+    short batch is explained padded to ``batch_size`` (its last image repeated, the extra results dropped)."""
     raw, ok, errors = source.read(wanted)
     failed = wanted[~np.isin(wanted, ok)]  # in order, as ``errors`` lists them
     records = {"skipped_rows": failed, "skipped_reasons": np.array([r for _, r in errors], dtype=str).reshape(-1)}
     if not len(ok):
         return {"rows": ok, **records}
     _, x = prepare_images(raw, explainer.engine.input_shape, preprocess)
+    n = len(x)
+    if pad:
+        x = padded(x, batch_size)
     exp = explainer.explain(x)
     b = np.stack([attended_box(m, x.shape[1:3]) for m in exp.maps])
-    f = _crop_features(feature_engine, x, b, batch_size)
+    f = _crop_features(feature_engine, x, b, batch_size)[:n]
+    x, b, targets = x[:n], b[:n], np.asarray(exp.targets[:n], np.int64)
     if not projection and f.shape[1] > FEATURE_DIMS:
         projection.append(np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS))
     draws = [sources.image_rng(seed, source.identity(i)) for i in ok]  # per image: any order, any batching
     return {
-        "rows": ok, "predicted": np.asarray(exp.targets, np.int64), "boxes": b,
+        "rows": ok, "predicted": targets, "boxes": b,
         "controls": np.stack([control_box(box, x.shape[1:3], g) for box, g in zip(b, draws)]),
         "features": (f @ projection[0] if projection else f).astype(np.float32), **records,
     }  # fmt: skip

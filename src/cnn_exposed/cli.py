@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import ImageReadError, InputError, UsageError
+from .errors import InputError, UsageError
 
 DEFAULT_METHODS = "gradcam,integrated_gradients,smoothgrad,occlusion"
 DEMO_METHODS = "gradcam,layercam,integrated_gradients,smoothgrad,occlusion"
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     ex.add_argument("--out", default="cnn-exposed-report", help="output folder (default: %(default)s)")
     ex.add_argument("--score", choices=["logit", "probability"], default="logit", help="what is explained")
+    _ray_argument(ex)
     _saved_model_arguments(ex)
 
     _audit_parser(sub)
@@ -145,17 +146,21 @@ def _audit_parser(sub) -> None:
     au.add_argument("--preprocess", help="for your own model: scale_0_1 (default), scale_-1_1, none, or a name")
     au.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     au.add_argument("--out", default="cnn-exposed-audit", help="output folder (default: %(default)s)")
-    au.add_argument(
-        "--ray", nargs="?", const="", metavar="ADDRESS",
-        help="explain the images on a Ray cluster (pip install 'cnn-exposed[ray]'): ADDRESS to join one (e.g. auto, "
-        "ray://head:10001), none to start one on this machine; the workers must reach the folder's files",
-    )  # fmt: skip
+    _ray_argument(au)
     au.add_argument(
         "--fresh", action="store_true",
         help=f"start over: discard the records an interrupted run left in OUT/{AUDIT_CHECKPOINT} (without it, a run "
         "resumes from them)",
     )  # fmt: skip
     _saved_model_arguments(au)
+
+
+def _ray_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="explain the images on a Ray cluster (pip install 'cnn-exposed[ray]'): ADDRESS to join one (e.g. auto, "
+        "ray://head:10001), none to start one on this machine; the workers must reach the files",
+    )  # fmt: skip
 
 
 def _saved_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,77 +295,58 @@ def run_audit(
 
 def run_explain(
     loaded, sources: list, methods: list, *, layer=None, target="predicted", batch_size=16, out="report",
-    score="logit", echo=print, title=None,
+    score="logit", echo=print, title=None, engine=None,
 ):  # fmt: skip
-    """Explain every image under ``sources``; returns the :class:`~cnn_exposed.report.Report`."""
+    """Explain every image under ``sources`` (on a Ray cluster with ``engine``); returns the
+    :class:`~cnn_exposed.report.Report`. Unreadable files are reported and skipped."""
+    import warnings
+
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .attribution import method_class
+    from .attribution import make_method, method_class
+    from .attribution.batches import explain_many
     from .errors import CnnExposedError
-    from .images import read_image, resize_image
     from .report import Report
 
     files = _labelled_files(loaded, sources, echo)
     if target == "true" and any(f.label is None for f in files):
         raise UsageError("--target true needs true labels: give folders of class sub-folders")
-
-    explainers = {}
+    recipes = {}
     for m in methods:
-        cls = method_class(m)
-        kwargs = {
-            "preprocess": loaded.preprocess,
-            "batch_size": batch_size,
-            "progress": False,
-            "score": score,
-        }
-        if cls.uses_layer and layer:
-            kwargs["layer"] = layer
-        explainers[m] = cls(loaded.model, **kwargs)
-    layer_path = next((e.engine.layer.path for e in explainers.values() if e.engine.layer is not None), None)
+        options = {"preprocess": loaded.preprocess, "batch_size": batch_size, "progress": False, "score": score}
+        if method_class(m).uses_layer and layer:
+            options["layer"] = layer
+        recipes[m] = (m, options)
+    try:
+        built = [make_method(loaded.model, m, **options) for m, options in recipes.values()]
+    except CnnExposedError as err:
+        raise UsageError(str(err)) from None
+    layer_path = next((e.engine.layer.path for e in built if e.engine.layer is not None), None)
     settings = {
-        "model": title or loaded.name,
-        "methods": ", ".join(methods),
-        "layer (CAM methods)": layer_path or "-",
-        "target": target,
-        "score": score,
-        "batch size": batch_size,
-        "input size": "x".join(map(str, loaded.input_size)),
-        "images": len(files),
-        "sources": ", ".join(map(str, sources)),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
+        "model": title or loaded.name, "methods": ", ".join(methods), "layer (CAM methods)": layer_path or "-",
+        "target": target, "score": score, "batch size": batch_size, "input size": "x".join(map(str, loaded.input_size)),
+        "images": len(files), "sources": ", ".join(map(str, sources)), "date": time.strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
     report = Report(Path(out), list(loaded.class_names), methods, settings)
+    labels = [f.label for f in files]
+    wanted = np.asarray(labels) if target == "true" else target
     bar = tqdm(total=len(files), desc="explaining", unit="img", disable=len(files) < 2)
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images, kept = [], []
-        for f in chunk:
-            try:
-                images.append(resize_image(read_image(f.path), loaded.input_size))
-                kept.append(f)
-            except ImageReadError as err:
-                report.add_problem(f.path, str(err))
-                echo(f"skipped {f.path}: {err}")
-        bar.update(len(chunk) - len(kept))
-        if not kept:
-            continue
-        batch = np.stack(images)
-        if target == "true":
-            tgt = [f.label for f in kept]
-        else:
-            tgt = target
-        exps = {}
-        for m, explainer in explainers.items():
-            try:
-                exps[m] = explainer.explain(batch, target=tgt)
-            except CnnExposedError as err:
-                raise UsageError(str(err)) from None
-        first = next(iter(exps.values()))
-        for i, f in enumerate(kept):
-            entries = {m: (e.maps[i], e.targets[i], e.scores[i]) for m, e in exps.items()}
-            report.add(str(f.path), batch[i], first.probabilities[i], f.label, entries)
-        bar.update(len(kept))
+    batches = explain_many(loaded.model, recipes, [f.path for f in files], wanted, engine)
+    try:
+        with warnings.catch_warnings():  # unreadable files are listed below, once each
+            warnings.filterwarnings("ignore", "Skipped unreadable", UserWarning)
+            for exps in batches:
+                first = exps[methods[0]]
+                for path, reason in first.skipped:
+                    report.add_problem(path, reason)
+                    echo(f"skipped {path}: {reason}")
+                for i, position in enumerate(first.image_index):
+                    entries = {m: (e.maps[i], e.targets[i], e.scores[i]) for m, e in exps.items()}
+                    report.add(str(first.files[i]), first.images[i], first.probabilities[i], labels[position], entries)
+                bar.update(len(first) + len(first.skipped))
+    except CnnExposedError as err:
+        raise UsageError(str(err)) from None
     bar.close()
     report.write()
     return report
@@ -504,7 +490,7 @@ def main(argv=None) -> int:
             warnings.filterwarnings("ignore", message=".*SavedModelHead.*")
             report = run_explain(
                 loaded, args.images, methods, layer=args.layer, target=target, batch_size=args.batch_size,
-                out=args.out, score=args.score,
+                out=args.out, score=args.score, engine=_ray_engine(args.ray),
             )  # fmt: skip
         n, skipped = len(report.records), len(report.problems)
         pairs = report.confusion_pairs()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
+import numpy as np
+
 from .errors import InputError
 
 
@@ -71,33 +73,86 @@ class RayEngine:
         self._job = [ray.put(job)]  # nested in a list: a worker fetches it on its first batch, and again if restarted
         self.workers = [worker.remote() for _ in range(n)]
 
-    def map(self, job, items: Iterable) -> Iterator:
-        """``job(item)`` for every item, on the workers; results in the order they finish."""
+    def map(self, job, items: Iterable, ordered: bool = False) -> Iterator:
+        """``job(item)`` for every item, on the workers: results in the order they finish, or (``ordered``) in
+        the order of the items, at most ``in_flight`` per worker held back."""
         ray = _ray()
         self._start(job)
         try:
-            pending: dict = {}
-            queue = iter(items)
+            pending: dict = {}  # ref -> its item's turn
             turn = 0
-            for item in queue:
+            for item in items:
                 ref = self.workers[turn % len(self.workers)].run.remote(self._job, item)
-                pending[ref] = item
+                pending[ref] = turn
                 turn += 1
                 while len(pending) >= self.in_flight * len(self.workers):
-                    yield from _finished(ray, pending)
+                    yield from _finished(ray, pending, ordered)
             while pending:
-                yield from _finished(ray, pending)
+                yield from _finished(ray, pending, ordered)
         finally:
             for w in self.workers:
                 ray.kill(w, no_restart=True)
             self.workers, self._job = [], []
 
 
-def _finished(ray, pending: dict) -> Iterator:
+def as_engine(engine) -> RayEngine | None:
+    """``engine=`` of the functions that can run on Ray: None, ``"ray"`` (a local cluster, or the one this
+    process is connected to) or a :class:`RayEngine`."""
+    if engine is None or isinstance(engine, RayEngine):
+        return engine
+    if isinstance(engine, str) and engine == "ray":
+        return RayEngine()
+    raise InputError(f'engine must be None, "ray" or a cnn_exposed.RayEngine(...), got {engine!r}.')
+
+
+def _finished(ray, pending: dict, ordered: bool) -> Iterator:
+    if ordered:  # the oldest item's result, waiting for it
+        ref = min(pending, key=pending.__getitem__)
+        del pending[ref]
+        yield ray.get(ref)
+        return
     done, _ = ray.wait(list(pending), num_returns=1)
     for ref in done:
         del pending[ref]
         yield ray.get(ref)
+
+
+def model_to_bytes(model) -> bytes:
+    """The model as a ``.keras`` file's bytes: how it travels to the workers."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        try:
+            model.save(path)
+        except Exception as err:  # noqa: BLE001 (any reason a model cannot be saved)
+            raise InputError(
+                f"Running on Ray sends the model to the workers as a .keras file, and this model cannot be saved as "
+                f"one ({type(err).__name__}: {err}); run without Ray, or make the model savable."
+            ) from None
+        return path.read_bytes()
+
+
+def model_from_bytes(data: bytes):
+    """The model :func:`model_to_bytes` packed, rebuilt in a worker."""
+    import tempfile
+    from pathlib import Path
+
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, compile=False)
+
+
+def padded(x: np.ndarray, rows: int) -> np.ndarray:
+    """``x`` with its last row repeated up to ``rows`` rows: a short batch (the last one, or one with unreadable
+    files) given the shape the worker's passes were compiled for, so that none compiles a second time."""
+    if len(x) >= rows or not len(x):
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], rows - len(x), axis=0)])
 
 
 class _Worker:

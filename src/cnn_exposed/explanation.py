@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -122,6 +124,20 @@ class Explanation:
 
     def __len__(self) -> int:
         return len(self.maps)
+
+    def take(self, rows) -> Explanation:
+        """The maps at ``rows`` (indices or a boolean mask), with everything that is per map."""
+        rows = np.arange(len(self))[rows] if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        per_map: dict[str, Any] = {
+            name: None if getattr(self, name) is None else getattr(self, name)[rows]
+            for name in ("maps", "attributions", "targets", "scores", "images", "image_index", "probabilities",
+                         "raw_maps", "layer_maps", "completeness_error", "labels")
+        }  # fmt: skip
+        extras = {k: v[rows] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(self) else v
+                  for k, v in self.extras.items()}  # fmt: skip
+        files = None if self.files is None else [self.files[i] for i in rows]
+        return dataclasses.replace(self, **per_map, extras=extras, files=files, params=dict(self.params),
+                                   skipped=list(self.skipped))  # fmt: skip
 
     def __repr__(self) -> str:
         extra = f", layer={self.layer!r}" if self.layer else ""

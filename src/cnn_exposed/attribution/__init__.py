@@ -6,6 +6,7 @@ name.
 
 from __future__ import annotations
 
+from ..explanation import concatenate
 from .base import AttributionMethod, GradientMethod, Result
 from .cam import (
     FEM,
@@ -83,6 +84,7 @@ def explain(
     layer=None,
     preprocess=None,
     batch_size: int | None = None,
+    engine=None,
     **method_options,
 ):
     """Explain a classifier's decision on ``images`` with one attribution method.
@@ -120,6 +122,11 @@ def explain(
         Raw images -> model input; the heatmaps are then drawn over the raw images.
     batch_size : int or None
         Most images per compiled call (default 32); bounds memory.
+    engine : None, "ray" or :class:`~cnn_exposed.RayEngine`
+        Explain the batches on a Ray cluster (``"ray"``: a local one, or the one this process is connected to):
+        each worker rebuilds the model and the method once and explains whole batches (files are read by the
+        workers, so they must reach the paths). The maps equal this machine's. See
+        :mod:`cnn_exposed.attribution.batches`.
     **method_options
         ``score`` ("logit" or "probability"), ``progress``, ``input`` and ``output`` (a model with several: which
         input is explained, which output, by name or index), and the method's own options: ``samples``,
@@ -136,6 +143,12 @@ def explain(
     -------
     Explanation
     """
+    if engine is not None:
+        from .batches import explain_many  # a child that builds its methods with this package's make_method
+
+        options = {"layer": layer, "preprocess": preprocess, "batch_size": batch_size, **method_options}
+        return concatenate([part[method] for part in explain_many(model, {method: (method, options)}, images, target,
+                                                                  engine)])  # fmt: skip
     return make_method(
         model, method, layer=layer, preprocess=preprocess, batch_size=batch_size, **method_options
     ).explain(images, target=target)
@@ -150,6 +163,7 @@ def explain_batches(
     layer=None,
     preprocess=None,
     batch_size: int | None = None,
+    engine=None,
     **method_options,
 ):
     """Explain any source of images a batch at a time, with memory bounded by the batch: an iterator of
@@ -163,7 +177,14 @@ def explain_batches(
 
         for exp in cnn_exposed.explain_batches(model, val_ds, "gradcam", target="true"):
             save(exp.image_index, exp.maps)
+
+    With ``engine=`` the batches are explained on a Ray cluster and still arrive in order.
     """
+    if engine is not None:
+        from .batches import explain_many  # a child that builds its methods with this package's make_method
+
+        options = {"layer": layer, "preprocess": preprocess, "batch_size": batch_size, **method_options}
+        return (part[method] for part in explain_many(model, {method: (method, options)}, images, target, engine))
     explainer = make_method(model, method, layer=layer, preprocess=preprocess, batch_size=batch_size, **method_options)
     return explainer.explain_batches(images, target=target)
 

@@ -155,18 +155,34 @@ class AttributionMethod:
         datasets are cut into batches of ``batch_size``. Each explanation's ``image_index`` gives its images'
         positions in the whole source, and ``labels`` the labels that came with them. ``target="true"``
         explains each image's label; a per-image target sequence is indexed by those positions."""
+        for batch in self.batches(images):
+            yield self.explain_batch(batch, target)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) that image files are resized to: the model's, or None when it takes any size."""
         shape = self.engine.input_shape
-        size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
-        names = input_names(self.model)
-        for batch in sources.iter_batches(images, batch_size=self.batch_size, size=size, names=names):
-            exp = self._explain_array(batch.images, sources.batch_target(target, batch))
-            local = exp.image_index
-            exp.image_index = batch.index[local]
-            exp.labels = None if batch.labels is None else batch.labels[local]
-            exp.files = None if batch.files is None else [batch.files[i] for i in local]
-            exp.skipped = list(batch.skipped)
-            exp.params["target"] = target if isinstance(target, (str, int)) else "per-image"
-            yield exp
+        return tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else None
+
+    def batches(self, images) -> Iterator[sources.Batch]:
+        """The batches of any source of images as this method explains them (:func:`sources.iter_batches`)."""
+        return sources.iter_batches(
+            images, batch_size=self.batch_size, size=self.image_size, names=input_names(self.model)
+        )
+
+    def explain_batch(self, batch: sources.Batch, target="predicted", per_row=None) -> Explanation:
+        """One :class:`~cnn_exposed.sources.Batch` explained; ``image_index``, ``labels``, ``files`` and
+        ``skipped`` are the batch's. ``per_row``: the target already resolved for the batch's rows
+        (:func:`~cnn_exposed.sources.batch_target`), when it has been."""
+        per_row = sources.batch_target(target, batch) if per_row is None else per_row
+        exp = self._explain_array(batch.images, per_row)
+        local = exp.image_index
+        exp.image_index = batch.index[local]
+        exp.labels = None if batch.labels is None else batch.labels[local]
+        exp.files = None if batch.files is None else [batch.files[i] for i in local]
+        exp.skipped = list(batch.skipped)
+        exp.params["target"] = target if isinstance(target, (str, int)) else "per-image"
+        return exp
 
     def _explain_array(self, images, target) -> Explanation:
         """Explain an array ``(N, H, W, C)`` or ``(H, W, C)``; for a model with several inputs, a dict
