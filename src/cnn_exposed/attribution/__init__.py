@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..explanation import concatenate
 from .base import AttributionMethod, GradientMethod, Result
+from .batches import explain_many
 from .cam import (
     FEM,
     AblationCAM,
@@ -25,54 +26,10 @@ from .gradients import GradientXInput, Saliency, SmoothGrad
 from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients, PathMethod, path_nodes
 from .occlusion import Occlusion
 from .random_masks import RISE, SobolAttribution
+from .registry import METHODS, make_method, method_class
 from .rule_based import LRP, Deconvnet, DeepLift, DeepShap, GuidedBackprop, GuidedGradCAM
 from .superpixels import LIME, KernelSHAP
 from .xrai import XRAI
-
-METHODS: dict[str, type[AttributionMethod]] = {
-    cls.name: cls
-    for cls in (
-        Saliency,
-        GradientXInput,
-        SmoothGrad,
-        IntegratedGradients,
-        BlurIG,
-        GuidedIG,
-        GradientSHAP,
-        XRAI,
-        GradCAM,
-        GradCAMPlusPlus,
-        LayerCAM,
-        ScoreCAM,
-        EigenCAM,
-        EigenGradCAM,
-        HiResCAM,
-        XGradCAM,
-        AblationCAM,
-        FEM,
-        Occlusion,
-        RISE,
-        SobolAttribution,
-        KernelSHAP,
-        LIME,
-        LRP,
-        GuidedBackprop,
-        Deconvnet,
-        GuidedGradCAM,
-        DeepLift,
-        DeepShap,
-    )
-}
-
-
-def method_class(method: str | type[AttributionMethod]) -> type[AttributionMethod]:
-    """The class of a method given by name (or the class itself); unknown names list the valid ones."""
-    if isinstance(method, type) and issubclass(method, AttributionMethod):
-        return method
-    try:
-        return METHODS[method]
-    except (KeyError, TypeError):
-        raise ValueError(f"Unknown attribution method {method!r}. Valid methods: {', '.join(METHODS)}.") from None
 
 
 def explain(
@@ -144,8 +101,6 @@ def explain(
     Explanation
     """
     if engine is not None:
-        from .batches import explain_many  # a child that builds its methods with this package's make_method
-
         options = {"layer": layer, "preprocess": preprocess, "batch_size": batch_size, **method_options}
         return concatenate([part[method] for part in explain_many(model, {method: (method, options)}, images, target,
                                                                   engine)])  # fmt: skip
@@ -181,20 +136,10 @@ def explain_batches(
     With ``engine=`` the batches are explained on a Ray cluster and still arrive in order.
     """
     if engine is not None:
-        from .batches import explain_many  # a child that builds its methods with this package's make_method
-
         options = {"layer": layer, "preprocess": preprocess, "batch_size": batch_size, **method_options}
         return (part[method] for part in explain_many(model, {method: (method, options)}, images, target, engine))
     explainer = make_method(model, method, layer=layer, preprocess=preprocess, batch_size=batch_size, **method_options)
     return explainer.explain_batches(images, target=target)
-
-
-def make_method(model, method, *, layer=None, **kwargs) -> AttributionMethod:
-    """An attribution method (by name or class) built for ``model``, as :func:`explain` builds it."""
-    cls = method_class(method)
-    if layer is not None or cls.uses_layer:
-        kwargs["layer"] = layer
-    return cls(model, **kwargs)
 
 
 __all__ = [

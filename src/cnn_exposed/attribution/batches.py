@@ -19,7 +19,7 @@ import numpy as np
 from .. import sources
 from ..distributed import RayEngine, as_engine, model_from_bytes, model_to_bytes, padded
 from ..errors import InputError
-from . import make_method
+from .registry import make_method
 
 
 def explain_many(model, recipes: dict, images, target="predicted", engine=None) -> Iterator[dict]:
