@@ -181,3 +181,19 @@ def test_the_explain_command_on_ray(cluster, folder, tmp_path, capsys):
         assert "explained 64 image(s), skipped 1." in capsys.readouterr().out
     here, ray_ = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("here", "ray"))
     assert ray_["images"] == here["images"] and ray_["skipped"] == here["skipped"]
+
+
+def test_on_ray_the_workers_read_files_at_a_uri(cluster, folder):
+    """The workers open the URI's filesystem themselves (file:// here; s3:// and gs:// take the same path)."""
+    pytest.importorskip("pyarrow")
+    root, loaded, local = folder
+    uri = "file://" + root.as_posix()
+    with pytest.warns(UserWarning, match="broken.png"):
+        on_ray = ce.explain(loaded, uri, "gradcam", batch_size=16, progress=False, engine=ce.RayEngine(workers=2))
+    here = ce.explain(loaded, root, "gradcam", batch_size=16, progress=False)
+    np.testing.assert_allclose(on_ray.maps, here.maps, atol=1e-6)
+    assert [str(f) for f in on_ray.files] == [f"{uri}/{f.parent.name}/{f.name}" for f in here.files]
+    audited = audit(loaded, uri, batch_size=4, progress=False, min_group=2, engine="ray")
+    assert [(c.indices.tolist(), c.p_value) for c in audited.candidates] == [
+        (c.indices.tolist(), c.p_value) for c in local.candidates
+    ]

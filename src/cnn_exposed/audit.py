@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from .layers import find_last_spatial_layer
 from .model_io import input_names
 from .models import LoadedModel, unwrap_loaded
 from .plotting import to_uint8
+from .remote import as_path
 from .rules import GRADIENT_RULES
 from .tcav import MAX_SET, TCAVResult, tcav
 
@@ -405,7 +407,7 @@ class _Images:
 
     def __init__(self, images, size: tuple | None):
         items = images if isinstance(images, (list, tuple)) else None
-        self.files = [Path(p) for p in items] if items and isinstance(items[0], (str, Path)) else None
+        self.files = [as_path(p) for p in items] if items and isinstance(items[0], (str, os.PathLike)) else None
         array = images if items is None else np.asarray(images)
         if getattr(array, "ndim", None) == 3:  # one image (read through .ndim: np.ndim would read it all)
             array = np.asarray(array)[None]
@@ -574,7 +576,7 @@ def _source(model, images, labels, batch_size: int, folder, class_names=None) ->
     what = sources.kind(images)
     if what in ("dataset", "pydataset", "batches"):
         images, known = sources.spool(images, folder, batch_size=batch_size, names=input_names(model))
-    elif what == "files" and isinstance(images, (str, Path)):  # a folder: its files, labelled by class folders
+    elif what == "files" and isinstance(images, (str, os.PathLike)):  # a folder: its files, labelled by class folders
         found, folder_classes = collect_images([images])
         if not found:
             raise InputError(no_images_message([images]))

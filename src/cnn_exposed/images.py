@@ -7,6 +7,7 @@ which batch code reports and skips.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageReadError
+from .remote import RemotePath, as_path
 
 IMAGE_EXTENSIONS = {
     ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
@@ -27,7 +29,7 @@ IMAGE_EXTENSIONS = {
 class ImageFile:
     """An image file found for batch work, with its true class index when the folder layout gives one."""
 
-    path: Path
+    path: Path | RemotePath  # a RemotePath for a URI (s3://, gs://, ...)
     label: int | None = None
 
 
@@ -58,7 +60,7 @@ def _to_rgb_uint8(arr: np.ndarray, bgr: bool) -> np.ndarray:
     return np.ascontiguousarray(arr[..., ::-1] if bgr else arr)
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
+def _read_with_pillow(path) -> np.ndarray:
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -80,35 +82,42 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = limit
 
 
-def _read_with_opencv(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), dtype=np.uint8)  # works with any file name, unlike cv2.imread
+def _read_with_opencv(data: np.ndarray) -> np.ndarray:
+    """The file's bytes decoded (read with np.fromfile: any file name works, unlike cv2.imread)."""
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageReadError("OpenCV cannot decode it either")
     return _to_rgb_uint8(arr, bgr=True)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one image file as ``(H, W, 3)`` uint8 RGB.
+def read_image(path) -> np.ndarray:
+    """Read one image file as ``(H, W, 3)`` uint8 RGB: a local path, or a URI (s3://, gs://: see
+    :mod:`cnn_exposed.remote`).
 
     Raises
     ------
     ImageReadError
         With the reason: missing, empty, truncated, or not an image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError("file not found")
-    if path.is_dir():
-        raise ImageReadError("is a folder, not an image file")
-    if path.stat().st_size == 0:
-        raise ImageReadError("empty file (0 bytes)")
+    path = as_path(path)
     try:
-        return _read_with_pillow(path)
+        if not path.exists():
+            raise ImageReadError("file not found")
+        if path.is_dir():
+            raise ImageReadError("is a folder, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        data = path.read_bytes() if isinstance(path, RemotePath) else None
+    except OSError as err:  # a remote store that cannot be reached, or refuses
+        raise ImageReadError(f"cannot be read ({err})") from None
+    try:
+        return _read_with_pillow(path if data is None else io.BytesIO(data))
     except Exception as pil_error:  # Pillow's errors are of many types; OpenCV gets a chance next
         reason = str(pil_error) or type(pil_error).__name__
         try:
-            return _read_with_opencv(path)
+            return _read_with_opencv(
+                np.fromfile(str(path), dtype=np.uint8) if data is None else np.frombuffer(data, np.uint8)
+            )
         except Exception:
             if "truncated" in reason.lower():
                 raise ImageReadError(f"truncated or corrupt image ({reason})") from None
@@ -134,8 +143,8 @@ def deeper_image_folders(paths, limit: int = 3) -> list[Path]:
     """Up to ``limit`` folders below ``paths`` that hold image files but are deeper than :func:`collect_images`
     looks (a folder's own files and its sub-folders' files): what to suggest when it finds none."""
     found: list[Path] = []
-    for p in (Path(p) for p in paths):
-        if not p.is_dir():
+    for p in (as_path(p) for p in paths):
+        if isinstance(p, RemotePath) or not p.is_dir():  # (not walked on object stores: listing costs requests)
             continue
         for sub in sorted(c for c in p.iterdir() if c.is_dir()):
             # walked lazily, stopping at the limit: a catalogue's folder can hold millions of files
@@ -178,7 +187,7 @@ def collect_images(paths) -> tuple[list[ImageFile], list[str] | None]:
     class_names : list of str or None
         The class folders' names when every folder given follows the class-folder convention.
     """
-    paths = [Path(p) for p in paths]
+    paths = [as_path(p) for p in paths]
     class_dirs = [
         p
         for p in paths

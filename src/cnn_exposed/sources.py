@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import ImageReadError, InputError, TargetError
 from .images import collect_images, no_images_message, read_image, resize_image
+from .remote import as_path, is_uri
 
 NO_LABELS = (
     "target='true' explains each image's true class, but these images come without labels. Give a tf.data.Dataset "
@@ -191,9 +192,9 @@ def _elements(images, what: str, batch_size: int) -> Iterator:
         yield from images
 
 
-def file_list(images) -> tuple[list[Path], np.ndarray | None]:
-    """The files of a file source (a path, a folder, a list of paths) and their labels (a folder of class
-    sub-folders), without reading them."""
+def file_list(images) -> tuple[list, np.ndarray | None]:
+    """The files of a file source (a path, a folder, a list of paths; URIs as :class:`~cnn_exposed.remote.RemotePath`)
+    and their labels (a folder of class sub-folders), without reading them."""
     if isinstance(images, (str, os.PathLike)):
         found, _ = collect_images([images])
         if not found:
@@ -202,7 +203,7 @@ def file_list(images) -> tuple[list[Path], np.ndarray | None]:
         if all(f.label is not None for f in found):
             known = np.asarray([f.label for f in found], np.int64)
         return [f.path for f in found], known
-    return [Path(p) for p in images], None
+    return [as_path(p) for p in images], None
 
 
 def first_size(paths: list) -> tuple[int, int] | None:
@@ -438,7 +439,7 @@ def image_rng(seed: int, identity) -> np.random.Generator:
 def file_identities(files) -> list[str]:
     """Each file's identity: its path relative to the folder all of them share (``bathroom/0001.jpg``), in POSIX
     form, so that it does not change with the working directory, the order of the list or the machine."""
-    paths = [os.path.abspath(os.fspath(f)) for f in files]
+    paths = [str(f) if is_uri(f) else os.path.abspath(os.fspath(f)) for f in files]  # a URI is absolute
     if not paths:
         return []
     root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
