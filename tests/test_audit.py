@@ -130,6 +130,32 @@ def test_large_groups_are_clustered_on_a_sample_and_every_member_joins_its_clust
         assert len(np.unique(labels[g * 250 : (g + 1) * 250])) == 1
 
 
+def test_the_audit_clusters_large_groups_from_its_records_on_disk_as_from_features_in_memory(tmp_path, monkeypatch):
+    """The driver keeps no image's features: a large group's sample is read from the records on disk, the others
+    are assigned a batch of records at a time. The clusters equal sampled_clusters of every feature in memory."""
+    import importlib
+
+    audit_module = importlib.import_module("cnn_exposed.audit")  # (the package exports the function audit)
+
+    monkeypatch.setattr(audit_module, "MAX_SPECTRAL", 12)  # so that the groups of ~20 images are "large"
+    loaded = ce.load_model("demo")
+    images, labels, _ = ce.demo.generate(60, "clean", seed=3)
+    result = audit(loaded, images, labels, batch_size=8, progress=False, min_group=2, checkpoint=tmp_path / "rec")
+    parts = [np.load(p) for p in sorted((tmp_path / "rec").glob("part-*.npz"))]
+    rows = np.concatenate([p["rows"] for p in parts])
+    features = np.concatenate([p["features"] for p in parts])[np.argsort(rows)]
+    true, predicted = labels[np.sort(rows)], result.predictions
+    expected = set()
+    for t in np.unique(true):
+        for q in np.unique(predicted[true == t]):
+            members = np.nonzero((true == t) & (predicted == q))[0]
+            if len(members) >= 2:
+                clusters = audit_module.sampled_clusters(features[members], seed=0)
+                expected |= {tuple(members[clusters == c]) for c in np.unique(clusters) if (clusters == c).sum() >= 2}
+    assert {tuple(c.indices) for c in result.candidates} == expected
+    assert max(len(c.indices) for c in result.candidates) > 12  # a large group's members joined from disk
+
+
 class _CountingImages:
     """An array-like that records how many images each read asks for (as a memory map would serve them)."""
 

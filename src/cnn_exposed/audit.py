@@ -12,8 +12,9 @@ damage to the image changes the answer". The two are compared image by image (an
 cluster's crops are tested as a concept with TCAV (:mod:`cnn_exposed.tcav`) against random regions.
 
 The images are streamed: read (or sliced, from an array or a list of files) a batch at a time, explained and
-forgotten. What is kept per image is its prediction, its two boxes and a short feature vector (at most
-:data:`FEATURE_DIMS` numbers), so memory grows by about a kilobyte per image, not by the images. The images a
+forgotten. What is kept in memory per image is its prediction and its two boxes (80 bytes); its crop features (at
+most :data:`FEATURE_DIMS` numbers, a kilobyte) are written to disk with them, one file per batch, and read back a
+batch at a time: all of a group's sample for its clustering, the others to join the nearest cluster. The images a
 candidate shows or tests are read again when it is built.
 """
 
@@ -460,15 +461,34 @@ def sampled_clusters(features: np.ndarray, seed: int) -> np.ndarray:
     (the others join the cluster whose mean direction is nearest): time and memory stay bounded."""
     if len(features) <= MAX_SPECTRAL:
         return spectral_clusters(features, seed=seed)
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(features), MAX_SPECTRAL, replace=False))
-    labels_sample = spectral_clusters(features[sample], seed=seed)
-    f = features - features[sample].mean(axis=0)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    centres = np.stack([f[sample][labels_sample == c].mean(axis=0) for c in np.unique(labels_sample)])
-    labels = (f @ centres.T).argmax(axis=1)
+    sample = _sample(len(features), seed)
+    labels_sample, mean, centres = _clustered_sample(features[sample], seed)
+    labels = _nearest(features, mean, centres)
     labels[sample] = labels_sample
     return labels
+
+
+def _sample(n: int, seed: int) -> np.ndarray:
+    """The :data:`MAX_SPECTRAL` of ``n`` (sorted positions) whose clusters are found by the spectrum."""
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_SPECTRAL, replace=False))
+
+
+def _clustered_sample(sample: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sample's clusters, its mean, and each cluster's mean direction (what the others are assigned by)."""
+    labels = spectral_clusters(sample, seed=seed)
+    mean = sample.mean(axis=0)
+    f = _directions(sample, mean)
+    return labels, mean, np.stack([f[labels == c].mean(axis=0) for c in np.unique(labels)])
+
+
+def _directions(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    f = features - mean
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _nearest(features: np.ndarray, mean: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The cluster whose mean direction each row's direction (from the sample's mean) is nearest."""
+    return (_directions(features, mean) @ centres.T).argmax(axis=1)
 
 
 def flip_p_value(flipped: np.ndarray, control_flipped: np.ndarray) -> float:
@@ -547,7 +567,8 @@ def audit(
     with sources.temporary_folder() as spool_folder:
         source, labels = _source(model, images, labels, batch_size, spool_folder, class_names)
         try:
-            kept = None if checkpoint is None else _checkpoint(checkpoint, model, source, method, seed, preprocess)
+            folder = Path(spool_folder) / "records" if checkpoint is None else checkpoint  # kept on disk either way
+            kept = _checkpoint(folder, model, source, method, seed, preprocess)
             return _audit(
                 model,
                 source,
@@ -608,7 +629,6 @@ class _Pass:
     boxes: np.ndarray
     controls: np.ndarray
     predicted: np.ndarray
-    features: np.ndarray
     skipped: list
     resumed: int = 0  # images an earlier, interrupted attempt had done (read from the checkpoint)
 
@@ -625,14 +645,14 @@ def _checkpoint(folder, model, source, method: str, seed: int, preprocess) -> Ch
 
 
 def _audit(
-    model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, checkpoint, on_ray
+    model, source, labels, preprocess, class_names, method, batch_size, seed, progress, min_group, records, on_ray
 ) -> Audit:
     explainer = method_class(method)(model, batch_size=batch_size, progress=False)  # built once, compiled once
     engine = engine_for(model, None, "logit", GRADIENT_RULES)  # predictions; the fast plan, as the explainer's
     rng = np.random.default_rng(seed)
-    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint, on_ray)
+    found = _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, records, on_ray)
     true = labels[found.rows]
-    groups = _groups(true, found.predicted, found.features, min_group, seed)
+    groups = _groups(true, found.predicted, _Features(records, found.rows), min_group, seed)
     read = _Reader(source, found.rows, engine.input_shape, preprocess)
     candidates = [
         _tested(t, p, idx, read, engine, found, rng, batch_size)
@@ -649,17 +669,19 @@ def _audit(
     return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed)
 
 
-def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, checkpoint, on_ray) -> _Pass:
+def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, records, on_ray) -> _Pass:
     """Every image read a batch at a time, explained, and forgotten but for its prediction, attended and
-    control boxes, and (projected) crop features. With a ``checkpoint``, each batch's records are saved as they
-    are made, and the images an earlier attempt finished are not done again."""
+    control boxes; its (projected) crop features are saved with them in ``records``, one file per batch, as they
+    are made, and left there (:class:`_Features` reads them). The images an earlier attempt finished (whose records
+    are in ``records``) are not done again."""
     feature_engine = engine_for(model, find_last_spatial_layer(model), "logit", GRADIENT_RULES)
-    earlier = checkpoint.load() if checkpoint is not None else None
+    earlier = records.load(leave_out=("features",))
     parts = [earlier] if earlier is not None else []
-    finished = set() if earlier is None else set(np.concatenate([earlier["rows"], earlier["skipped_rows"]]).tolist())
+    done = np.zeros(len(source), bool)
+    if earlier is not None:
+        done[np.concatenate([earlier["rows"], earlier["skipped_rows"]])] = True
     projection: list = []
-    todo = [np.array([i for i in range(b.start, b.stop) if i not in finished], np.int64)
-            for b in batch_slices(len(source), batch_size, progress=False)]  # fmt: skip
+    todo = [np.arange(b.start, b.stop)[~done[b]] for b in batch_slices(len(source), batch_size, progress=False)]
     todo = [wanted for wanted in todo if len(wanted)]
     if on_ray is None:
         results: Iterator = (
@@ -670,11 +692,10 @@ def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, pro
         job = _ExplainJob(model, explainer.name, preprocess, batch_size, seed, source.size)
         results = on_ray.map(job, (_job_item(source, wanted) for wanted in todo))
     results = tqdm(results, total=len(todo), desc="audit: explaining", unit="batch", disable=not progress)
-    for records in results:
-        if checkpoint is not None:
-            checkpoint.save(records)
-        parts.append(records)
-    return _merged(parts, source, len(finished))
+    for batch in results:
+        records.save(batch)
+        parts.append({k: v for k, v in batch.items() if k != "features"})
+    return _merged(parts, source, int(done.sum()))
 
 
 def _job_item(source, wanted: np.ndarray) -> tuple:
@@ -740,7 +761,7 @@ def _merged(parts: list, source, resumed: int) -> _Pass:
     read = [p for p in parts if len(p["rows"])]
     if not read:
         raise InputError(f"None of the {len(source)} images could be read.")
-    cols = {k: np.concatenate([p[k] for p in read]) for k in ("rows", "predicted", "boxes", "controls", "features")}
+    cols = {k: np.concatenate([p[k] for p in read]) for k in ("rows", "predicted", "boxes", "controls")}
     order = np.argsort(cols["rows"], kind="stable")
     failed = [p for p in parts if len(p["skipped_rows"])]
     skipped_rows = np.concatenate([p["skipped_rows"] for p in failed]) if failed else np.zeros(0, np.int64)
@@ -749,23 +770,74 @@ def _merged(parts: list, source, resumed: int) -> _Pass:
     name = (lambda r: str(source.files[r])) if source.files is not None else str
     skipped = [(name(int(skipped_rows[i])), str(reasons[i])) for i in where]
     c = {k: v[order] for k, v in cols.items()}
-    return _Pass(c["rows"], c["boxes"], c["controls"], c["predicted"], c["features"], skipped, resumed)
+    return _Pass(c["rows"], c["boxes"], c["controls"], c["predicted"], skipped, resumed)
 
 
-def _groups(true: np.ndarray, predicted: np.ndarray, features: np.ndarray, min_group: int, seed: int) -> list:
+def _groups(true: np.ndarray, predicted: np.ndarray, features: _Features, min_group: int, seed: int) -> list:
     """(true class, predicted class, audited images) of every cluster of a (true, predicted) group that has at
-    least ``min_group`` images."""
-    groups = []
+    least ``min_group`` images: :func:`sampled_clusters` of each group, with the features read from disk, those of
+    the samples at once, the others' a batch at a time."""
+    plans = []  # (true, predicted, members, the sample clustered by the spectrum or None for all)
     for t in np.unique(true):
         for p in np.unique(predicted[true == t]):
             members = np.nonzero((true == t) & (predicted == p))[0]
-            if len(members) < min_group:
+            if len(members) >= min_group:
+                plans.append(
+                    (int(t), int(p), members, None if len(members) <= MAX_SPECTRAL else _sample(len(members), seed))
+                )
+    if not plans:
+        return []
+    wanted = np.unique(np.concatenate([m if s is None else m[s] for _, _, m, s in plans]))
+    read = features.read(wanted)
+    labelled, rest = [], []
+    for _, _, members, sample in plans:
+        if sample is None:
+            labels = spectral_clusters(read[np.searchsorted(wanted, members)], seed=seed)
+        else:
+            labels = np.full(len(members), -1, np.int64)
+            labels[sample], mean, centres = _clustered_sample(read[np.searchsorted(wanted, members[sample])], seed)
+            rest.append((members, labels, mean, centres))
+        labelled.append(labels)
+    features.assign(rest)
+    return [(t, p, members[labels == c]) for (t, p, members, _), labels in zip(plans, labelled)
+            for c in np.unique(labels) if (labels == c).sum() >= min_group]  # fmt: skip
+
+
+class _Features:
+    """The audited images' crop features, left on disk in the records (a kilobyte per image: a gigabyte per
+    million) and read a batch of records at a time."""
+
+    def __init__(self, records: Checkpoint, rows: np.ndarray):
+        self.records, self.rows = records, rows  # audited image -> its row in the given images (sorted)
+
+    def read(self, audited: np.ndarray) -> np.ndarray:
+        """The features of the audited images ``audited`` (sorted), in that order."""
+        wanted = self.rows[audited]
+        out = None
+        for part in self.records.parts(("rows", "features")):
+            if "features" not in part:  # a batch of unreadable files
                 continue
-            clusters = sampled_clusters(features[members], seed)
-            for c in np.unique(clusters):
-                if (clusters == c).sum() >= min_group:
-                    groups.append((int(t), int(p), members[clusters == c]))
-    return groups
+            hit = np.isin(part["rows"], wanted)
+            if out is None:
+                out = np.zeros((len(wanted), part["features"].shape[1]), np.float32)
+            out[np.searchsorted(wanted, part["rows"][hit])] = part["features"][hit]
+        assert out is not None  # at least one image was read, so one part was saved
+        return out
+
+    def assign(self, rest: list) -> None:
+        """Each (members, labels, mean, centres): the members still labelled -1 get the nearest centre's label."""
+        if not rest:
+            return
+        for part in self.records.parts(("rows", "features")):
+            if "features" not in part:
+                continue
+            audited = np.searchsorted(self.rows, part["rows"])
+            for members, labels, mean, centres in rest:
+                hit = np.isin(audited, members)
+                at = np.searchsorted(members, audited[hit])
+                todo = labels[at] == -1
+                if todo.any():
+                    labels[at[todo]] = _nearest(part["features"][hit][todo], mean, centres)
 
 
 class _Reader:

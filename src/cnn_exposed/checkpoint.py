@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,10 @@ class Checkpoint:
         self.folder = Path(folder)
         self.manifest = manifest
 
-    def load(self) -> dict | None:
+    def load(self, leave_out: tuple = ()) -> dict | None:
         """The records saved so far, column by column and concatenated (``rows`` and ``skipped_rows`` give the
-        images they belong to), or None when the folder holds none. Raises :class:`InputError` when it holds
-        another run's."""
+        images they belong to), but for the columns in ``leave_out`` (left on disk: see :meth:`parts`), or None
+        when the folder holds none. Raises :class:`InputError` when it holds another run's."""
         path = self.folder / MANIFEST
         if not path.exists():
             return None
@@ -65,11 +66,18 @@ class Checkpoint:
                 f"{self.folder} holds the records of another run (its {', '.join(differ)} differ), so it cannot be "
                 "resumed here: give another folder, or delete this one to start over."
             )
-        parts = sorted(self.folder.glob("part-*.npz"))
-        if not parts:
+        loaded = list(self.parts(leave_out=leave_out))
+        if not loaded:
             return None
-        loaded = [dict(np.load(p, allow_pickle=False)) for p in parts]
         return {k: np.concatenate([part[k] for part in loaded]) for k in loaded[0]}
+
+    def parts(self, columns: tuple | None = None, leave_out: tuple = ()) -> Iterator[dict]:
+        """The saved batches one at a time (memory holds one), each with those of ``columns`` it has (default all
+        but ``leave_out``; a batch none of whose images could be read has no ``features``)."""
+        for path in sorted(self.folder.glob("part-*.npz")):
+            with np.load(path, allow_pickle=False) as part:
+                names = [k for k in (columns or part.files) if k not in leave_out and k in part.files]
+                yield {k: part[k] for k in names}
 
     def save(self, records: dict) -> None:
         """One batch's records (equal-length columns keyed by name), written whole or not at all."""
