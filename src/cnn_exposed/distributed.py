@@ -10,7 +10,10 @@ arrives once. Ray is an optional dependency (``pip install "cnn-exposed[ray]"``)
 
 TensorFlow in the workers: each worker process starts with ``TF_FORCE_GPU_ALLOW_GROWTH`` set (a worker takes
 the GPU memory it needs, not all of it), ``CUDA_VISIBLE_DEVICES`` empty when it has no GPU (a CPU worker never
-touches one), and TensorFlow's C++ logs quieted.
+touches one), its thread pools sized to the CPUs it reserved (``TF_NUM_INTRAOP_THREADS``: TensorFlow would
+otherwise start one thread per core of the machine in every worker, and the workers of a node would contend),
+and TensorFlow's C++ logs quieted. A batch is padded to the full batch size (its last image repeated, the extra
+results dropped), so that a worker's compiled passes see one shape.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class RayEngine:
                 f"The Ray cluster has {resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s): not "
                 f"enough for one worker of {self.cpus_per_worker:g} CPU(s) and {self.gpus_per_worker:g} GPU(s)."
             )
-        env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        threads = str(max(1, int(self.cpus_per_worker)))  # TensorFlow sizes its pools by the machine, not the worker
+        env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": threads,
+               "TF_NUM_INTEROP_THREADS": threads}  # fmt: skip
         if not self.gpus_per_worker:
             env["CUDA_VISIBLE_DEVICES"] = ""
         worker = ray.remote(_Worker).options(
