@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
 
 import numpy as np
@@ -269,6 +271,22 @@ def test_the_audit_writes_a_report_and_machine_readable_json(demo_audit, tmp_pat
     assert "Candidate shortcuts" in text and "pool &rarr; bathroom" in text
     assert (tmp_path / "audit" / "crops" / "candidate_0.png").is_file()
     assert (tmp_path / "audit" / "crops" / "images_0.png").is_file() and "images_0.png" in text
+    rows = list(csv.DictReader(open(tmp_path / "audit" / "images.csv", encoding="utf-8")))  # one row per image
+    assert len(rows) == 120 and sum(r["mistake"] == "True" for r in rows) == data["mistakes"]
+    for rank, cand in enumerate(result.candidates, start=1):
+        members = [i for i, r in enumerate(rows) if r["candidate"] == str(rank)]
+        assert members == cand.indices.tolist()
+        boxes = [[int(rows[i][f"box_{s}"]) for s in ("y0", "x0", "y1", "x1")] for i in members]
+        assert boxes == cand.boxes.tolist()
+        assert {(rows[i]["true"], rows[i]["predicted"]) for i in members} == {
+            (result.class_names[cand.true_class], result.class_names[cand.predicted_class])
+        }
+    if importlib.util.find_spec("pyarrow") is not None:  # the same table as Parquet, with the ray extra
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(tmp_path / "audit" / "images.parquet").to_pydict()
+        assert [str(v) for v in table["candidate"]] == [r["candidate"] for r in rows]
+        assert table["control_x1"] == [int(r["control_x1"]) for r in rows]
 
 
 def test_the_audit_says_when_labels_do_not_fit():

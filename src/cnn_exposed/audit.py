@@ -165,6 +165,8 @@ class Audit:
     skipped: list = field(default_factory=list)  # (file, reason) of the inputs that could not be read
     files: list | None = None  # the audited files, when files were given (what ``indices`` point into)
     resumed: int = 0  # images whose records an earlier, interrupted attempt left in the checkpoint
+    boxes: np.ndarray | None = None  # (N, 4) every audited image's attended region (y0, x0, y1, x1)
+    controls: np.ndarray | None = None  # (N, 4) ... and its control region
 
     def _name(self, c: int) -> str:
         return str(self.class_names[c]) if self.class_names is not None else str(c)
@@ -188,10 +190,54 @@ class Audit:
             "candidates": [c.to_dict(self.class_names, self.files) for c in self.candidates],
         }
 
+    def image_table(self) -> dict:
+        """One row per audited image, as columns: ``image`` (its file, or its position), ``true`` and
+        ``predicted`` (class names when known), ``mistake``, ``candidate`` (the rank, from 1, of the candidate it
+        belongs to; 0 for none), and its attended and control regions (``box_*``, ``control_*``: y0, x0, y1, x1;
+        -1 when not known). What to join with a catalogue's own records."""
+        n = len(self.labels)
+        rank = np.zeros(n, np.int64)
+        for i, cand in enumerate(self.candidates):
+            rank[cand.indices] = i + 1
+        boxes = self.boxes if self.boxes is not None else np.full((n, 4), -1)
+        controls = self.controls if self.controls is not None else np.full((n, 4), -1)
+        names = (lambda c: [self._name(int(v)) for v in c]) if self.class_names is not None else (lambda c: c.tolist())
+        table = {
+            "image": [str(f) for f in self.files] if self.files is not None else list(range(n)),
+            "true": names(self.labels), "predicted": names(self.predictions),
+            "mistake": (self.labels != self.predictions).tolist(), "candidate": rank.tolist(),
+        }  # fmt: skip
+        for prefix, values in (("box", boxes), ("control", controls)):
+            for k, side in enumerate(("y0", "x0", "y1", "x1")):
+                table[f"{prefix}_{side}"] = np.asarray(values)[:, k].astype(np.int64).tolist()
+        return table
+
+    def write_image_table(self, folder) -> list[Path]:
+        """:meth:`image_table` as ``folder/images.csv``, and as ``folder/images.parquet`` when pyarrow is installed
+        (the ``ray`` extra). Returns the files written."""
+        import csv
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        table = self.image_table()
+        written = [folder / "images.csv"]
+        with open(written[0], "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(table)
+            out.writerows(zip(*table.values()))
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            return written
+        pq.write_table(pa.table(table), folder / "images.parquet")
+        return [*written, folder / "images.parquet"]
+
     def to_html(self, folder) -> Path:
         """Write the report: ``folder/index.html`` (the candidates, :data:`PAGE` per page, each with a strip
         of its attended crops, its images with the region outlined, counts and evidence), one page per
-        candidate with more of its images, and ``folder/audit.json`` (everything, every image's box).
+        candidate with more of its images, ``folder/audit.json`` (everything, every candidate image's box), and
+        :meth:`write_image_table`'s ``folder/images.csv`` (and ``.parquet``): one row per audited image.
         Returns the first page's path. Pages stay small however many images were audited: images are
         separate, lazily loaded files, and file lists are cut at 1,000 names (all are in ``audit.json``)."""
         from .plotting import save_png
@@ -199,6 +245,7 @@ class Audit:
         folder = Path(folder)
         (folder / "crops").mkdir(parents=True, exist_ok=True)
         (folder / "audit.json").write_text(json.dumps(self.to_json(), indent=2))
+        self.write_image_table(folder)
         style = (
             "<!doctype html><meta charset=utf-8><title>cnn-exposed audit</title>"
             "<style>body{font:14px system-ui;margin:2em}img{image-rendering:pixelated;max-width:100%}"
@@ -666,7 +713,8 @@ def _audit(
         "max_tested": MAX_TESTED, "alpha": ALPHA,
     }  # fmt: skip
     files = [source.files[i] for i in found.rows] if source.files is not None else None
-    return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed)
+    return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed, found.boxes,
+                 found.controls)  # fmt: skip
 
 
 def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, records, on_ray) -> _Pass:
