@@ -37,13 +37,14 @@ class RayEngine:
     workers : int or None
         Worker processes; None: as many as the cluster's CPUs (or GPUs, with ``gpus_per_worker``) allow.
     cpus_per_worker, gpus_per_worker : float
-        What each worker reserves (one GPU per worker is the usual choice on a GPU cluster).
+        What each worker reserves. ``gpus_per_worker`` None (the default): one GPU per worker when the cluster has
+        GPUs, none otherwise.
     in_flight : int
         Batches queued per worker: enough to keep each busy, few enough to bound the driver's memory.
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, in_flight: int = 2):  # fmt: skip
+                 gpus_per_worker: float | None = None, in_flight: int = 2):  # fmt: skip
         _ray()  # without Ray installed: say how to install it, now rather than at the first batch
         self.address, self.requested = address, workers
         self.cpus_per_worker, self.gpus_per_worker, self.in_flight = cpus_per_worker, gpus_per_worker, in_flight
@@ -55,6 +56,8 @@ class RayEngine:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = ray.cluster_resources()
+        if self.gpus_per_worker is None:  # one GPU each on a GPU cluster, CPU workers elsewhere
+            self.gpus_per_worker = 1 if resources.get("GPU", 0) >= 1 else 0
         if self.requested:
             n = int(self.requested)
         elif self.gpus_per_worker:
