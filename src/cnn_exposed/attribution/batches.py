@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import sources
 from ..distributed import RayEngine, as_engine, model_from_bytes, model_to_bytes, padded
-from ..errors import InputError
+from ..errors import InputError, TargetError
 from .registry import make_method
 
 
@@ -87,7 +87,7 @@ def _share(target, positions: np.ndarray):
         return target
     arr = np.asarray(target)
     if arr.ndim != 1 or (len(positions) and positions.max() >= len(arr)):
-        raise InputError(f"target has shape {arr.shape}; give one class index per image, or a single index.")
+        raise TargetError(f"target has shape {arr.shape}; give one class index per image, or a single index.")
     return arr[positions]
 
 

@@ -3,61 +3,23 @@ workers of a Ray run use)."""
 
 from __future__ import annotations
 
+from . import cam, gradients, occlusion, random_masks, rule_based, superpixels, xrai
+from . import integrated_gradients as paths
 from .base import AttributionMethod
-from .cam import (
-    FEM,
-    AblationCAM,
-    EigenCAM,
-    EigenGradCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from .gradients import GradientXInput, Saliency, SmoothGrad
-from .integrated_gradients import BlurIG, GradientSHAP, GuidedIG, IntegratedGradients
-from .occlusion import Occlusion
-from .random_masks import RISE, SobolAttribution
-from .rule_based import LRP, Deconvnet, DeepLift, DeepShap, GuidedBackprop, GuidedGradCAM
-from .superpixels import LIME, KernelSHAP
-from .xrai import XRAI
 
 METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
     for cls in (
-        Saliency,
-        GradientXInput,
-        SmoothGrad,
-        IntegratedGradients,
-        BlurIG,
-        GuidedIG,
-        GradientSHAP,
-        XRAI,
-        GradCAM,
-        GradCAMPlusPlus,
-        LayerCAM,
-        ScoreCAM,
-        EigenCAM,
-        EigenGradCAM,
-        HiResCAM,
-        XGradCAM,
-        AblationCAM,
-        FEM,
-        Occlusion,
-        RISE,
-        SobolAttribution,
-        KernelSHAP,
-        LIME,
-        LRP,
-        GuidedBackprop,
-        Deconvnet,
-        GuidedGradCAM,
-        DeepLift,
-        DeepShap,
+        gradients.Saliency, gradients.GradientXInput, gradients.SmoothGrad,
+        paths.IntegratedGradients, paths.BlurIG, paths.GuidedIG, paths.GradientSHAP, xrai.XRAI,
+        cam.GradCAM, cam.GradCAMPlusPlus, cam.LayerCAM, cam.ScoreCAM, cam.EigenCAM, cam.EigenGradCAM, cam.HiResCAM,
+        cam.XGradCAM, cam.AblationCAM, cam.FEM,
+        occlusion.Occlusion, random_masks.RISE, random_masks.SobolAttribution,
+        superpixels.KernelSHAP, superpixels.LIME,
+        rule_based.LRP, rule_based.GuidedBackprop, rule_based.Deconvnet, rule_based.GuidedGradCAM,
+        rule_based.DeepLift, rule_based.DeepShap,
     )
-}
+}  # fmt: skip
 
 
 def method_class(method: str | type[AttributionMethod]) -> type[AttributionMethod]:
