@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cnn_exposed as ce
 from cnn_exposed.images import ImageReadError, collect_images, read_image, resize_image
 
 
@@ -110,3 +111,13 @@ def test_collect_class_folders_and_plain_folders(tmp_path, rgb):
     assert [(f.path.parent.name, f.label) for f in files] == [("cat", 0), ("cat", 0), ("dog", 1), ("dog", 1)]
     files, classes = collect_images([tmp_path / "data" / "cat", tmp_path / "data" / "dog" / "0.png"])
     assert classes is None and len(files) == 3 and all(f.label is None for f in files)
+
+
+def test_without_pyarrow_a_uri_says_what_to_install(monkeypatch):
+    """(Runs everywhere: the stages without the ray extra have no pyarrow.)"""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.fs", None)
+    with pytest.raises(ce.InputError, match=r"needs pyarrow: pip install \"cnn-exposed\[ray\]\""):
+        ce.explain(ce.load_model("demo"), "s3://a-bucket-never-opened/photos", "gradcam")

@@ -3,8 +3,6 @@ through pyarrow (no object store is reachable offline): folders of class sub-fol
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,10 +54,3 @@ def test_the_explain_command_takes_a_uri(photos, tmp_path, capsys):
     _, uri, _ = photos
     assert main(["explain", "demo", uri, "--method", "gradcam", "--out", str(tmp_path)]) == 0
     assert "explained 24 image(s), skipped 1." in capsys.readouterr().out
-
-
-def test_without_pyarrow_a_uri_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)
-    monkeypatch.setitem(sys.modules, "pyarrow.fs", None)
-    with pytest.raises(ce.InputError, match=r"needs pyarrow: pip install \"cnn-exposed\[ray\]\""):
-        ce.explain(ce.load_model("demo"), "s3://a-bucket-never-opened/photos", "gradcam")
