@@ -278,9 +278,17 @@ def test_the_audit_writes_a_report_and_machine_readable_json(demo_audit, tmp_pat
         assert members == cand.indices.tolist()
         boxes = [[int(rows[i][f"box_{s}"]) for s in ("y0", "x0", "y1", "x1")] for i in members]
         assert boxes == cand.boxes.tolist()
+        flips = [(int(rows[i]["flipped"]), int(rows[i]["control_flipped"])) for i in members]
+        assert sum(f != (-1, -1) for f in flips) == cand.tested and all(-1 not in f for f in flips if f != (-1, -1))
+        assert sum(f[0] == 1 for f in flips) == round(cand.flip_rate * cand.tested)
+        assert sum(f[1] == 1 for f in flips) == round(cand.control_flip_rate * cand.tested)
         assert {(rows[i]["true"], rows[i]["predicted"]) for i in members} == {
             (result.class_names[cand.true_class], result.class_names[cand.predicted_class])
         }
+    for r in rows:  # the attended region is the one around the map's peak
+        assert int(r["box_y0"]) <= int(r["peak_y"]) < int(r["box_y1"])
+        assert int(r["box_x0"]) <= int(r["peak_x"]) < int(r["box_x1"])
+    assert all(np.isfinite(float(r["score"])) for r in rows) and sum(r["flipped"] == "-1" for r in rows) > 0
     if importlib.util.find_spec("pyarrow") is not None:  # the same table as Parquet, with the ray extra
         import pyarrow.parquet as pq
 

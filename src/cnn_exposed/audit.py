@@ -167,6 +167,11 @@ class Audit:
     resumed: int = 0  # images whose records an earlier, interrupted attempt left in the checkpoint
     boxes: np.ndarray | None = None  # (N, 4) every audited image's attended region (y0, x0, y1, x1)
     controls: np.ndarray | None = None  # (N, 4) ... and its control region
+    scores: np.ndarray | None = None  # (N,) the predicted class's score (the explained one)
+    peaks: np.ndarray | None = None  # (N, 2) (y, x) of each map's peak, in image pixels
+    flips: np.ndarray | None = (
+        None  # (N, 2) int8, of the flip-tested images: did hiding the region, the control flip it
+    )
 
     def _name(self, c: int) -> str:
         return str(self.class_names[c]) if self.class_names is not None else str(c)
@@ -192,9 +197,11 @@ class Audit:
 
     def image_table(self) -> dict:
         """One row per audited image, as columns: ``image`` (its file, or its position), ``true`` and
-        ``predicted`` (class names when known), ``mistake``, ``candidate`` (the rank, from 1, of the candidate it
-        belongs to; 0 for none), and its attended and control regions (``box_*``, ``control_*``: y0, x0, y1, x1;
-        -1 when not known). What to join with a catalogue's own records."""
+        ``predicted`` (class names when known), ``mistake``, ``score`` (the predicted class's, as explained),
+        ``peak_y``, ``peak_x`` (the map's peak), ``candidate`` (the rank, from 1, of the candidate it belongs to; 0
+        for none), its attended and control regions (``box_*``, ``control_*``: y0, x0, y1, x1), and the flip test's
+        outcome, ``flipped`` and ``control_flipped`` (1 or 0; -1 when the image was not tested). -1 (NaN for the
+        score) where not known. What to join with a catalogue's own records."""
         n = len(self.labels)
         rank = np.zeros(n, np.int64)
         for i, cand in enumerate(self.candidates):
@@ -207,9 +214,14 @@ class Audit:
             "true": names(self.labels), "predicted": names(self.predictions),
             "mistake": (self.labels != self.predictions).tolist(), "candidate": rank.tolist(),
         }  # fmt: skip
+        table["score"] = (self.scores if self.scores is not None else np.full(n, np.nan)).astype(float).tolist()
+        peaks = self.peaks if self.peaks is not None else np.full((n, 2), -1)
+        table["peak_y"], table["peak_x"] = (np.asarray(peaks)[:, k].astype(np.int64).tolist() for k in (0, 1))
         for prefix, values in (("box", boxes), ("control", controls)):
             for k, side in enumerate(("y0", "x0", "y1", "x1")):
                 table[f"{prefix}_{side}"] = np.asarray(values)[:, k].astype(np.int64).tolist()
+        flips = self.flips if self.flips is not None else np.full((n, 2), -1)
+        table["flipped"], table["control_flipped"] = (np.asarray(flips)[:, k].astype(np.int64).tolist() for k in (0, 1))
         return table
 
     def write_image_table(self, folder) -> list[Path]:
@@ -678,12 +690,18 @@ class _Pass:
     predicted: np.ndarray
     skipped: list
     resumed: int = 0  # images an earlier, interrupted attempt had done (read from the checkpoint)
+    scores: np.ndarray | None = None  # the explained (predicted) class's score
+    peaks: np.ndarray | None = None  # (y, x) of the map's peak
+    flips: np.ndarray | None = None  # (N, 2) int8: region hidden, control hidden -> flipped 1 / 0; -1 not tested
+
+    def __post_init__(self):
+        self.flips = np.full((len(self.rows), 2), -1, np.int8)
 
 
 def _checkpoint(folder, model, source, method: str, seed: int, preprocess) -> Checkpoint:
     """The audit's records in ``folder``, for this model, method, seed, preprocessing and images."""
     manifest = {
-        "run": "audit: explaining pass", "format": 1, "model": model_fingerprint(model), "method": method,
+        "run": "audit: explaining pass", "format": 2, "model": model_fingerprint(model), "method": method,
         "seed": seed, "preprocess": getattr(preprocess, "__qualname__", repr(preprocess)), "images": len(source),
         "identities": identities_digest(source.identity(i) for i in range(len(source))),
         "feature_dims": FEATURE_DIMS,
@@ -714,7 +732,7 @@ def _audit(
     }  # fmt: skip
     files = [source.files[i] for i in found.rows] if source.files is not None else None
     return Audit(candidates, found.predicted, true, names, params, found.skipped, files, found.resumed, found.boxes,
-                 found.controls)  # fmt: skip
+                 found.controls, found.scores, found.peaks, found.flips)  # fmt: skip
 
 
 def _explaining_pass(model, source, explainer, preprocess, batch_size, seed, progress, records, on_ray) -> _Pass:
@@ -798,7 +816,8 @@ def _explain_batch(source, wanted, explainer, feature_engine, preprocess, batch_
         projection.append(np.random.default_rng(seed).normal(size=(f.shape[1], FEATURE_DIMS)) / math.sqrt(FEATURE_DIMS))
     draws = [sources.image_rng(seed, source.identity(i)) for i in ok]  # per image: any order, any batching
     return {
-        "rows": ok, "predicted": targets, "boxes": b,
+        "rows": ok, "predicted": targets, "boxes": b, "score": np.asarray(exp.scores[:n], np.float32),
+        "peak": np.array([np.unravel_index(int(np.argmax(m)), m.shape) for m in exp.maps[:n]], np.int32),
         "controls": np.stack([control_box(box, x.shape[1:3], g) for box, g in zip(b, draws)]),
         "features": (f @ projection[0] if projection else f).astype(np.float32), **records,
     }  # fmt: skip
@@ -809,7 +828,9 @@ def _merged(parts: list, source, resumed: int) -> _Pass:
     read = [p for p in parts if len(p["rows"])]
     if not read:
         raise InputError(f"None of the {len(source)} images could be read.")
-    cols = {k: np.concatenate([p[k] for p in read]) for k in ("rows", "predicted", "boxes", "controls")}
+    cols = {
+        k: np.concatenate([p[k] for p in read]) for k in ("rows", "predicted", "boxes", "controls", "score", "peak")
+    }
     order = np.argsort(cols["rows"], kind="stable")
     failed = [p for p in parts if len(p["skipped_rows"])]
     skipped_rows = np.concatenate([p["skipped_rows"] for p in failed]) if failed else np.zeros(0, np.int64)
@@ -818,7 +839,7 @@ def _merged(parts: list, source, resumed: int) -> _Pass:
     name = (lambda r: str(source.files[r])) if source.files is not None else str
     skipped = [(name(int(skipped_rows[i])), str(reasons[i])) for i in where]
     c = {k: v[order] for k, v in cols.items()}
-    return _Pass(c["rows"], c["boxes"], c["controls"], c["predicted"], skipped, resumed)
+    return _Pass(c["rows"], c["boxes"], c["controls"], c["predicted"], skipped, resumed, c["score"], c["peak"])
 
 
 def _groups(true: np.ndarray, predicted: np.ndarray, features: _Features, min_group: int, seed: int) -> list:
@@ -906,6 +927,8 @@ def _tested(t: int, p: int, idx: np.ndarray, read: _Reader, engine, found: _Pass
     tested = idx if len(idx) <= MAX_TESTED else np.sort(rng.choice(idx, MAX_TESTED, replace=False))
     _, x = read(tested)
     flipped, control_flipped = _flips(engine, x, found.boxes[tested], found.controls[tested], t, p, batch_size)
+    assert found.flips is not None
+    found.flips[tested] = np.stack([flipped, control_flipped], axis=1)
     first = idx[:MAX_SET]
     display, _ = read(first)
     crops = np.stack([_crop(img, box) for img, box in zip(display, found.boxes[first])])
