@@ -197,3 +197,14 @@ def test_on_ray_the_workers_read_files_at_a_uri(cluster, folder):
     assert [(c.indices.tolist(), c.p_value) for c in audited.candidates] == [
         (c.indices.tolist(), c.p_value) for c in local.candidates
     ]
+
+
+def test_explain_on_ray_of_files_none_of_which_can_be_read_says_so(cluster, tmp_path):
+    broken = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    broken[0].write_bytes(b"")
+    broken[1].write_bytes(b"not a jpeg")
+    with (
+        pytest.warns(UserWarning, match="a.png"),
+        pytest.raises(ce.InputError, match="None of the 2 files could be read"),
+    ):
+        ce.explain(ce.load_model("demo"), broken, "gradcam", engine=ce.RayEngine(workers=1))

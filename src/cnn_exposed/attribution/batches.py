@@ -53,6 +53,7 @@ def _on_ray(engine: RayEngine, recipes: dict, explainers: dict, images, target) 
         shipped[label] = (method, {**options, "progress": False, "preprocess": built.preprocess, **layer})
     what = sources.kind(images)
     size = first.image_size
+    paths: list = []  # the files, when files are the source
     if what == "files":
         paths, known = sources.file_list(images)
         size = size or sources.first_size(paths)
@@ -72,9 +73,8 @@ def _on_ray(engine: RayEngine, recipes: dict, explainers: dict, images, target) 
         for exp in result.values():
             exp.skipped = list(pending)
         held, pending = result, []
-    if held is None:
-        detail = f" ({pending[0][0]}: {pending[0][1]})" if pending else ""
-        raise InputError(f"None of the images could be read{detail}.")
+    if held is None:  # (a source of arrays or batches that yields none says so as it is read)
+        raise InputError(f"None of the {len(paths)} files could be read ({pending[0][0]}: {pending[0][1]}).")
     for exp in held.values():
         exp.skipped += pending
     yield held
