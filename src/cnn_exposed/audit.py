@@ -38,8 +38,8 @@ from .attribution import method_class
 from .checkpoint import Checkpoint, identities_digest, model_fingerprint
 from .distributed import as_engine, model_from_bytes, model_to_bytes, padded
 from .engine import DEFAULT_BATCH_SIZE, batch_slices, engine_for
-from .errors import ImageReadError, InputError
-from .images import collect_images, match_folder_classes, no_images_message, read_image, resize_image
+from .errors import InputError
+from .images import collect_images, match_folder_classes, no_images_message
 from .inputs import fill_images, prepare_images
 from .layers import find_last_spatial_layer
 from .model_io import input_names
@@ -499,20 +499,12 @@ class _Images:
         indices = np.asarray(indices, dtype=np.int64)
         if self.files is None:
             return np.asarray(self.array[indices]), indices, []
-        images, ok, errors = [], [], []
-        for i in indices:
-            try:
-                image = read_image(self.files[i])
-            except ImageReadError as err:
-                errors.append((str(self.files[i]), str(err)))
-                continue
-            if self.size is None:  # a model of any input size: the first image's size for all
-                self.size = image.shape[:2]
-            images.append(resize_image(image, self.size))
-            ok.append(i)
-        if not images:
+        batch, errors = sources.read_files([self.files[i] for i in indices], indices, self.size)
+        if batch is None:
             return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64), errors
-        return np.stack(images), np.asarray(ok, np.int64), errors
+        if self.size is None:  # a model of any input size: the first image's size for all
+            self.size = batch.images.shape[1:3]
+        return batch.images, batch.index, errors
 
 
 def sampled_clusters(features: np.ndarray, seed: int) -> np.ndarray:

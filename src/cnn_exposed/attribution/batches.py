@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import sources
 from ..distributed import RayEngine, as_engine, model_from_bytes, model_to_bytes, padded
-from ..errors import InputError, TargetError
+from ..errors import InputError
 from .registry import make_method
 
 
@@ -83,12 +83,9 @@ def _on_ray(engine: RayEngine, recipes: dict, explainers: dict, images, target) 
 def _share(target, positions: np.ndarray):
     """What a worker needs of ``target`` for the images at ``positions``: a class or a rule as it is, one
     class per image as those images' classes."""
-    if isinstance(target, str) or np.ndim(target) == 0:
+    if isinstance(target, str):  # ("true": the labels the worker reads with the images)
         return target
-    arr = np.asarray(target)
-    if arr.ndim != 1 or (len(positions) and positions.max() >= len(arr)):
-        raise TargetError(f"target has shape {arr.shape}; give one class index per image, or a single index.")
-    return arr[positions]
+    return sources.batch_target(target, sources.Batch(None, None, positions))
 
 
 def _file_items(paths: list, known, batch_size: int, target) -> Iterator[tuple]:
